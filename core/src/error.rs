@@ -1,0 +1,49 @@
+//! The one error type of the pure layer: every way a request can be malformed.
+//!
+//! Each variant is a client mistake with a message that says what to fix. The
+//! extension maps variants to SQLSTATEs in `src/error.rs`; nothing here knows
+//! about SQL or HTTP.
+
+use thiserror::Error;
+
+/// A request that cannot be carried out as given.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// Stream path empty, too long, or containing control characters.
+    #[error("invalid stream path: {0}")]
+    InvalidPath(String),
+    /// Content type not of the form `type/subtype[; params]`.
+    #[error("invalid content type {0:?}: expected \"type/subtype\", e.g. \"application/json\"")]
+    InvalidContentType(String),
+    /// Offset that is neither a server-issued offset nor `-1` / `now`.
+    #[error(
+        "invalid offset {0:?}: use -1, now, or an offset previously returned by the server"
+    )]
+    InvalidOffset(String),
+    /// TTL negative or otherwise unusable.
+    #[error("invalid ttl_seconds {0}: must be a non-negative whole number of seconds")]
+    InvalidTtl(i64),
+    /// Both a sliding TTL and an absolute expiry were given.
+    #[error("give either ttl_seconds or expires_at, not both")]
+    TtlWithExpiresAt,
+    /// Body of a JSON stream is not valid JSON.
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// `[]` appended to a JSON stream: a no-op that is almost always a bug.
+    #[error("empty JSON array appended: send at least one message")]
+    EmptyJsonArray,
+    /// Body of a `text/*` or JSON stream is not UTF-8.
+    #[error("body is not valid UTF-8 (stream content type {0} is textual)")]
+    InvalidUtf8(String),
+    /// Body larger than the configured maximum.
+    #[error("body of {size} bytes exceeds the maximum of {max} bytes (ds.max_append_bytes)")]
+    BodyTooLarge { size: usize, max: usize },
+    /// Empty append without a close request.
+    #[error("empty append: send a non-empty body, or close the stream")]
+    EmptyAppend,
+    /// Producer id/epoch/seq incomplete or out of range.
+    #[error("invalid producer arguments: {0}")]
+    InvalidProducer(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,18 @@
+//! Pure protocol logic of durable_streams.
+//!
+//! Everything here is deterministic and free of Postgres and async runtimes so
+//! that the extension (which stores streams) and the sidecar (which speaks
+//! HTTP) share one definition of the Durable Streams rules and can be tested
+//! with plain `cargo test`.
+#![forbid(unsafe_code)]
+
+pub mod content_type;
+pub mod error;
+pub mod json;
+pub mod limits;
+pub mod offset;
+pub mod outcome;
+pub mod producer;
+
+pub use error::Error;
+pub use offset::{Offset, ReadFrom};
