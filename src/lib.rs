@@ -1,1 +1,39 @@
-//! placeholder
+//! durable_streams: Durable Streams (append-only, offset-addressed streams)
+//! stored in PostgreSQL, with the protocol's semantics as SQL functions in
+//! schema `ds`. Protocol rules live in `ds_core`; this crate is the glue
+//! between them, SPI and the SQL surface.
+
+use pgrx::prelude::*;
+
+mod append;
+mod error;
+mod gucs;
+mod notify;
+mod read;
+mod storage;
+mod streams;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+/// Called when the library is loaded (at server start when preloaded).
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -16,9 +16,7 @@ pub enum Error {
     #[error("invalid content type {0:?}: expected \"type/subtype\", e.g. \"application/json\"")]
     InvalidContentType(String),
     /// Offset that is neither a server-issued offset nor `-1` / `now`.
-    #[error(
-        "invalid offset {0:?}: use -1, now, or an offset previously returned by the server"
-    )]
+    #[error("invalid offset {0:?}: use -1, now, or an offset previously returned by the server")]
     InvalidOffset(String),
     /// TTL negative or otherwise unusable.
     #[error("invalid ttl_seconds {0}: must be a non-negative whole number of seconds")]

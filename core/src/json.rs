@@ -18,8 +18,8 @@ pub enum Purpose {
 
 /// Splits a JSON request body into the compact messages it stores.
 pub fn split_messages(body: &[u8], purpose: Purpose) -> Result<Vec<Vec<u8>>> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| Error::InvalidUtf8("application/json".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| Error::InvalidUtf8("application/json".into()))?;
     let value: &RawValue =
         serde_json::from_str(text).map_err(|e| Error::InvalidJson(e.to_string()))?;
     let raw = value.get();
@@ -109,10 +109,7 @@ mod tests {
         for bad in ["", "{", "[1,]", "{'a':1}", "1 2", "[1] x", "nul"] {
             assert!(matches!(split(bad), Err(Error::InvalidJson(_))), "{bad:?}");
         }
-        assert!(matches!(
-            split_messages(b"\"\xff\"", Purpose::Append),
-            Err(Error::InvalidUtf8(_))
-        ));
+        assert!(matches!(split_messages(b"\"\xff\"", Purpose::Append), Err(Error::InvalidUtf8(_))));
     }
 
     #[test]

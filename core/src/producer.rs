@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn table() {
-        let acc = |epoch, last_seq| Decision::Accept { new_state: ProducerState { epoch, last_seq } };
+        let acc =
+            |epoch, last_seq| Decision::Accept { new_state: ProducerState { epoch, last_seq } };
         assert_eq!(decide(None, 0, 0), acc(0, 0));
         assert_eq!(decide(None, 3, 0), acc(3, 0));
         assert_eq!(decide(None, 0, 1), Decision::SeqGap { expected: 0, received: 1 });

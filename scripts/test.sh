@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make test`: every check the project has, against a fresh cluster that is
+# torn down at the end. Fails on the first failing step.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+log "rustfmt"
+cargo fmt --all -- --check
+log "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p durable_streams --all-targets --features pg_test -- -D warnings
+
+log "unit tests (core, sidecar)"
+cargo test -q -p ds-core -p ds-sidecar
+
+log "cargo pgrx test (in-backend #[pg_test])"
+PGRX_TEST_DIR="$(mktemp -d /tmp/ds-pgrx-test.XXXXXX)"
+pg_owned_dir "$PGRX_TEST_DIR"
+# pgrx-tests re-installs the extension with this manifest (see Cargo.toml).
+export PGRX_MANIFEST_PATH="$ROOT/Cargo.toml"
+if [ "$(id -u)" = 0 ]; then
+    cargo pgrx test pg15 -p durable_streams --runas postgres --pgdata "$PGRX_TEST_DIR/data"
+else
+    cargo pgrx test pg15 -p durable_streams --pgdata "$PGRX_TEST_DIR/data"
+fi
+rm -rf "$PGRX_TEST_DIR"
+
+install_extension
+
+# A fresh cluster of our own, on a port nobody else uses, removed at exit.
+PORT="${DS_TEST_PORT:-54371}"
+TEST_DIR="$(mktemp -d /tmp/ds-test-cluster.XXXXXX)"
+cleanup() {
+    cluster_stop "$TEST_DIR" || true
+    rm -rf "$TEST_DIR"
+}
+trap cleanup EXIT
+cluster_start "$TEST_DIR" "$PORT"
+
+log "pg_regress goldens (tests/pg_regress)"
+psql_at "$PORT" postgres -qc "DROP DATABASE IF EXISTS ds_regress"
+ensure_database "$PORT" ds_regress
+REGRESS_OUT="$ROOT/tests/pg_regress"
+tests=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
+# shellcheck disable=SC2086
+"$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+    --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --dbname=ds_regress \
+    --inputdir="$REGRESS_OUT" --outputdir="$REGRESS_OUT" $tests || {
+    cat "$REGRESS_OUT/regression.diffs" 2>/dev/null | head -200
+    exit 1
+}
+
+log "integration tests (pgrx-tests/, tokio-postgres against the cluster)"
+ensure_database "$PORT" ds_it
+DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
+    DS_TEST_SERVER_DIR="$TEST_DIR" \
+    cargo test -q -p ds-it -- --test-threads=1
+
+log "all tests passed"

@@ -1,0 +1,55 @@
+-- Storage of durable_streams. Every table is keyed by stream_id first, so a
+-- distributed Postgres can shard by it. Written only by the extension's own
+-- functions (SECURITY DEFINER); PUBLIC has no access.
+
+-- One row per stream. Updated once per appending transaction (tail_pos):
+-- no indexed column changes there, and fillfactor leaves room, so the update
+-- is HOT and pruned in place.
+CREATE TABLE ds.streams (
+    stream_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    path               text NOT NULL UNIQUE,
+    content_type       text NOT NULL,
+    ttl_seconds        bigint CHECK (ttl_seconds >= 0),
+    expires_at         timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- Last read or write; a sliding TTL counts from here.
+    last_access        timestamptz NOT NULL DEFAULT now(),
+    -- Logical position after the last byte: the tail offset.
+    tail_pos           bigint NOT NULL DEFAULT 0 CHECK (tail_pos >= 0),
+    closed             boolean NOT NULL DEFAULT false,
+    -- The producer request that closed the stream, so its retry is a duplicate.
+    closed_by_producer text,
+    closed_by_epoch    bigint,
+    closed_by_seq      bigint,
+    -- Last Stream-Seq accepted (compared byte-wise, per stream).
+    last_stream_seq    text,
+    CHECK (ttl_seconds IS NULL OR expires_at IS NULL)
+) WITH (fillfactor = 50);
+
+-- Hot log: one row per JSON message, or per append of a byte stream.
+-- A row covers positions [start_pos, start_pos + octet_length(data)).
+CREATE TABLE ds.messages (
+    stream_id bigint NOT NULL,
+    start_pos bigint NOT NULL,
+    data      bytea  NOT NULL,
+    PRIMARY KEY (stream_id, start_pos)
+);
+
+-- Idempotent producer state (§5.2.1), written in the same transaction as the
+-- data it guards; kept as long as the stream exists.
+CREATE TABLE ds.producers (
+    stream_id   bigint NOT NULL,
+    producer_id text   NOT NULL,
+    epoch       bigint NOT NULL,
+    last_seq    bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, producer_id)
+) WITH (fillfactor = 70);
+
+-- Stream data is user data: include it in pg_dump.
+SELECT pg_catalog.pg_extension_config_dump('ds.streams', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.streams_stream_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.producers', '');
+
+REVOKE ALL ON ds.streams, ds.messages, ds.producers FROM PUBLIC;

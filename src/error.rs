@@ -1,0 +1,87 @@
+//! The extension's error type and the one table mapping errors to SQLSTATEs.
+//!
+//! Functions return `Result<_, ErrorReport>` at the `#[pg_extern]` boundary;
+//! anything else would surface as SQLSTATE 22000 whatever it was.
+
+use ds_core::Error as CoreError;
+use pgrx::PgSqlErrorCode as Code;
+use pgrx::pg_sys::panic::ErrorReport;
+use thiserror::Error;
+
+/// Everything a SQL call can fail with.
+#[derive(Debug, Error)]
+pub enum DsError {
+    /// Malformed input (see `ds_core::Error`).
+    #[error(transparent)]
+    Invalid(#[from] CoreError),
+    /// No stream at this path, or it expired.
+    #[error("stream {0:?} does not exist")]
+    NotFound(String),
+    /// `ds.create` found a stream with a different configuration.
+    #[error("stream {path:?} already exists with a different configuration ({differences})")]
+    Conflict { path: String, differences: String },
+    /// Append to a closed stream.
+    #[error("stream {path:?} is closed at offset {final_offset}")]
+    Closed { path: String, final_offset: String },
+    /// Append with a content type other than the stream's.
+    #[error("stream {path:?} has content type {stream_type}, not {given}")]
+    ContentTypeMismatch { path: String, stream_type: String, given: String },
+    /// A producer or Stream-Seq rule rejected the append (try_append reports these as data).
+    #[error("append to {path:?} rejected: {outcome}")]
+    Rejected { path: String, outcome: &'static str },
+    /// An SPI call failed: a bug, never a client mistake.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<pgrx::spi::Error> for DsError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        DsError::Internal(e.to_string())
+    }
+}
+
+/// The SQLSTATE of a malformed-input error; also reported by `ds.try_append`.
+pub fn core_sqlstate(e: &CoreError) -> Code {
+    match e {
+        CoreError::InvalidPath(_) => Code::ERRCODE_INVALID_NAME,
+        CoreError::InvalidOffset(_) | CoreError::InvalidJson(_) => {
+            Code::ERRCODE_INVALID_TEXT_REPRESENTATION
+        }
+        CoreError::InvalidUtf8(_) => Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+        CoreError::BodyTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        CoreError::InvalidContentType(_)
+        | CoreError::InvalidTtl(_)
+        | CoreError::TtlWithExpiresAt
+        | CoreError::EmptyJsonArray
+        | CoreError::EmptyAppend
+        | CoreError::InvalidProducer(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+    }
+}
+
+impl DsError {
+    fn sqlstate(&self) -> Code {
+        match self {
+            DsError::Invalid(e) => core_sqlstate(e),
+            DsError::NotFound(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            DsError::Conflict { .. } => Code::ERRCODE_DUPLICATE_OBJECT,
+            DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
+            DsError::Rejected { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+}
+
+impl From<DsError> for ErrorReport {
+    fn from(e: DsError) -> Self {
+        ErrorReport::new(e.sqlstate(), e.to_string(), "durable_streams")
+    }
+}
+
+/// The five-character SQLSTATE text of a code (inverse of MAKE_SQLSTATE).
+pub fn sqlstate_text(code: Code) -> String {
+    let packed = code as u32;
+    (0..5).map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3F) as u8)).collect()
+}
+
+pub type DsResult<T> = Result<T, DsError>;

@@ -1,0 +1,47 @@
+//! Configuration settings (GUCs) of the extension, all under `ds.*`.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Largest body one append or create may carry, in bytes. Default 64 MiB;
+/// Postgres caps a bytea at 1 GiB. Superuser-only so users cannot lift it.
+pub static MAX_APPEND_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+
+/// Byte budget of one `ds.read_chunk` call when the caller passes none.
+/// Default 1 MiB: big enough for throughput, small enough for one response.
+pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// Registers the settings; called first in `_PG_init`.
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"ds.max_append_bytes",
+        c"Largest body accepted by one append or create, in bytes.",
+        c"Bodies over this size are rejected with SQLSTATE 54000 (HTTP 413).",
+        &MAX_APPEND_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ds.read_chunk_bytes",
+        c"Default byte budget of one ds.read_chunk call.",
+        c"A chunk always holds at least one stored message, even a larger one.",
+        &READ_CHUNK_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init, in the postmaster or a backend loading us.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"ds".as_ptr()) };
+}
+
+/// The configured maximum body size.
+pub fn max_append_bytes() -> usize {
+    usize::try_from(MAX_APPEND_BYTES.get()).unwrap_or(usize::MAX)
+}
+
+/// The default read budget.
+pub fn read_chunk_bytes() -> i64 {
+    i64::from(READ_CHUNK_BYTES.get())
+}

@@ -1,0 +1,134 @@
+//! Reading: `ds.read` (rows, for SQL users) and `ds.read_chunk` (one
+//! response body, for the sidecar), both per §5.6.
+//!
+//! A read first takes the stream row, then only returns messages below the
+//! tail that row shows. Appends commit data and tail together, so everything
+//! below that tail is committed and visible: a read sees a gap-free prefix
+//! even when it straddles other commits.
+
+use ds_core::content_type::{self, Mode};
+use ds_core::{Offset, ReadFrom, json};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::error::DsResult;
+use crate::gucs;
+use crate::storage::{self, Lock, StoredMessage, StreamRow};
+use crate::streams::live_stream;
+
+/// Upper bound of a read budget, so `from + budget` never overflows.
+const MAX_BUDGET: i64 = 1 << 40;
+
+/// Opens a stream for reading and restarts its sliding TTL.
+fn open_for_read(
+    client: &mut SpiClient<'_>,
+    path: &str,
+    from: Option<&str>,
+) -> DsResult<(StreamRow, Offset)> {
+    let from = ReadFrom::parse(from)?;
+    let stream = live_stream(client, path, Lock::None)?;
+    if stream.ttl_seconds.is_some() {
+        storage::touch_stream(client, stream.stream_id)?;
+    }
+    let start = from.resolve(stream.tail);
+    Ok((stream, start))
+}
+
+/// A message clipped to start at `from`: byte streams may be read from
+/// inside a stored chunk, JSON messages are never split.
+fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset, Vec<u8>)> {
+    if m.start >= from {
+        return Some((m.start, m.data));
+    }
+    let skip = usize::try_from(from.0 - m.start.0).expect("a chunk is below 1 GiB");
+    if mode == Mode::Json || skip >= m.data.len() {
+        return None;
+    }
+    Some((from, m.data[skip..].to_vec()))
+}
+
+/// The messages of a stream from `from_offset`: one row per JSON message or
+/// per stored chunk of a byte stream, with the offset to resume after it.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn read(
+    path: &str,
+    from_offset: default!(Option<&str>, "'-1'"),
+    max_rows: default!(Option<i64>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (name!(start_offset, String), name!(next_offset, String), name!(data, Vec<u8>)),
+    >,
+    ErrorReport,
+> {
+    let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
+        let (stream, start) = open_for_read(client, path, from_offset)?;
+        let mode = content_type::mode(&stream.content_type)?;
+        let budget = (stream.tail.as_i64() - start.as_i64()).max(1);
+        let messages =
+            storage::read_messages(client, stream.stream_id, start, stream.tail, budget, None)?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| clip(mode, m, start))
+            .take(max_rows.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0)))
+            .map(|(at, data)| {
+                let next = Offset(at.0 + data.len() as u64);
+                (at.to_string(), next.to_string(), data)
+            })
+            .collect())
+    })?;
+    Ok(TableIterator::new(rows))
+}
+
+/// One response body from `from_offset`, at most about `max_bytes` long
+/// (never less than one stored message): a JSON array for JSON streams,
+/// raw bytes otherwise. `up_to_date` when it reaches the tail; `closed` only
+/// when it reaches the tail of a closed stream.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn read_chunk(
+    path: &str,
+    from_offset: default!(Option<&str>, "'-1'"),
+    max_bytes: default!(Option<i64>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(body, Vec<u8>),
+            name!(next_offset, String),
+            name!(up_to_date, bool),
+            name!(closed, bool),
+            name!(content_type, String),
+            name!(stream_id, i64),
+        ),
+    >,
+    ErrorReport,
+> {
+    let row = Spi::connect_mut(|client| -> DsResult<_> {
+        let (stream, start) = open_for_read(client, path, from_offset)?;
+        let mode = content_type::mode(&stream.content_type)?;
+        let budget = max_bytes.unwrap_or_else(gucs::read_chunk_bytes).clamp(1, MAX_BUDGET);
+        let messages =
+            storage::read_messages(client, stream.stream_id, start, stream.tail, budget, None)?;
+        let parts: Vec<(Offset, Vec<u8>)> =
+            messages.into_iter().filter_map(|m| clip(mode, m, start)).collect();
+        let next = parts.last().map_or(start, |(at, d)| Offset(at.0 + d.len() as u64));
+        let body = if mode == Mode::Json {
+            json::join_messages(parts.iter().map(|(_, d)| d.as_slice()))
+        } else {
+            parts.into_iter().flat_map(|(_, d)| d).collect()
+        };
+        let up_to_date = next == stream.tail;
+        Ok((
+            body,
+            next.to_string(),
+            up_to_date,
+            stream.closed && up_to_date,
+            stream.content_type,
+            stream.stream_id,
+        ))
+    })?;
+    Ok(TableIterator::once(row))
+}
