@@ -1,0 +1,35 @@
+-- Every kind of bad input gets a specific SQLSTATE and a message saying what
+-- to fix. `attempt` runs a statement and shows "SQLSTATE: message".
+CREATE FUNCTION attempt(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE q;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SELECT attempt($$ SELECT ds.create('') $$);
+SELECT attempt($$ SELECT ds.create(E'bad\tpath') $$);
+SELECT attempt($$ SELECT ds.create(repeat('p', 1025)) $$);
+SELECT attempt($$ SELECT ds.create('e', 'json') $$);
+SELECT attempt($$ SELECT ds.create('e', ttl_seconds => -5) $$);
+SELECT attempt($$ SELECT ds.create('e', ttl_seconds => 5, expires_at => '2030-01-01Z') $$);
+SELECT attempt($$ SELECT ds.create('e', 'application/json', body => '{"unterminated":') $$);
+SELECT attempt($$ SELECT ds.create('e', 'text/plain', body => '\xc3'::bytea) $$);
+SELECT attempt($$ SELECT ds.create('e', 'application/json') $$);
+SELECT attempt($$ SELECT ds.append('e', '[]'::jsonb) $$);
+SELECT attempt($$ SELECT ds.append('e', ''::text) $$);
+SELECT attempt($$ SELECT ds.append('e', 'not json'::text) $$);
+SELECT attempt($$ SELECT * FROM ds.read('e', 'not-an-offset') $$);
+SELECT attempt($$ SELECT * FROM ds.read('nope') $$);
+SELECT attempt($$ SELECT ds.append('nope', 'x'::text) $$);
+SET ds.max_append_bytes = 8;
+SELECT attempt($$ SELECT ds.append('e', '"0123456789"'::text) $$);
+RESET ds.max_append_bytes;
+SELECT attempt($$ SELECT ds.create('e', 'text/plain') $$);
+-- try_append reports the same conditions as data, never as an error.
+SELECT outcome, sqlstate, detail FROM ds.try_append('e', '1', producer_id => 'p');
+SELECT outcome, sqlstate, detail FROM ds.try_append('e', '[]', 'application/json');
+SELECT outcome, next_offset FROM ds.try_append('e', '1', 'text/plain');
+SELECT outcome FROM ds.try_append('nope', '1');
+-- Nothing was written by any of the failures above.
+SELECT path, content_type, tail_pos FROM ds.streams ORDER BY path;
