@@ -111,8 +111,8 @@ pub fn execute(client: &mut SpiClient<'_>, req: AppendRequest<'_>) -> DsResult<A
 
     // Precedence (§5.2): closed, then content type, then sequence checks.
     if stream.closed {
-        let result = if req.producer.is_some() && req.producer == stream.closed_by {
-            let p = req.producer.as_ref().expect("checked above");
+        let retried_close = req.producer.as_ref().filter(|p| Some(*p) == stream.closed_by.as_ref());
+        let result = if let Some(p) = retried_close {
             AppendResult {
                 producer_epoch: Some(p.epoch),
                 producer_seq: Some(p.seq),
