@@ -26,10 +26,11 @@ pg_owned_dir() {
 
 pg_bindir() { "$PG_CONFIG" --bindir; }
 
-# cluster_start DIR PORT: initdb (once) and start a project-local cluster
-# listening on 127.0.0.1:PORT, socket inside DIR, durable_streams preloaded.
+# cluster_start DIR PORT DB: initdb (once) and start a project-local cluster
+# listening on 127.0.0.1:PORT, socket inside DIR, durable_streams preloaded
+# and its background worker serving database DB.
 cluster_start() {
-    local dir="$1" port="$2" bin
+    local dir="$1" port="$2" db="$3" bin
     bin="$(pg_bindir)"
     pg_owned_dir "$dir"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
@@ -45,8 +46,9 @@ fsync = on
 synchronous_commit = on
 CONF
     fi
-    sed -i "s/^port = .*//" "$dir/data/postgresql.conf"
+    sed -i "s/^port = .*//; s/^ds.database = .*//" "$dir/data/postgresql.conf"
     echo "port = $port" >>"$dir/data/postgresql.conf"
+    echo "ds.database = '$db'" >>"$dir/data/postgresql.conf"
     sed -i "s|^unix_socket_directories = .*||" "$dir/data/postgresql.conf"
     echo "unix_socket_directories = '$dir'" >>"$dir/data/postgresql.conf"
     if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then

@@ -10,7 +10,7 @@ DIR="$ROOT/.cluster"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 install_extension --release
-cluster_start "$DIR" "$PORT"
+cluster_start "$DIR" "$PORT" "$DB"
 ensure_database "$PORT" "$DB"
 
 cat <<MSG

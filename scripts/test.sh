@@ -37,7 +37,7 @@ cleanup() {
     rm -rf "$TEST_DIR"
 }
 trap cleanup EXIT
-cluster_start "$TEST_DIR" "$PORT"
+cluster_start "$TEST_DIR" "$PORT" ds_it
 
 log "pg_regress goldens (tests/pg_regress)"
 psql_at "$PORT" postgres -qc "DROP DATABASE IF EXISTS ds_regress"

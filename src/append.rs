@@ -12,7 +12,7 @@ use pgrx::spi::SpiClient;
 
 use crate::error::{DsError, DsResult, core_sqlstate, sqlstate_text};
 use crate::storage::{self, Lock, StreamUpdate};
-use crate::{gucs, notify};
+use crate::{doorbell, gucs};
 
 /// One append or close request.
 pub struct AppendRequest<'a> {
@@ -189,7 +189,7 @@ pub fn execute(client: &mut SpiClient<'_>, req: AppendRequest<'_>) -> DsResult<A
     if let (Some(p), Some(state)) = (&req.producer, accepted_state) {
         storage::save_producer(client, stream.stream_id, &p.id, state)?;
     }
-    storage::notify(client, &notify::advanced(req.path, tail))?;
+    doorbell::stream_advanced(client, stream.stream_id, req.path, tail)?;
     Ok(AppendResult {
         producer_epoch: req.producer.as_ref().map(|p| p.epoch),
         producer_seq: req.producer.as_ref().map(|p| p.seq),

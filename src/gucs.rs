@@ -1,5 +1,7 @@
 //! Configuration settings (GUCs) of the extension, all under `ds.*`.
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Largest body one append or create may carry, in bytes. Default 64 MiB;
@@ -9,6 +11,11 @@ pub static MAX_APPEND_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 
 /// Byte budget of one `ds.read_chunk` call when the caller passes none.
 /// Default 1 MiB: big enough for throughput, small enough for one response.
 pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// Database the background worker connects to (it serves streams there).
+/// Postmaster-only: the worker connects once at start.
+pub static WORKER_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// Registers the settings; called first in `_PG_init`.
 pub fn init() {
@@ -32,6 +39,14 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"ds.database",
+        c"Database whose streams the durable_streams background worker serves.",
+        c"Appends in other databases announce themselves with a plain pg_notify each.",
+        &WORKER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init, in the postmaster or a backend loading us.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"ds".as_ptr()) };
 }
@@ -44,4 +59,12 @@ pub fn max_append_bytes() -> usize {
 /// The default read budget.
 pub fn read_chunk_bytes() -> i64 {
     i64::from(READ_CHUNK_BYTES.get())
+}
+
+/// The worker's database name.
+pub fn worker_database() -> String {
+    WORKER_DATABASE
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .unwrap_or_else(|| "postgres".to_owned())
 }

@@ -12,12 +12,13 @@
 use pgrx::prelude::*;
 
 mod append;
+mod doorbell;
 mod error;
 mod gucs;
-mod notify;
 mod read;
 mod storage;
 mod streams;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,6 +29,11 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // SAFETY: read-only flag set by the postmaster while it loads libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        doorbell::init_shared_memory();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

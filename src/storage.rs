@@ -277,7 +277,7 @@ pub fn notify(client: &mut SpiClient<'_>, payload: &str) -> DsResult<()> {
     client.update(
         "SELECT pg_catalog.pg_notify($1, $2)",
         None,
-        &[crate::notify::CHANNEL.into(), payload.into()],
+        &[ds_core::notification::CHANNEL.into(), payload.into()],
     )?;
     Ok(())
 }

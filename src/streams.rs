@@ -2,6 +2,7 @@
 
 use ds_core::content_type::{self, OCTET_STREAM};
 use ds_core::json::Purpose;
+use ds_core::notification::Announcement;
 use ds_core::{Offset, limits};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -9,7 +10,6 @@ use pgrx::prelude::*;
 
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
-use crate::notify;
 use crate::storage::{self, Lock, NewStream, StreamRow, StreamUpdate};
 
 /// Creates a stream, or confirms one that exists with the same configuration
@@ -154,7 +154,7 @@ fn delete(path: &str) -> Result<(), ErrorReport> {
     Spi::connect_mut(|client| {
         let s = live_stream(client, path, Lock::ForWrite)?;
         storage::delete_stream(client, s.stream_id)?;
-        storage::notify(client, &notify::deleted(path))
+        storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())
     })?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod content_type;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod notification;
 pub mod offset;
 pub mod outcome;
 pub mod producer;

@@ -12,12 +12,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Connects to the test database; notifications go to the returned channel.
-pub async fn connect_with_notifications() -> (Client, mpsc::UnboundedReceiver<(String, String)>) {
-    let url = std::env::var("DS_TEST_DATABASE_URL").expect(
+/// A notification: channel, payload, sending backend's pid.
+pub type Note = (String, String, i32);
+
+/// The test database's URL.
+pub fn database_url() -> String {
+    std::env::var("DS_TEST_DATABASE_URL").expect(
         "DS_TEST_DATABASE_URL must point at a database with durable_streams (run `make test`)",
-    );
-    let (client, mut connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    )
+}
+
+/// Connects to the test database; notifications go to the returned channel.
+pub async fn connect_with_notifications() -> (Client, mpsc::UnboundedReceiver<Note>) {
+    connect_to(&database_url()).await
+}
+
+/// Connects to any database of the test cluster.
+pub async fn connect_to(url: &str) -> (Client, mpsc::UnboundedReceiver<Note>) {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) =
@@ -25,7 +37,8 @@ pub async fn connect_with_notifications() -> (Client, mpsc::UnboundedReceiver<(S
         {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                    let _ =
+                        tx.send((n.channel().to_owned(), n.payload().to_owned(), n.process_id()));
                 }
                 Ok(_) => {}
                 Err(e) => panic!("connection error: {e}"),
@@ -52,5 +65,5 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 
 /// Offset text for a position.
 pub fn off(pos: u64) -> String {
-    format!("{:016}_{:016}", 0, pos)
+    ds_core::Offset(pos).to_string()
 }

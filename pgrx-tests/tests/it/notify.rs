@@ -1,30 +1,65 @@
 //! Notifications reach LISTENing clients at commit, never before and never
-//! for rolled-back work.
+//! for rolled-back work. With the library preloaded, the worker rings them
+//! (one payload per wake-up, from the worker's pid); in a database the worker
+//! does not serve, each appending transaction notifies itself.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::time::timeout;
+use ds_core::notification::{Announcement, CHANNEL, parse};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Instant, timeout};
 
-use crate::{connect, connect_with_notifications, off, unique_path};
+use crate::{
+    Note, connect, connect_to, connect_with_notifications, database_url, off, unique_path,
+};
 
-const CHANNEL: &str = "durable_streams";
-
+/// Waits for the next announcement about `path`; returns it and the sender's pid.
 async fn next_for(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    rx: &mut UnboundedReceiver<Note>,
     path: &str,
     wait: Duration,
-) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + wait;
+) -> Option<(String, i32)> {
+    let deadline = Instant::now() + wait;
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match timeout(left, rx.recv()).await {
-            Ok(Some((channel, payload)))
-                if channel == CHANNEL && payload.ends_with(&format!(" {path}")) =>
-            {
-                return Some(payload);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((channel, payload, pid))) = timeout(left, rx.recv()).await else { return None };
+        if channel != CHANNEL {
+            continue;
+        }
+        for a in parse(&payload) {
+            let line = a.line();
+            match a {
+                Announcement::Advanced { path: p, .. } | Announcement::Deleted { path: p }
+                    if p == path =>
+                {
+                    return Some((line, pid));
+                }
+                _ => {}
             }
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// The worker's pid, waiting for it to (re)connect after the database appeared.
+async fn worker_pid(client: &tokio_postgres::Client) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'durable_streams'",
+                &[],
+            )
+            .await
+            .unwrap();
+        match row {
+            Some(row) => return row.get(0),
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            None => panic!(
+                "the durable_streams worker is not running (shared_preload_libraries, ds.database)"
+            ),
         }
     }
 }
@@ -35,6 +70,7 @@ async fn append_close_and_delete_notify_at_commit() {
     let (listener, mut rx) = connect_with_notifications().await;
     listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
     let mut writer = connect().await;
+    let worker = worker_pid(&writer).await;
     writer.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
 
     let tx = writer.transaction().await.unwrap();
@@ -45,10 +81,8 @@ async fn append_close_and_delete_notify_at_commit() {
         "nothing before commit"
     );
     tx.commit().await.unwrap();
-    assert_eq!(
-        next_for(&mut rx, &path, Duration::from_secs(5)).await,
-        Some(format!("{} {path}", off(5)))
-    );
+    let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await;
+    assert_eq!(sent, Some((format!("{} {path}", off(5)), worker)), "rung by the worker");
 
     let tx = writer.transaction().await.unwrap();
     tx.execute("SELECT ds.append($1, 'lost'::text)", &[&path]).await.unwrap();
@@ -60,10 +94,75 @@ async fn append_close_and_delete_notify_at_commit() {
     );
 
     writer.execute("SELECT ds.close($1)", &[&path]).await.unwrap();
-    assert_eq!(
-        next_for(&mut rx, &path, Duration::from_secs(5)).await,
-        Some(format!("{} {path}", off(5)))
-    );
+    let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await.map(|(line, _)| line);
+    assert_eq!(sent, Some(format!("{} {path}", off(5))));
     writer.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
-    assert_eq!(next_for(&mut rx, &path, Duration::from_secs(5)).await, Some(format!("- {path}")));
+    let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await.map(|(line, _)| line);
+    assert_eq!(sent, Some(format!("- {path}")));
+}
+
+#[tokio::test]
+async fn one_transaction_over_many_streams_rings_once() {
+    let paths: Vec<String> = (0..30).map(|i| unique_path(&format!("bell{i:02}"))).collect();
+    let (listener, mut rx) = connect_with_notifications().await;
+    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    let mut writer = connect().await;
+    let worker = worker_pid(&writer).await;
+    for p in &paths {
+        writer.execute("SELECT ds.create($1)", &[p]).await.unwrap();
+    }
+    let tx = writer.transaction().await.unwrap();
+    for (i, p) in paths.iter().enumerate() {
+        // Two appends each: only the final tail is announced.
+        tx.execute("SELECT ds.append($1, $2::bytea)", &[p, &vec![b'x'; i + 1]]).await.unwrap();
+        tx.execute("SELECT ds.append($1, 'y'::bytea)", &[p]).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut announced: HashMap<String, String> = HashMap::new();
+    let mut payloads_naming_ours = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while announced.len() < paths.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((_, payload, pid))) = timeout(left, rx.recv()).await else { break };
+        let mut ours = false;
+        for a in parse(&payload) {
+            if let Announcement::Advanced { path, tail } = a
+                && paths.contains(&path)
+            {
+                assert_eq!(pid, worker, "announced by the worker, not the writer");
+                announced.insert(path, tail.to_string());
+                ours = true;
+            }
+        }
+        payloads_naming_ours += usize::from(ours);
+    }
+    assert_eq!(announced.len(), paths.len(), "every stream announced");
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(announced[p], off(i as u64 + 2));
+    }
+    assert_eq!(payloads_naming_ours, 1, "one commit, one doorbell ring, one payload");
+}
+
+#[tokio::test]
+async fn databases_the_worker_does_not_serve_fall_back_to_pg_notify() {
+    let admin = connect().await;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'ds_it_fallback'", &[])
+        .await
+        .unwrap();
+    if exists.is_none() {
+        admin.batch_execute("CREATE DATABASE ds_it_fallback").await.unwrap();
+    }
+    let url =
+        database_url().rsplit_once('/').map(|(base, _)| format!("{base}/ds_it_fallback")).unwrap();
+    let (client, mut rx) = connect_to(&url).await;
+    client.batch_execute("CREATE EXTENSION IF NOT EXISTS durable_streams").await.unwrap();
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    let path = unique_path("fallback");
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    client.execute("SELECT ds.append($1, 'abc'::bytea)", &[&path]).await.unwrap();
+    let me: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await;
+    assert_eq!(sent, Some((format!("{} {path}", off(3)), me)), "the writer notified itself");
 }

@@ -1,0 +1,105 @@
+//! The notification format: channel and payload that LISTENing clients
+//! (SQL users, the sidecar) rely on.
+//!
+//! Channel [`CHANNEL`]. A payload is one or more lines separated by `\n`:
+//! `<tail offset> <path>` when the stream advanced or closed, `- <path>` when
+//! it was deleted, and `*` when anything may have changed (the sender lost
+//! track, e.g. after a restart or when too many streams advanced at once).
+//! Notifications are sent at commit and are only hints: readers always
+//! re-read from their own offset.
+
+use crate::offset::Offset;
+
+/// The channel: `LISTEN durable_streams`.
+pub const CHANNEL: &str = "durable_streams";
+
+/// Longest payload senders produce (Postgres allows < 8000 bytes).
+pub const MAX_PAYLOAD: usize = 7900;
+
+/// One line of a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// The stream at `path` now ends at `tail` (it may also have closed).
+    Advanced { path: String, tail: Offset },
+    /// The stream at `path` was deleted.
+    Deleted { path: String },
+    /// Re-check every stream.
+    Everything,
+}
+
+impl Announcement {
+    /// The payload line for this announcement.
+    pub fn line(&self) -> String {
+        match self {
+            Announcement::Advanced { path, tail } => format!("{tail} {path}"),
+            Announcement::Deleted { path } => format!("- {path}"),
+            Announcement::Everything => "*".to_owned(),
+        }
+    }
+}
+
+/// Packs lines into as few payloads of at most `max` bytes as possible.
+/// A line is never split (paths are at most 1024 bytes, far below `max`).
+pub fn pack(lines: &[String], max: usize) -> Vec<String> {
+    let mut payloads: Vec<String> = Vec::new();
+    for line in lines {
+        match payloads.last_mut() {
+            Some(p) if p.len() + 1 + line.len() <= max => {
+                p.push('\n');
+                p.push_str(line);
+            }
+            _ => payloads.push(line.clone()),
+        }
+    }
+    payloads
+}
+
+/// Parses a payload; an unreadable line means "re-check everything", since
+/// a hint must never be lost.
+pub fn parse(payload: &str) -> Vec<Announcement> {
+    payload
+        .split('\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            if line == "*" {
+                return Announcement::Everything;
+            }
+            match line.split_once(' ') {
+                Some(("-", path)) => Announcement::Deleted { path: path.to_owned() },
+                Some((tail, path)) => match Offset::parse(tail) {
+                    Ok(tail) => Announcement::Advanced { path: path.to_owned(), tail },
+                    Err(_) => Announcement::Everything,
+                },
+                None => Announcement::Everything,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_lines_under_the_limit() {
+        let lines: Vec<String> = (0..5).map(|i| format!("line{i}")).collect();
+        assert_eq!(pack(&lines, 100), vec!["line0\nline1\nline2\nline3\nline4"]);
+        assert_eq!(pack(&lines, 11), vec!["line0\nline1", "line2\nline3", "line4"]);
+        assert!(pack(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn round_trips() {
+        let all = vec![
+            Announcement::Advanced { path: "a b/c".into(), tail: Offset(42) },
+            Announcement::Deleted { path: "x".into() },
+            Announcement::Everything,
+        ];
+        let lines: Vec<String> = all.iter().map(Announcement::line).collect();
+        let payloads = pack(&lines, MAX_PAYLOAD);
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(parse(&payloads[0]), all);
+        assert_eq!(parse("garbage"), vec![Announcement::Everything]);
+        assert_eq!(parse("nope path"), vec![Announcement::Everything]);
+    }
+}

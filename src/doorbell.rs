@@ -1,0 +1,163 @@
+//! The doorbell: how appends announce themselves without taking Postgres'
+//! cluster-wide NOTIFY lock on every commit.
+//!
+//! `NOTIFY` holds a cluster-wide lock from pre-commit until after commit, so
+//! every notifying transaction commits alone (DESIGN.md, "Live tailing").
+//! Instead, an appending transaction only remembers its stream ids; its commit
+//! callback copies them into a bounded set in shared memory and sets the
+//! worker's latch. The worker (`worker.rs`) then sends ONE notification per
+//! wake-up naming every stream that advanced, with its current tail.
+//!
+//! Without `shared_preload_libraries` (no shared memory), or when no worker
+//! serves this database, appends fall back to a plain `pg_notify` each.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{PGRXSharedMemory, PgLwLock, PgXactCallbackEvent, register_xact_callback};
+
+use crate::error::DsResult;
+use ds_core::notification::Announcement;
+
+use crate::storage;
+
+/// Stream ids waiting for the worker; beyond this the worker announces "*".
+const CAPACITY: usize = 1024;
+/// Distinct streams one transaction remembers before it announces "*".
+const PER_TRANSACTION: usize = 64;
+
+/// Shared state between appending backends and the worker.
+#[derive(Copy, Clone)]
+pub struct Pending {
+    /// The worker's latch (a pointer into shared memory), 0 when none runs.
+    worker_latch: usize,
+    /// Database the worker serves.
+    database: u32,
+    /// Set when ids were dropped because the set was full.
+    overflow: bool,
+    len: usize,
+    ids: [i64; CAPACITY],
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending { worker_latch: 0, database: 0, overflow: false, len: 0, ids: [0; CAPACITY] }
+    }
+}
+
+// SAFETY: plain old data without pointers into process-local memory (the
+// latch address is in shared memory, identical in every backend).
+unsafe impl PGRXSharedMemory for Pending {}
+
+// SAFETY: the name is unique to this extension; initialised in `_PG_init`.
+static PENDING: PgLwLock<Pending> = unsafe { PgLwLock::new(c"durable_streams_doorbell") };
+
+/// True in every process forked from a postmaster that preloaded us.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Streams this backend's open transaction advanced; `None` when its
+    /// commit callback is not registered yet. `(ids, overflow)`.
+    static IN_TRANSACTION: RefCell<Option<(Vec<i64>, bool)>> = const { RefCell::new(None) };
+}
+
+/// Allocates the shared state; only from `_PG_init` during preload.
+pub fn init_shared_memory() {
+    pgrx::pg_shmem_init!(PENDING);
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// Announces that `stream_id` (at `path`) advanced to `tail`.
+pub fn stream_advanced(
+    client: &mut SpiClient<'_>,
+    stream_id: i64,
+    path: &str,
+    tail: ds_core::Offset,
+) -> DsResult<()> {
+    if !worker_serves_this_database() {
+        return storage::notify(
+            client,
+            &Announcement::Advanced { path: path.to_owned(), tail }.line(),
+        );
+    }
+    IN_TRANSACTION.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let (ids, overflow) = slot.get_or_insert_with(|| {
+            register_xact_callback(PgXactCallbackEvent::Commit, ring_after_commit);
+            register_xact_callback(PgXactCallbackEvent::Abort, forget);
+            (Vec::new(), false)
+        });
+        if !ids.contains(&stream_id) {
+            if ids.len() < PER_TRANSACTION { ids.push(stream_id) } else { *overflow = true }
+        }
+    });
+    Ok(())
+}
+
+fn worker_serves_this_database() -> bool {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let shared = PENDING.share();
+    // SAFETY: MyDatabaseId is set once the backend is connected.
+    shared.worker_latch != 0 && shared.database == unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+fn forget() {
+    IN_TRANSACTION.with(|cell| cell.borrow_mut().take());
+}
+
+/// Commit callback: must neither fail nor panic (the transaction is over).
+fn ring_after_commit() {
+    let Some((ids, overflow)) = IN_TRANSACTION.with(|cell| cell.borrow_mut().take()) else {
+        return;
+    };
+    let latch = {
+        let mut shared = PENDING.exclusive();
+        shared.overflow |= overflow;
+        for id in ids {
+            let len = shared.len;
+            if shared.ids[..len].contains(&id) {
+                continue;
+            }
+            if len < CAPACITY {
+                shared.ids[len] = id;
+                shared.len += 1;
+            } else {
+                shared.overflow = true;
+            }
+        }
+        shared.worker_latch
+    };
+    if latch != 0 {
+        // SAFETY: the worker registered its own latch, which lives in shared memory.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// Worker side: registers the worker's latch and database.
+pub fn register_worker() {
+    let mut shared = PENDING.exclusive();
+    // SAFETY: called in the worker after it connected to its database.
+    unsafe {
+        shared.worker_latch = pg_sys::MyLatch as usize;
+        shared.database = pg_sys::MyDatabaseId.to_u32();
+    }
+}
+
+/// Worker side: unregisters on a clean exit, so backends fall back to pg_notify.
+pub fn unregister_worker() {
+    PENDING.exclusive().worker_latch = 0;
+}
+
+/// Worker side: takes the pending ids and the overflow flag.
+pub fn take_pending() -> (Vec<i64>, bool) {
+    let mut shared = PENDING.exclusive();
+    let ids = shared.ids[..shared.len].to_vec();
+    let overflow = shared.overflow;
+    shared.len = 0;
+    shared.overflow = false;
+    (ids, overflow)
+}
