@@ -17,8 +17,10 @@ pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 102
 pub static WORKER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
-/// Registers the settings; called first in `_PG_init`.
-pub fn init() {
+/// Registers the settings; called first in `_PG_init`. `preloading` tells
+/// whether the postmaster is loading us: only then can the worker's
+/// start-up-only settings exist (Postgres refuses them later).
+pub fn init(preloading: bool) {
     GucRegistry::define_int_guc(
         c"ds.max_append_bytes",
         c"Largest body accepted by one append or create, in bytes.",
@@ -39,6 +41,14 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    if preloading {
+        define_worker_gucs();
+    }
+    // SAFETY: called from _PG_init, in the postmaster or a backend loading us.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"ds".as_ptr()) };
+}
+
+fn define_worker_gucs() {
     GucRegistry::define_string_guc(
         c"ds.database",
         c"Database whose streams the durable_streams background worker serves.",
@@ -47,8 +57,6 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
-    // SAFETY: called from _PG_init, in the postmaster or a backend loading us.
-    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"ds".as_ptr()) };
 }
 
 /// The configured maximum body size.

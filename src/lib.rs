@@ -28,9 +28,10 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 /// Called when the library is loaded (at server start when preloaded).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
     // SAFETY: read-only flag set by the postmaster while it loads libraries.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
         doorbell::init_shared_memory();
         worker::register();
     }

@@ -9,13 +9,21 @@ mod tests {
     /// Runs `query`, returning the SQLSTATE it raised (None if it succeeded).
     /// A PL/pgSQL exception block rolls the failed part back properly.
     fn sqlstate(query: &str) -> Option<String> {
+        let defined =
+            Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.sqlstate_of(text)') IS NOT NULL");
+        if defined.unwrap() != Some(true) {
+            define_sqlstate_of();
+        }
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[query.into()]).unwrap()
+    }
+
+    fn define_sqlstate_of() {
         Spi::run(
             "CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text \
              LANGUAGE plpgsql AS $$ BEGIN EXECUTE q; RETURN NULL; \
              EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
         )
         .unwrap();
-        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[query.into()]).unwrap()
     }
 
     fn text(query: &str) -> String {
@@ -303,5 +311,31 @@ mod tests {
         assert!(boolean(
             "SELECT bool_and(prosecdef) FROM pg_proc WHERE pronamespace = 'ds'::regnamespace"
         ));
+    }
+
+    /// The grants the README prescribes are enough, and no more than needed.
+    #[pg_test]
+    fn readme_grants_give_readers_and_writers_what_they_need() {
+        Spi::run("SELECT ds.create('g', 'text/plain')").unwrap();
+        Spi::run("CREATE ROLE ds_test_reader; CREATE ROLE ds_test_writer").unwrap();
+        Spi::run(
+            "GRANT USAGE ON SCHEMA ds TO ds_test_reader, ds_test_writer; \
+             GRANT EXECUTE ON FUNCTION ds.read(text, text, bigint), ds.read_chunk(text, text, bigint), \
+                 ds.head(text) TO ds_test_reader; \
+             GRANT EXECUTE ON FUNCTION ds.create(text, text, bigint, timestamptz, boolean, bytea), \
+                 ds.append(text, bytea), ds.append(text, text), ds.append(text, jsonb), \
+                 ds.try_append(text, bytea, text, text, text, bigint, bigint, boolean), \
+                 ds.close(text), ds.delete(text) TO ds_test_writer",
+        )
+        .unwrap();
+        define_sqlstate_of();
+        Spi::run("SET ROLE ds_test_writer").unwrap();
+        assert_eq!(text("SELECT ds.append('g', 'abc'::text)"), off(3));
+        assert_eq!(sqlstate("SELECT * FROM ds.read('g')").as_deref(), Some("42501"));
+        Spi::run("RESET ROLE; SET ROLE ds_test_reader").unwrap();
+        assert_eq!(text("SELECT convert_from(body, 'UTF8') FROM ds.read_chunk('g')"), "abc");
+        assert_eq!(sqlstate("SELECT ds.append('g', 'x'::text)").as_deref(), Some("42501"));
+        assert_eq!(sqlstate("SELECT count(*) FROM ds.messages").as_deref(), Some("42501"));
+        Spi::run("RESET ROLE").unwrap();
     }
 }
