@@ -1,10 +1,60 @@
-//! `ds-sidecar`: the HTTP face of durable_streams.
-//!
-//! Placeholder until the sidecar issue lands: it only reports that it is not
-//! implemented yet, so `make run` can detect it and skip starting it.
+//! `ds-sidecar` entry point: parse the configuration, set up tracing, bind,
+//! and hand over to [`ds_sidecar::run`] until Ctrl-C or SIGTERM.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("ds-sidecar {}: the HTTP sidecar is not implemented yet", env!("CARGO_PKG_VERSION"));
-    std::process::exit(2);
+use clap::Parser;
+use ds_sidecar::Config;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("ds_sidecar=info,tower_http=info")),
+        )
+        .init();
+
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal(shutdown.clone()));
+    match ds_sidecar::run(config, listener, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ds-sidecar stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
 }

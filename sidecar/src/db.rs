@@ -1,0 +1,286 @@
+//! The connection pool and the calls to the extension's SQL API.
+//!
+//! Architecture invariant: the sidecar only ever calls `ds.*` functions; it
+//! never reads or writes the extension's tables. Each HTTP request is one
+//! SQL call on a pooled connection that is returned before any waiting.
+
+use std::str::FromStr;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use thiserror::Error;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+use crate::protocol::headers::Producer;
+
+/// A failed database call.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// No connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The statement failed (its SQLSTATE decides the HTTP status).
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The SQL API answered with an unexpected shape.
+    #[error("unexpected result from {0}")]
+    Shape(&'static str),
+}
+
+/// A bad `--database-url`.
+#[derive(Debug, Error)]
+#[error("invalid database URL: {0}")]
+pub struct UrlError(#[from] tokio_postgres::Error);
+
+/// Result row of `ds.create`.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// True when the stream was created now (201), false when it existed (200).
+    pub created: bool,
+    /// Tail after any initial body.
+    pub next_offset: String,
+    /// The stream's content type.
+    pub content_type: String,
+    /// Whether the stream is closed.
+    pub closed: bool,
+}
+
+/// Result row of `ds.try_append`.
+#[derive(Debug, Clone, Default)]
+pub struct Appended {
+    /// Outcome name, parsed by `ds_core::outcome::AppendOutcome::from_name`.
+    pub outcome: String,
+    /// Tail after the request (or the final offset of a closed stream).
+    pub next_offset: Option<String>,
+    /// Whether the stream is closed now.
+    pub closed: bool,
+    /// Producer epoch to report (echo, or the current one on a stale epoch).
+    pub producer_epoch: Option<i64>,
+    /// Highest accepted producer seq.
+    pub producer_seq: Option<i64>,
+    /// Expected seq on a gap.
+    pub expected_seq: Option<i64>,
+    /// Received seq on a gap.
+    pub received_seq: Option<i64>,
+    /// SQLSTATE of an `invalid_request`.
+    pub sqlstate: Option<String>,
+    /// Message for the client.
+    pub detail: Option<String>,
+}
+
+/// Result row of `ds.read_chunk`: exactly one response body.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The body, already framed (JSON array for JSON streams).
+    pub body: Bytes,
+    /// Where the next read starts.
+    pub next_offset: String,
+    /// The chunk reaches the tail.
+    pub up_to_date: bool,
+    /// The chunk reaches the tail of a closed stream.
+    pub closed: bool,
+    /// The stream's content type.
+    pub content_type: String,
+    /// Internal stream id (for ETags).
+    pub stream_id: i64,
+}
+
+/// Result row of `ds.head`.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Internal stream id.
+    pub stream_id: i64,
+    /// The stream's content type.
+    pub content_type: String,
+    /// Tail offset.
+    pub next_offset: String,
+    /// Whether the stream is closed.
+    pub closed: bool,
+    /// Sliding TTL in seconds.
+    pub ttl_seconds: Option<i64>,
+    /// Absolute expiry, RFC 3339 in UTC.
+    pub expires_at: Option<String>,
+}
+
+const CREATE: &str = "SELECT created, next_offset, content_type, closed \
+     FROM ds.create($1, $2, $3, $4::text::timestamptz, $5, $6)";
+const TRY_APPEND: &str = "SELECT outcome, next_offset, closed, producer_epoch, producer_seq, \
+     expected_seq, received_seq, sqlstate, detail \
+     FROM ds.try_append($1, $2, $3, $4, $5, $6, $7, $8)";
+const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
+     FROM ds.read_chunk($1, $2, $3)";
+const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
+     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+     FROM ds.head($1)";
+const DELETE: &str = "SELECT ds.delete($1)";
+
+/// Parameters of a create request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest<'a> {
+    /// Stream path.
+    pub path: &'a str,
+    /// Content type (already defaulted).
+    pub content_type: &'a str,
+    /// `Stream-TTL`.
+    pub ttl_seconds: Option<i64>,
+    /// `Stream-Expires-At` (RFC 3339, checked).
+    pub expires_at: Option<&'a str>,
+    /// `Stream-Closed: true`.
+    pub closed: bool,
+    /// Initial body, if any.
+    pub body: Option<&'a [u8]>,
+}
+
+/// Parameters of an append / close request.
+#[derive(Debug, Clone, Default)]
+pub struct AppendRequest<'a> {
+    /// Stream path.
+    pub path: &'a str,
+    /// Body (may be empty for a close).
+    pub data: &'a [u8],
+    /// Content type of the body (None for close-only).
+    pub content_type: Option<&'a str>,
+    /// `Stream-Seq`.
+    pub stream_seq: Option<&'a str>,
+    /// Idempotent producer tuple.
+    pub producer: Option<&'a Producer>,
+    /// `Stream-Closed: true`.
+    pub close: bool,
+}
+
+/// The pool plus typed calls to the SQL API.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Builds the pool (connections are opened lazily).
+    pub fn new(database_url: &str, max_size: usize) -> Result<Db, UrlError> {
+        let pg = tokio_postgres::Config::from_str(database_url)?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size.max(1))
+            .build()
+            .expect("a pool with a runtime-less manager always builds");
+        Ok(Db { pool })
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, params).await?)
+    }
+
+    /// `SELECT 1`, for `/health`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// `ds.create`.
+    pub async fn create(&self, r: &CreateRequest<'_>) -> Result<Created, DbError> {
+        let rows = self
+            .query(
+                CREATE,
+                &[&r.path, &r.content_type, &r.ttl_seconds, &r.expires_at, &r.closed, &r.body],
+            )
+            .await?;
+        let row = rows.first().ok_or(DbError::Shape("ds.create"))?;
+        Ok(Created {
+            created: row.try_get(0)?,
+            next_offset: row.try_get(1)?,
+            content_type: row.try_get(2)?,
+            closed: row.try_get(3)?,
+        })
+    }
+
+    /// `ds.try_append`: protocol outcomes come back as data.
+    pub async fn try_append(&self, r: &AppendRequest<'_>) -> Result<Appended, DbError> {
+        let producer_id = r.producer.map(|p| p.id.as_str());
+        let epoch = r.producer.map(|p| p.epoch);
+        let seq = r.producer.map(|p| p.seq);
+        let rows = self
+            .query(
+                TRY_APPEND,
+                &[
+                    &r.path,
+                    &r.data,
+                    &r.content_type,
+                    &r.stream_seq,
+                    &producer_id,
+                    &epoch,
+                    &seq,
+                    &r.close,
+                ],
+            )
+            .await?;
+        let row = rows.first().ok_or(DbError::Shape("ds.try_append"))?;
+        Ok(Appended {
+            outcome: row.try_get(0)?,
+            next_offset: row.try_get(1)?,
+            closed: row.try_get::<_, Option<bool>>(2)?.unwrap_or(false),
+            producer_epoch: row.try_get(3)?,
+            producer_seq: row.try_get(4)?,
+            expected_seq: row.try_get(5)?,
+            received_seq: row.try_get(6)?,
+            sqlstate: row.try_get(7)?,
+            detail: row.try_get(8)?,
+        })
+    }
+
+    /// `ds.read_chunk`; `from` is `-1`, `now` or a server offset.
+    pub async fn read_chunk(
+        &self,
+        path: &str,
+        from: &str,
+        max_bytes: Option<i64>,
+    ) -> Result<Chunk, DbError> {
+        let rows = self.query(READ_CHUNK, &[&path, &from, &max_bytes]).await?;
+        let row = rows.first().ok_or(DbError::Shape("ds.read_chunk"))?;
+        Ok(Chunk {
+            body: Bytes::from(row.try_get::<_, Vec<u8>>(0)?),
+            next_offset: row.try_get(1)?,
+            up_to_date: row.try_get(2)?,
+            closed: row.try_get(3)?,
+            content_type: row.try_get(4)?,
+            stream_id: row.try_get(5)?,
+        })
+    }
+
+    /// `ds.head`; `None` when the stream does not exist.
+    pub async fn head(&self, path: &str) -> Result<Option<Head>, DbError> {
+        let rows = self.query(HEAD, &[&path]).await?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        Ok(Some(Head {
+            stream_id: row.try_get(0)?,
+            content_type: row.try_get(1)?,
+            next_offset: row.try_get(2)?,
+            closed: row.try_get(3)?,
+            ttl_seconds: row.try_get(4)?,
+            expires_at: row.try_get(5)?,
+        }))
+    }
+
+    /// `ds.delete`.
+    pub async fn delete(&self, path: &str) -> Result<(), DbError> {
+        self.query(DELETE, &[&path]).await?;
+        Ok(())
+    }
+
+    /// Pool status for metrics: (size, available).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available)
+    }
+}

@@ -1,0 +1,183 @@
+//! Live reads: long-poll (§5.7) and SSE (§5.8).
+//!
+//! Both subscribe to the tail hub *before* reading, then re-read with
+//! `ds.read_chunk` after every wake-up: a notification is only a hint. No
+//! database connection is held while waiting. Both stop waiting at shutdown.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, sleep_until};
+
+use super::streams::{chunk_response, has_data, sql_from, start_offset};
+use super::{ApiError, Headers, NO_STORE};
+use crate::AppState;
+use crate::db::Chunk;
+use crate::metrics::GaugeGuard;
+use crate::protocol::cursor;
+use crate::protocol::headers::{
+    STREAM_CLOSED, STREAM_CURSOR, STREAM_NEXT_OFFSET, STREAM_SSE_DATA_ENCODING, STREAM_UP_TO_DATE,
+};
+use crate::protocol::query::ReadParams;
+use crate::protocol::sse::{self, Control, Encoding};
+use crate::tail::Subscription;
+
+fn slot(
+    state: &AppState,
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    what: &'static str,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    std::sync::Arc::clone(slots).try_acquire_owned().map_err(|_| {
+        state.metrics.rejected_busy.inc();
+        ApiError::Busy(what)
+    })
+}
+
+/// `204` at the tail: nothing new (yet), or EOF when `closed`.
+fn tail_response(next_offset: &str, closed: bool, cursor: Option<String>) -> Response {
+    let mut h = Headers::default();
+    h.set(STREAM_NEXT_OFFSET, next_offset)
+        .set(header::CACHE_CONTROL, NO_STORE)
+        .flag(STREAM_UP_TO_DATE, true)
+        .flag(STREAM_CLOSED, closed);
+    if let Some(c) = cursor.filter(|_| !closed) {
+        h.set(STREAM_CURSOR, c);
+    }
+    (StatusCode::NO_CONTENT, h.0).into_response()
+}
+
+/// `live=long-poll`: answer at once when there is data (or EOF), otherwise
+/// wait for a wake-up until the timeout.
+pub(super) async fn long_poll(
+    state: AppState,
+    path: String,
+    params: ReadParams,
+) -> Result<Response, ApiError> {
+    let _permit = slot(&state, &state.long_poll_slots, "too many long-poll waiters")?;
+    let _waiting = GaugeGuard::new(&state.metrics.long_poll_waiters);
+    let mut sub = state.hub.subscribe(&path);
+    let deadline = Instant::now() + state.config.long_poll_timeout();
+    let max = state.config.read_chunk_bytes;
+    let mut from = sql_from(&params).to_owned();
+    let mut start = start_offset(params.from);
+    loop {
+        let chunk = state.db.read_chunk(&path, &from, max).await?;
+        let cursor = cursor::generate(params.cursor.as_deref());
+        if has_data(start.as_deref(), &chunk) {
+            return Ok(chunk_response(chunk, &from, true, Some(cursor), None));
+        }
+        if chunk.closed {
+            return Ok(tail_response(&chunk.next_offset, true, None));
+        }
+        from.clone_from(&chunk.next_offset);
+        start = Some(chunk.next_offset);
+        tokio::select! {
+            () = sub.changed() => {}
+            () = sleep_until(deadline) => return Ok(tail_response(&from, false, Some(cursor))),
+            () = state.shutdown.cancelled() => return Ok(tail_response(&from, false, Some(cursor))),
+        }
+    }
+}
+
+/// `live=sse`: a `text/event-stream` of data and control events, ended
+/// after EOF, after the maximum duration, at shutdown or on disconnect.
+pub(super) async fn sse(
+    state: AppState,
+    path: String,
+    params: ReadParams,
+) -> Result<Response, ApiError> {
+    let permit = slot(&state, &state.sse_slots, "too many SSE clients")?;
+    let sub = state.hub.subscribe(&path);
+    // The first read happens before the response starts, so a missing stream
+    // is a plain 404.
+    let first =
+        state.db.read_chunk(&path, sql_from(&params), state.config.read_chunk_bytes).await?;
+    let encoding = Encoding::for_content_type(&first.content_type);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+    let session = SseSession { state, path, params, encoding, sub, tx, _permit: permit };
+    tokio::spawn(session.run(first));
+
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|b| b.map(Ok::<_, Infallible>))
+    });
+    let mut h = Headers::default();
+    h.set(header::CONTENT_TYPE, "text/event-stream")
+        .set(header::CACHE_CONTROL, "no-cache")
+        .set(axum::http::HeaderName::from_static("x-accel-buffering"), "no");
+    if encoding == Encoding::Base64 {
+        h.set(STREAM_SSE_DATA_ENCODING, "base64");
+    }
+    Ok((StatusCode::OK, h.0, Body::from_stream(body)).into_response())
+}
+
+struct SseSession {
+    state: AppState,
+    path: String,
+    params: ReadParams,
+    encoding: Encoding,
+    sub: Subscription,
+    tx: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SseSession {
+    async fn run(mut self, first: Chunk) {
+        let _client = GaugeGuard::new(&self.state.metrics.sse_clients);
+        let deadline = Instant::now() + self.state.config.sse_max_duration();
+        let max = self.state.config.read_chunk_bytes;
+        let mut start = start_offset(self.params.from);
+        let mut chunk = first;
+        let mut announce = true;
+        loop {
+            let with_data = has_data(start.as_deref(), &chunk);
+            if with_data || chunk.closed || announce {
+                if !self.emit(&chunk, with_data).await || chunk.closed {
+                    return;
+                }
+                announce = false;
+            }
+            start = Some(chunk.next_offset.clone());
+            if !chunk.up_to_date {
+                // More data is already there: keep catching up.
+                if Instant::now() >= deadline {
+                    return;
+                }
+            } else {
+                tokio::select! {
+                    () = self.sub.changed() => {}
+                    () = sleep_until(deadline) => return,
+                    () = self.state.shutdown.cancelled() => return,
+                    () = self.tx.closed() => return,
+                }
+            }
+            chunk = match self.state.db.read_chunk(&self.path, &chunk.next_offset, max).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically the stream was deleted; end the event stream.
+                    tracing::debug!(path = %self.path, error = %e, "SSE read failed; ending stream");
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Sends one data event (if any) plus its control event as one write;
+    /// false when the client is gone.
+    async fn emit(&self, chunk: &Chunk, with_data: bool) -> bool {
+        let mut frame = String::new();
+        if with_data {
+            sse::push_data_event(&mut frame, &chunk.body, self.encoding);
+        }
+        let control = Control {
+            stream_next_offset: chunk.next_offset.clone(),
+            stream_cursor: (!chunk.closed).then(|| cursor::generate(self.params.cursor.as_deref())),
+            up_to_date: chunk.up_to_date || chunk.closed,
+            stream_closed: chunk.closed,
+        };
+        sse::push_control_event(&mut frame, &control);
+        self.tx.send(Bytes::from(frame)).await.is_ok()
+    }
+}

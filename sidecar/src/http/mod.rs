@@ -1,0 +1,122 @@
+//! HTTP routes, middleware and response helpers.
+//!
+//! Streams live under `/v1/stream/{*path}`; `/health` and `/metrics` are
+//! operational endpoints. Every response carries the browser security
+//! headers of §12.7 and CORS headers exposing the protocol headers.
+
+pub mod append;
+pub mod error;
+mod live;
+mod ops;
+mod streams;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::metrics::RequestLabels;
+use crate::protocol::headers::{EXPOSED_HEADERS, REQUEST_HEADERS};
+
+pub use error::ApiError;
+
+/// The prefix under which streams are served.
+pub const STREAM_PREFIX: &str = "/v1/stream/";
+
+/// The complete application with all middleware.
+pub fn app(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ])
+        .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(86_400));
+    Router::new()
+        .route(
+            "/v1/stream/{*path}",
+            get(streams::read)
+                .put(streams::create)
+                .post(streams::append)
+                .head(streams::head)
+                .delete(streams::delete)
+                .options(streams::options),
+        )
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(CompressionLayer::new())
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Adds the security headers of §12.7 to every response and counts it.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::OPTIONS => req.method().as_str().to_owned(),
+        _ => "OTHER".to_owned(),
+    };
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    let labels = RequestLabels { method, status: response.status().as_u16() };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    response
+}
+
+/// Response headers built from strings that come from the database or from
+/// our own formatting (offsets, content types, numbers).
+#[derive(Debug, Default)]
+pub struct Headers(pub HeaderMap);
+
+impl Headers {
+    /// Sets `name` to `value`; a value that is not a valid header (which the
+    /// SQL API never produces) is logged and skipped.
+    pub fn set(&mut self, name: HeaderName, value: impl AsRef<str>) -> &mut Self {
+        match HeaderValue::from_str(value.as_ref()) {
+            Ok(v) => {
+                self.0.insert(name, v);
+            }
+            Err(_) => tracing::warn!(header = %name, "skipping invalid header value"),
+        }
+        self
+    }
+
+    /// Sets `name: true` when `flag` holds.
+    pub fn flag(&mut self, name: HeaderName, flag: bool) -> &mut Self {
+        if flag {
+            self.0.insert(name, HeaderValue::from_static("true"));
+        }
+        self
+    }
+}
+
+/// Cache-Control of cacheable reads (§10.1).
+pub const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
+/// Cache-Control of responses that must not be cached.
+pub const NO_STORE: &str = "no-store";

@@ -1,0 +1,97 @@
+//! `ds-sidecar`: the HTTP face of durable_streams.
+//!
+//! A thin server speaking the Durable Streams protocol (PROTOCOL.md §4–§10)
+//! over the extension's SQL API. Each request maps to one `ds.*` call; the
+//! sidecar owns header syntax, live modes (long-poll, SSE), cursors, ETags,
+//! caching and security headers, limits, health and metrics.
+//!
+//! Modules: [`config`] (flags), [`protocol`] (pure header/cursor/SSE code),
+//! [`http`] (routes and the error mapping), [`db`] (pool and SQL calls),
+//! [`tail`] (the LISTEN fan-out), [`metrics`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod tail;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Startup configuration.
+    pub config: Arc<Config>,
+    /// Pool and SQL calls.
+    pub db: db::Db,
+    /// Live-tailing fan-out.
+    pub hub: Arc<tail::TailHub>,
+    /// Metrics registry.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled at shutdown; live handlers stop waiting.
+    pub shutdown: CancellationToken,
+    /// Permits for waiting long-polls.
+    pub long_poll_slots: Arc<Semaphore>,
+    /// Permits for SSE connections.
+    pub sse_slots: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// Builds the state (the pool connects lazily).
+    pub fn new(config: Config, shutdown: CancellationToken) -> Result<AppState, RunError> {
+        let db = db::Db::new(&config.database_url, config.pool_size)?;
+        Ok(AppState {
+            db,
+            hub: Arc::new(tail::TailHub::default()),
+            metrics: Arc::new(metrics::Metrics::default()),
+            shutdown,
+            long_poll_slots: Arc::new(Semaphore::new(config.max_long_poll_waiters)),
+            sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// Bad database URL.
+    #[error(transparent)]
+    Url(#[from] db::UrlError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains in-flight
+/// requests (live requests end early because they watch the same token).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let state = AppState::new(config, shutdown.clone())?;
+    let listen_task = tokio::spawn(tail::listen(
+        state.config.database_url.clone(),
+        Arc::clone(&state.hub),
+        Arc::clone(&state.metrics),
+        shutdown.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, "ds-sidecar listening");
+    let app = http::app(state);
+    let served =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    shutdown.cancel();
+    let _ = listen_task.await;
+    served?;
+    Ok(())
+}

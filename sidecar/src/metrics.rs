@@ -1,0 +1,157 @@
+//! Prometheus metrics served at `/metrics`.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `http_requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of `appends`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ds.try_append` outcome name.
+    pub outcome: String,
+}
+
+/// Every metric of the sidecar.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method and status.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// Appends by outcome.
+    pub appends: Family<OutcomeLabels, Counter>,
+    /// Long-polls currently waiting.
+    pub long_poll_waiters: Gauge,
+    /// Open SSE connections.
+    pub sse_clients: Gauge,
+    /// Requests refused because a limit was reached.
+    pub rejected_busy: Counter,
+    /// Notifications received on the LISTEN connection.
+    pub notifications: Counter,
+    /// LISTEN reconnects.
+    pub listen_reconnects: Counter,
+    /// 1 while the LISTEN connection is up.
+    pub listen_connected: Gauge,
+    /// Pool connections open.
+    pub pool_size: Gauge<i64, AtomicI64>,
+    /// Pool connections idle.
+    pub pool_available: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            http_requests: Family::default(),
+            appends: Family::default(),
+            long_poll_waiters: Gauge::default(),
+            sse_clients: Gauge::default(),
+            rejected_busy: Counter::default(),
+            notifications: Counter::default(),
+            listen_reconnects: Counter::default(),
+            listen_connected: Gauge::default(),
+            pool_size: Gauge::default(),
+            pool_available: Gauge::default(),
+            registry: Registry::with_prefix("ds_sidecar"),
+        };
+        m.registry.register(
+            "http_requests",
+            "HTTP requests by method and status",
+            m.http_requests.clone(),
+        );
+        m.registry.register("appends", "Appends by ds.try_append outcome", m.appends.clone());
+        m.registry.register(
+            "long_poll_waiters",
+            "Long-polls currently waiting",
+            m.long_poll_waiters.clone(),
+        );
+        m.registry.register("sse_clients", "Open SSE connections", m.sse_clients.clone());
+        m.registry.register(
+            "rejected_busy",
+            "Requests refused because a limit was reached",
+            m.rejected_busy.clone(),
+        );
+        m.registry.register(
+            "notifications",
+            "Notifications received on the LISTEN connection",
+            m.notifications.clone(),
+        );
+        m.registry.register(
+            "listen_reconnects",
+            "Reconnects of the LISTEN connection",
+            m.listen_reconnects.clone(),
+        );
+        m.registry.register(
+            "listen_connected",
+            "1 while the LISTEN connection is up",
+            m.listen_connected.clone(),
+        );
+        m.registry.register(
+            "pool_connections",
+            "Database connections open in the pool",
+            m.pool_size.clone(),
+        );
+        m.registry.register(
+            "pool_available",
+            "Idle database connections in the pool",
+            m.pool_available.clone(),
+        );
+        m
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped.
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Counts one more of whatever `gauge` counts, until the guard drops.
+    pub fn new(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_registered_metrics() {
+        let m = Metrics::default();
+        m.http_requests.get_or_create(&RequestLabels { method: "GET".into(), status: 200 }).inc();
+        m.sse_clients.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("ds_sidecar_http_requests_total{method=\"GET\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ds_sidecar_sse_clients 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

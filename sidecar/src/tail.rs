@@ -1,0 +1,258 @@
+//! Live tailing: one LISTEN connection fanned out in-process.
+//!
+//! [`TailHub`] keeps one `watch` channel per path that somebody is waiting
+//! on; a wake-up bumps its version and every subscriber's `changed()` fires.
+//! Entries exist only while they have subscribers, and the number of
+//! subscribers is bounded by the long-poll and SSE limits, so the map is
+//! bounded too. A global generation counter wakes everybody at once.
+//!
+//! [`listen`] holds one dedicated (unpooled) connection doing
+//! `LISTEN durable_streams`. A notification only says "this path may have
+//! changed": waiters always re-read with `ds.read_chunk`. Notifications sent
+//! while the connection is down are lost, so after every (re)connect every
+//! waiter is woken to re-check the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The notification channel of the extension.
+pub const CHANNEL: &str = "durable_streams";
+
+struct Entry {
+    tx: watch::Sender<u64>,
+    subscribers: usize,
+}
+
+/// In-process fan-out of "stream changed" wake-ups.
+pub struct TailHub {
+    paths: Mutex<HashMap<String, Entry>>,
+    everyone: watch::Sender<u64>,
+}
+
+impl Default for TailHub {
+    fn default() -> Self {
+        TailHub { paths: Mutex::new(HashMap::new()), everyone: watch::channel(0).0 }
+    }
+}
+
+impl TailHub {
+    /// Subscribes to wake-ups of `path`. Subscribe *before* reading, so that
+    /// a change committed after the read is never missed.
+    pub fn subscribe(self: &Arc<Self>, path: &str) -> Subscription {
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = paths
+            .entry(path.to_owned())
+            .or_insert_with(|| Entry { tx: watch::channel(0).0, subscribers: 0 });
+        entry.subscribers += 1;
+        let rx = entry.tx.subscribe();
+        drop(paths);
+        Subscription {
+            hub: Arc::clone(self),
+            path: path.to_owned(),
+            rx,
+            everyone: self.everyone.subscribe(),
+        }
+    }
+
+    /// Wakes the subscribers of `path`, if any.
+    pub fn wake(&self, path: &str) {
+        let paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = paths.get(path) {
+            entry.tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every subscriber of every path.
+    pub fn wake_all(&self) {
+        self.everyone.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Number of paths with at least one subscriber.
+    pub fn watched_paths(&self) -> usize {
+        self.paths.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Wakes the paths named by a notification payload: one change per line,
+    /// `<tail offset> <path>` or `- <path>`. Anything unparseable wakes
+    /// everybody (a hint is never trusted, but never dropped either).
+    pub fn wake_from_payload(&self, payload: &str) {
+        for line in payload.lines() {
+            match line.split_once(' ') {
+                Some((_, path)) if !path.is_empty() => self.wake(path),
+                _ => self.wake_all(),
+            }
+        }
+    }
+
+    fn unsubscribe(&self, path: &str) {
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = paths.get_mut(path) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0 {
+                paths.remove(path);
+            }
+        }
+    }
+}
+
+/// One waiter's interest in one path; unsubscribes on drop.
+pub struct Subscription {
+    hub: Arc<TailHub>,
+    path: String,
+    rx: watch::Receiver<u64>,
+    everyone: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Resolves at the next wake-up of this path (or of everybody) after the
+    /// subscription was made or last woke.
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            r = self.rx.changed() => { if r.is_err() { std::future::pending::<()>().await } }
+            r = self.everyone.changed() => { if r.is_err() { std::future::pending::<()>().await } }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.path);
+    }
+}
+
+/// Runs the LISTEN connection until `shutdown`, reconnecting with backoff.
+pub async fn listen(
+    database_url: String,
+    hub: Arc<TailHub>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = listen_once(&database_url, &hub, &metrics) => r,
+            () = shutdown.cancelled() => return,
+        };
+        metrics.listen_connected.set(0);
+        // Whatever happened, notifications may have been lost: re-check all.
+        hub.wake_all();
+        match result {
+            Ok(()) => tracing::warn!("LISTEN connection closed; reconnecting"),
+            Err(e) => tracing::warn!(error = ?e, "LISTEN connection failed; reconnecting"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = MIN_BACKOFF;
+        }
+        metrics.listen_reconnects.inc();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn listen_once(
+    database_url: &str,
+    hub: &Arc<TailHub>,
+    metrics: &Metrics,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let sql = format!("LISTEN {CHANNEL}");
+    let listen = client.batch_execute(&sql);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r?;
+                listening = true;
+                metrics.listen_connected.set(1);
+                tracing::info!(channel = CHANNEL, "listening for stream changes");
+                // Anything committed before LISTEN took effect was not announced.
+                hub.wake_all();
+            }
+            msg = messages.next() => match msg {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    metrics.notifications.inc();
+                    hub.wake_from_payload(n.payload());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn woken(sub: &mut Subscription) -> bool {
+        let fut = sub.changed();
+        futures_util::FutureExt::now_or_never(fut).is_some()
+    }
+
+    #[tokio::test]
+    async fn wakes_only_the_named_path() {
+        let hub = Arc::new(TailHub::default());
+        let mut a = hub.subscribe("a");
+        let mut b = hub.subscribe("b b");
+        assert!(!woken(&mut a));
+        hub.wake_from_payload("0000000000000000_0000000000000004 b b");
+        assert!(!woken(&mut a));
+        assert!(woken(&mut b));
+        assert!(!woken(&mut b), "a wake-up is consumed once");
+        hub.wake_from_payload("- a");
+        assert!(woken(&mut a));
+    }
+
+    #[tokio::test]
+    async fn multi_line_and_garbage_payloads() {
+        let hub = Arc::new(TailHub::default());
+        let mut a = hub.subscribe("a");
+        let mut b = hub.subscribe("b");
+        hub.wake_from_payload("1 a\n2 b");
+        assert!(woken(&mut a) && woken(&mut b));
+        hub.wake_from_payload("garbage");
+        assert!(woken(&mut a) && woken(&mut b));
+    }
+
+    #[tokio::test]
+    async fn wake_all_and_wake_before_wait() {
+        let hub = Arc::new(TailHub::default());
+        let mut a = hub.subscribe("a");
+        hub.wake("a");
+        // A wake between subscribe and wait is not lost.
+        assert!(woken(&mut a));
+        hub.wake_all();
+        assert!(woken(&mut a));
+    }
+
+    #[test]
+    fn entries_are_removed_with_the_last_subscriber() {
+        let hub = Arc::new(TailHub::default());
+        let a1 = hub.subscribe("a");
+        let a2 = hub.subscribe("a");
+        assert_eq!(hub.watched_paths(), 1);
+        drop(a1);
+        assert_eq!(hub.watched_paths(), 1);
+        drop(a2);
+        assert_eq!(hub.watched_paths(), 0);
+        hub.wake("a");
+        assert_eq!(hub.watched_paths(), 0);
+    }
+}
