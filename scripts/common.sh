@@ -85,11 +85,32 @@ ensure_database() {
 
 # Builds the extension and installs it into the system Postgres.
 install_extension() {
-    local profile=("$@")
-    log "building and installing the extension into $("$PG_CONFIG" --pkglibdir)"
-    if [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then
+    local profile=("$@") libdir
+    libdir="$("$PG_CONFIG" --pkglibdir)"
+    log "building and installing the extension into $libdir"
+    # Unlink first: copying over the old library in place would rewrite a file
+    # that running clusters have mapped, and crash them (seen: SIGSEGV).
+    # A new inode leaves running backends on the old code until they restart.
+    if [ -w "$libdir" ]; then rm -f "$libdir/durable_streams.so"; else sudo rm -f "$libdir/durable_streams.so"; fi
+    if [ -w "$libdir" ]; then
         cargo pgrx install -p durable_streams --pg-config "$PG_CONFIG" "${profile[@]}" >/dev/null
     else
         cargo pgrx install -p durable_streams --pg-config "$PG_CONFIG" --sudo "${profile[@]}" >/dev/null
     fi
+}
+
+# Prints a TCP port on 127.0.0.1 that is free right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to 30 s) until URL answers 200.
+wait_for_http() {
+    local url="$1" i
+    for i in $(seq 1 300); do
+        if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $url" >&2
+    return 1
 }

@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 need_pkgs=()
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang curl python3; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 [ "$(id -u)" != 0 ] || dpkg -s sudo >/dev/null 2>&1 || need_pkgs+=(sudo)
@@ -16,6 +16,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "apt-get install ${need_pkgs[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# Node.js and npm run the official conformance suite (tests/conformance).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "apt-get install nodejs npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then

@@ -33,6 +33,7 @@ install_extension
 PORT="${DS_TEST_PORT:-54371}"
 TEST_DIR="$(mktemp -d /tmp/ds-test-cluster.XXXXXX)"
 cleanup() {
+    [ -z "${SIDECAR_PID:-}" ] || kill "$SIDECAR_PID" 2>/dev/null || true
     cluster_stop "$TEST_DIR" || true
     rm -rf "$TEST_DIR"
 }
@@ -57,5 +58,29 @@ ensure_database "$PORT" ds_it
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_TEST_SERVER_DIR="$TEST_DIR" \
     cargo test -q -p ds-it -- --test-threads=1
+
+log "conformance suite (@durable-streams/server-conformance-tests, tests/conformance)"
+cargo build -q -p ds-sidecar
+SIDECAR_PORT="$(free_port)"
+SIDECAR_LOG="$TEST_DIR/sidecar.log"
+./target/debug/ds-sidecar --database-url "postgresql://postgres@127.0.0.1:$PORT/ds_it" \
+    --listen "127.0.0.1:$SIDECAR_PORT" --long-poll-timeout-ms 3000 >"$SIDECAR_LOG" 2>&1 &
+SIDECAR_PID=$!
+wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
+(
+    cd tests/conformance
+    [ -d node_modules/@durable-streams/server-conformance-tests ] || npm ci --no-audit --no-fund --loglevel=error
+    DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" DS_LONG_POLL_TIMEOUT_MS=3000 \
+        npx vitest run --reporter=json --outputFile="$TEST_DIR/conformance.json" >"$TEST_DIR/conformance.out" 2>&1 || true
+    [ -s "$TEST_DIR/conformance.json" ] || { tail -50 "$TEST_DIR/conformance.out"; exit 1; }
+    node check-results.mjs "$TEST_DIR/conformance.json"
+) || { tail -30 "$SIDECAR_LOG"; exit 1; }
+kill "$SIDECAR_PID"
+wait "$SIDECAR_PID" || true
+
+log "end-to-end fault tests (tests/e2e: sidecar + cluster)"
+DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
+    DS_SIDECAR_BIN="$ROOT/target/debug/ds-sidecar" \
+    cargo test -q -p ds-e2e -- --test-threads=1
 
 log "all tests passed"

@@ -1,0 +1,130 @@
+//! Harness for the end-to-end tests: starts `ds-sidecar` processes against
+//! the test cluster, talks HTTP and SSE to them, and SQL to the cluster.
+//! `scripts/test.sh` sets `DS_TEST_DATABASE_URL` and `DS_SIDECAR_BIN`.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+/// The test database.
+pub fn database_url() -> String {
+    std::env::var("DS_TEST_DATABASE_URL").expect("DS_TEST_DATABASE_URL (run `make test`)")
+}
+
+/// A SQL connection to the test database.
+pub async fn sql() -> Client {
+    let (client, connection) =
+        tokio_postgres::connect(&database_url(), NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A stream path no other test (or earlier run) uses.
+pub fn unique_path(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("e2e/{name}/{nanos}")
+}
+
+/// An HTTP client for tests: no proxies, generous pool.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap()
+}
+
+/// A running sidecar process, killed on drop.
+pub struct Sidecar {
+    pub port: u16,
+    child: Child,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on a free port with extra flags; waits for /health.
+    pub async fn start(extra: &[&str]) -> Sidecar {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Sidecar::start_on(port, extra).await
+    }
+
+    /// Starts a sidecar on `port` (e.g. to restart one in place).
+    pub async fn start_on(port: u16, extra: &[&str]) -> Sidecar {
+        let bin = std::env::var("DS_SIDECAR_BIN").expect("DS_SIDECAR_BIN (run `make test`)");
+        let child = Command::new(bin)
+            .args(["--database-url", &database_url(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ds-sidecar");
+        let sidecar = Sidecar { port, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http().get(sidecar.url("/health")).send().await.ok().map(|r| r.status().as_u16())
+            != Some(200)
+        {
+            assert!(Instant::now() < deadline, "sidecar did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sidecar
+    }
+
+    /// URL of `path` on this sidecar.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// URL of a stream.
+    pub fn stream(&self, stream_path: &str) -> String {
+        self.url(&format!("/v1/stream/{stream_path}"))
+    }
+
+    /// Kills the process at once (no graceful shutdown) and waits for it.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event: String,
+    pub data: String,
+}
+
+/// Reads an SSE response, calling `on_event` until it returns false or the
+/// stream ends. Returns whether `on_event` asked to stop.
+pub async fn read_events(
+    response: reqwest::Response,
+    mut on_event: impl FnMut(Event) -> bool,
+) -> bool {
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { return false };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let mut event = Event { event: "message".into(), data: String::new() };
+            let mut lines = Vec::new();
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event.event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    lines.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            event.data = lines.join("\n");
+            if !on_event(event) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// `Stream-Next-Offset` of a response.
+pub fn next_offset(response: &reqwest::Response) -> String {
+    response.headers()["stream-next-offset"].to_str().unwrap().to_owned()
+}

@@ -1,0 +1,228 @@
+//! Fault and scale tests the official conformance suite does not cover.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ds_e2e::{Event, Sidecar, http, next_offset, read_events, sql, unique_path};
+use tokio::time::timeout;
+
+async fn create_json_stream(sidecar: &Sidecar, path: &str) -> String {
+    let r = http()
+        .put(sidecar.stream(path))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    next_offset(&r)
+}
+
+/// The messages of a JSON array body, each re-serialised compactly.
+fn json_messages(body: &str) -> Vec<String> {
+    let values: Vec<serde_json::Value> = serde_json::from_str(body).expect("a JSON array");
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+/// Messages carried by an SSE data event of a JSON stream.
+fn messages(event: &Event) -> Vec<String> {
+    json_messages(&event.data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listen_connection_loss_loses_no_append() {
+    let sidecar = Sidecar::start(&["--long-poll-timeout-ms", "20000"]).await;
+    let path = unique_path("listen-loss");
+    let tail = create_json_stream(&sidecar, &path).await;
+    let db = sql().await;
+
+    let mut polls = Vec::new();
+    for _ in 0..3 {
+        let url = format!("{}?offset={tail}&live=long-poll", sidecar.stream(&path));
+        polls.push(tokio::spawn(async move {
+            let r = http().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    let mut sse = Vec::new();
+    for _ in 0..3 {
+        let url = format!("{}?offset={tail}&live=sse", sidecar.stream(&path));
+        sse.push(tokio::spawn(async move {
+            let r = http().get(url).send().await.unwrap();
+            let mut got = Vec::new();
+            read_events(r, |e| {
+                if e.event == "data" {
+                    got.extend(messages(&e));
+                }
+                got.is_empty()
+            })
+            .await;
+            got
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let killed: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query = 'LISTEN durable_streams' AND datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the sidecar's LISTEN connection was found and terminated");
+    // Appended by SQL, not over HTTP: only the database can tell the sidecar.
+    db.execute("SELECT ds.append($1, '{\"n\":1}'::jsonb)", &[&path]).await.unwrap();
+
+    for p in polls {
+        let (status, body) =
+            timeout(Duration::from_secs(15), p).await.expect("long-poll answered").unwrap();
+        assert_eq!((status, body.as_str()), (200, "[{\"n\":1}]"));
+    }
+    for s in sse {
+        let got = timeout(Duration::from_secs(15), s).await.expect("SSE delivered").unwrap();
+        assert_eq!(got, vec!["{\"n\":1}"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_sse_clients_each_receive_every_message_in_order() {
+    const CLIENTS: usize = 1000;
+    const MESSAGES: usize = 10;
+    let sidecar = Sidecar::start(&[]).await;
+    let path = unique_path("fan-out");
+    let tail = create_json_stream(&sidecar, &path).await;
+
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let url = format!("{}?offset={tail}&live=sse", sidecar.stream(&path));
+        let connected = connected.clone();
+        clients.push(tokio::spawn(async move {
+            let r = http().get(url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut got = Vec::new();
+            read_events(r, |e| {
+                if e.event == "data" {
+                    got.extend(messages(&e));
+                }
+                got.len() < MESSAGES
+            })
+            .await;
+            got
+        }));
+    }
+    let wait = tokio::time::Instant::now() + Duration::from_secs(60);
+    while connected.load(Ordering::Relaxed) < CLIENTS {
+        assert!(tokio::time::Instant::now() < wait, "all SSE clients connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..MESSAGES {
+        let r = http()
+            .post(sidecar.stream(&path))
+            .header("content-type", "application/json")
+            .body(format!("{{\"n\":{n}}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("{{\"n\":{n}}}")).collect();
+    for c in clients {
+        let got = timeout(Duration::from_secs(60), c).await.expect("client finished").unwrap();
+        assert_eq!(got, expected);
+    }
+}
+
+#[tokio::test]
+async fn full_waiter_and_client_limits_answer_503() {
+    let sidecar = Sidecar::start(&["--max-sse-clients", "2", "--max-long-poll-waiters", "2"]).await;
+    let path = unique_path("limits");
+    let tail = create_json_stream(&sidecar, &path).await;
+    let sse_url = format!("{}?offset={tail}&live=sse", sidecar.stream(&path));
+    let poll_url = format!("{}?offset={tail}&live=long-poll", sidecar.stream(&path));
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = http().get(&sse_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        held.push(r);
+    }
+    let r = http().get(&sse_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+
+    let polls: Vec<_> = (0..2).map(|_| tokio::spawn(http().get(&poll_url).send())).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = http().get(&poll_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    drop(held);
+    for p in polls {
+        p.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_sidecar_resumes_without_gap_or_duplicate() {
+    const MESSAGES: usize = 60;
+    let first = Sidecar::start(&["--long-poll-timeout-ms", "2000"]).await;
+    let port = first.port;
+    let path = unique_path("restart");
+    let mut offset = create_json_stream(&first, &path).await;
+    let url = first.stream(&path);
+
+    let writer = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            let db = sql().await;
+            for n in 0..MESSAGES {
+                db.execute(
+                    "SELECT ds.append($1, jsonb_build_object('n', $2::int))",
+                    &[&path, &(n as i32)],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+
+    let mut received = Vec::new();
+    let mut first = Some(first);
+    let mut second = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < MESSAGES {
+        assert!(tokio::time::Instant::now() < deadline, "received everything in time");
+        if received.len() >= MESSAGES / 3
+            && let Some(s) = first.take()
+        {
+            s.kill().await;
+            second = Some(Sidecar::start_on(port, &["--long-poll-timeout-ms", "2000"]).await);
+        }
+        let r = match http().get(format!("{url}?offset={offset}&live=long-poll")).send().await {
+            Ok(r) => r,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match r.status().as_u16() {
+            200 => {
+                let next = next_offset(&r);
+                let Ok(body) = r.text().await else { continue };
+                received.extend(json_messages(&body));
+                offset = next;
+            }
+            204 => offset = next_offset(&r),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    writer.await.unwrap();
+    assert!(second.is_some(), "the sidecar was restarted mid-stream");
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(received, expected);
+}
