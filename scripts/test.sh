@@ -74,6 +74,8 @@ wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
         npx vitest run --reporter=json --outputFile="$TEST_DIR/conformance.json" >"$TEST_DIR/conformance.out" 2>&1 || true
     [ -s "$TEST_DIR/conformance.json" ] || { tail -50 "$TEST_DIR/conformance.out"; exit 1; }
     node check-results.mjs "$TEST_DIR/conformance.json"
+    echo "official TypeScript client (@durable-streams/client) smoke test"
+    DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" npx vitest run --config vitest.client.config.mjs
 ) || { tail -30 "$SIDECAR_LOG"; exit 1; }
 kill "$SIDECAR_PID"
 wait "$SIDECAR_PID" || true
