@@ -49,6 +49,19 @@ pub struct Config {
     /// Maximum concurrent waiting long-polls; more get 503.
     #[arg(long, env = "DS_MAX_LONG_POLL_WAITERS", default_value_t = 10_000)]
     pub max_long_poll_waiters: usize,
+
+    /// Maximum SSE clients plus waiting long-polls on any one stream; more get 503.
+    #[arg(long, env = "DS_MAX_WAITERS_PER_STREAM", default_value_t = 10_000)]
+    pub max_waiters_per_stream: usize,
+
+    /// How long an SSE client may take to accept one event before it is
+    /// dropped (memory per client stays bounded either way).
+    #[arg(long, env = "DS_SSE_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub sse_send_timeout_ms: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "DS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl Config {
@@ -60,6 +73,11 @@ impl Config {
     /// [`Config::long_poll_timeout_ms`] as a duration.
     pub fn long_poll_timeout(&self) -> Duration {
         Duration::from_millis(self.long_poll_timeout_ms)
+    }
+
+    /// [`Config::sse_send_timeout_ms`] as a duration.
+    pub fn sse_send_timeout(&self) -> Duration {
+        Duration::from_millis(self.sse_send_timeout_ms)
     }
 
     /// [`Config::sse_max_duration_ms`] as a duration.

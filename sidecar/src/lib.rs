@@ -51,7 +51,7 @@ impl AppState {
         let db = db::Db::new(&config.database_url, config.pool_size)?;
         Ok(AppState {
             db,
-            hub: Arc::new(tail::TailHub::default()),
+            hub: Arc::new(tail::TailHub::new(config.max_waiters_per_stream)),
             metrics: Arc::new(metrics::Metrics::default()),
             shutdown,
             long_poll_slots: Arc::new(Semaphore::new(config.max_long_poll_waiters)),

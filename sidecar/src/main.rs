@@ -10,12 +10,14 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("ds_sidecar=info,tower_http=info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("ds_sidecar=info,tower_http=info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

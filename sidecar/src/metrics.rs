@@ -6,15 +6,32 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of `http_requests`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// Route: `stream`, `health`, `metrics` or `other`.
+    pub route: &'static str,
     /// HTTP method.
     pub method: String,
     /// Response status code.
     pub status: u16,
+}
+
+/// Labels of `http_request_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// Route, as in [`RequestLabels`].
+    pub route: &'static str,
+    /// HTTP method.
+    pub method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~105 s: appends, catch-up reads and full long-polls alike.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
 }
 
 /// Labels of `appends`.
@@ -27,8 +44,12 @@ pub struct OutcomeLabels {
 /// Every metric of the sidecar.
 pub struct Metrics {
     registry: Registry,
-    /// Requests by method and status.
+    /// Requests by route, method and status.
     pub http_requests: Family<RequestLabels, Counter>,
+    /// Time to response headers, by route and method.
+    pub http_latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// SSE clients dropped because they stopped reading.
+    pub sse_slow_dropped: Counter,
     /// Appends by outcome.
     pub appends: Family<OutcomeLabels, Counter>,
     /// Long-polls currently waiting.
@@ -53,6 +74,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut m = Metrics {
             http_requests: Family::default(),
+            http_latency: Family::new_with_constructor(latency_histogram),
+            sse_slow_dropped: Counter::default(),
             appends: Family::default(),
             long_poll_waiters: Gauge::default(),
             sse_clients: Gauge::default(),
@@ -66,8 +89,18 @@ impl Default for Metrics {
         };
         m.registry.register(
             "http_requests",
-            "HTTP requests by method and status",
+            "HTTP requests by route, method and status",
             m.http_requests.clone(),
+        );
+        m.registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response headers, by route and method",
+            m.http_latency.clone(),
+        );
+        m.registry.register(
+            "sse_slow_dropped",
+            "SSE clients dropped because they stopped reading",
+            m.sse_slow_dropped.clone(),
         );
         m.registry.register("appends", "Appends by ds.try_append outcome", m.appends.clone());
         m.registry.register(
@@ -144,14 +177,27 @@ mod tests {
     #[test]
     fn encodes_registered_metrics() {
         let m = Metrics::default();
-        m.http_requests.get_or_create(&RequestLabels { method: "GET".into(), status: 200 }).inc();
+        m.http_requests
+            .get_or_create(&RequestLabels { route: "stream", method: "GET".into(), status: 200 })
+            .inc();
+        m.http_latency
+            .get_or_create(&LatencyLabels { route: "stream", method: "GET".into() })
+            .observe(0.002);
         m.sse_clients.inc();
         let text = m.encode();
         assert!(
-            text.contains("ds_sidecar_http_requests_total{method=\"GET\",status=\"200\"} 1"),
+            text.contains(
+                "ds_sidecar_http_requests_total{route=\"stream\",method=\"GET\",status=\"200\"} 1"
+            ),
             "{text}"
         );
         assert!(text.contains("ds_sidecar_sse_clients 1"), "{text}");
+        assert!(
+            text.contains(
+                "ds_sidecar_http_request_duration_seconds_count{route=\"stream\",method=\"GET\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+pub use ds_core::notification::CHANNEL;
+use ds_core::notification::{self, Announcement};
 
-/// The notification channel of the extension.
-pub const CHANNEL: &str = "durable_streams";
+use crate::metrics::Metrics;
 
 struct Entry {
     tx: watch::Sender<u64>,
@@ -35,31 +35,38 @@ struct Entry {
 pub struct TailHub {
     paths: Mutex<HashMap<String, Entry>>,
     everyone: watch::Sender<u64>,
+    max_per_path: usize,
 }
 
-impl Default for TailHub {
-    fn default() -> Self {
-        TailHub { paths: Mutex::new(HashMap::new()), everyone: watch::channel(0).0 }
-    }
-}
+/// A path already has as many waiters as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathFull;
 
 impl TailHub {
+    /// A hub allowing at most `max_per_path` subscribers on one path.
+    pub fn new(max_per_path: usize) -> TailHub {
+        TailHub { paths: Mutex::new(HashMap::new()), everyone: watch::channel(0).0, max_per_path }
+    }
+
     /// Subscribes to wake-ups of `path`. Subscribe *before* reading, so that
     /// a change committed after the read is never missed.
-    pub fn subscribe(self: &Arc<Self>, path: &str) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, path: &str) -> Result<Subscription, PathFull> {
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = paths
             .entry(path.to_owned())
             .or_insert_with(|| Entry { tx: watch::channel(0).0, subscribers: 0 });
+        if entry.subscribers >= self.max_per_path {
+            return Err(PathFull);
+        }
         entry.subscribers += 1;
         let rx = entry.tx.subscribe();
         drop(paths);
-        Subscription {
+        Ok(Subscription {
             hub: Arc::clone(self),
             path: path.to_owned(),
             rx,
             everyone: self.everyone.subscribe(),
-        }
+        })
     }
 
     /// Wakes the subscribers of `path`, if any.
@@ -80,14 +87,16 @@ impl TailHub {
         self.paths.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Wakes the paths named by a notification payload: one change per line,
-    /// `<tail offset> <path>` or `- <path>`. Anything unparseable wakes
-    /// everybody (a hint is never trusted, but never dropped either).
+    /// Wakes the paths named by a notification payload (format in
+    /// `ds_core::notification`). Anything unparseable wakes everybody: a hint
+    /// is never trusted, but never dropped either.
     pub fn wake_from_payload(&self, payload: &str) {
-        for line in payload.lines() {
-            match line.split_once(' ') {
-                Some((_, path)) if !path.is_empty() => self.wake(path),
-                _ => self.wake_all(),
+        for announcement in notification::parse(payload) {
+            match announcement {
+                Announcement::Advanced { path, .. } | Announcement::Deleted { path } => {
+                    self.wake(&path)
+                }
+                Announcement::Everything => self.wake_all(),
             }
         }
     }
@@ -208,9 +217,9 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_only_the_named_path() {
-        let hub = Arc::new(TailHub::default());
-        let mut a = hub.subscribe("a");
-        let mut b = hub.subscribe("b b");
+        let hub = Arc::new(TailHub::new(100));
+        let mut a = hub.subscribe("a").unwrap();
+        let mut b = hub.subscribe("b b").unwrap();
         assert!(!woken(&mut a));
         hub.wake_from_payload("0000000000000000_0000000000000004 b b");
         assert!(!woken(&mut a));
@@ -222,9 +231,9 @@ mod tests {
 
     #[tokio::test]
     async fn multi_line_and_garbage_payloads() {
-        let hub = Arc::new(TailHub::default());
-        let mut a = hub.subscribe("a");
-        let mut b = hub.subscribe("b");
+        let hub = Arc::new(TailHub::new(100));
+        let mut a = hub.subscribe("a").unwrap();
+        let mut b = hub.subscribe("b").unwrap();
         hub.wake_from_payload("1 a\n2 b");
         assert!(woken(&mut a) && woken(&mut b));
         hub.wake_from_payload("garbage");
@@ -233,8 +242,8 @@ mod tests {
 
     #[tokio::test]
     async fn wake_all_and_wake_before_wait() {
-        let hub = Arc::new(TailHub::default());
-        let mut a = hub.subscribe("a");
+        let hub = Arc::new(TailHub::new(100));
+        let mut a = hub.subscribe("a").unwrap();
         hub.wake("a");
         // A wake between subscribe and wait is not lost.
         assert!(woken(&mut a));
@@ -244,9 +253,9 @@ mod tests {
 
     #[test]
     fn entries_are_removed_with_the_last_subscriber() {
-        let hub = Arc::new(TailHub::default());
-        let a1 = hub.subscribe("a");
-        let a2 = hub.subscribe("a");
+        let hub = Arc::new(TailHub::new(100));
+        let a1 = hub.subscribe("a").unwrap();
+        let a2 = hub.subscribe("a").unwrap();
         assert_eq!(hub.watched_paths(), 1);
         drop(a1);
         assert_eq!(hub.watched_paths(), 1);
@@ -254,5 +263,16 @@ mod tests {
         assert_eq!(hub.watched_paths(), 0);
         hub.wake("a");
         assert_eq!(hub.watched_paths(), 0);
+    }
+
+    #[test]
+    fn bounds_subscribers_per_path() {
+        let hub = Arc::new(TailHub::new(2));
+        let a1 = hub.subscribe("a").unwrap();
+        let _a2 = hub.subscribe("a").unwrap();
+        assert_eq!(hub.subscribe("a").err(), Some(PathFull));
+        assert!(hub.subscribe("b").is_ok(), "other paths are unaffected");
+        drop(a1);
+        assert!(hub.subscribe("a").is_ok());
     }
 }

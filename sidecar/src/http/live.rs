@@ -36,6 +36,14 @@ fn slot(
     })
 }
 
+/// Subscribes to `path`, or 503 when the stream has all the waiters it may.
+fn subscribe(state: &AppState, path: &str) -> Result<Subscription, ApiError> {
+    state.hub.subscribe(path).map_err(|_| {
+        state.metrics.rejected_busy.inc();
+        ApiError::Busy("too many waiters on this stream")
+    })
+}
+
 /// `204` at the tail: nothing new (yet), or EOF when `closed`.
 fn tail_response(next_offset: &str, closed: bool, cursor: Option<String>) -> Response {
     let mut h = Headers::default();
@@ -58,7 +66,7 @@ pub(super) async fn long_poll(
 ) -> Result<Response, ApiError> {
     let _permit = slot(&state, &state.long_poll_slots, "too many long-poll waiters")?;
     let _waiting = GaugeGuard::new(&state.metrics.long_poll_waiters);
-    let mut sub = state.hub.subscribe(&path);
+    let mut sub = subscribe(&state, &path)?;
     let deadline = Instant::now() + state.config.long_poll_timeout();
     let max = state.config.read_chunk_bytes;
     let mut from = sql_from(&params).to_owned();
@@ -90,7 +98,7 @@ pub(super) async fn sse(
     params: ReadParams,
 ) -> Result<Response, ApiError> {
     let permit = slot(&state, &state.sse_slots, "too many SSE clients")?;
-    let sub = state.hub.subscribe(&path);
+    let sub = subscribe(&state, &path)?;
     // The first read happens before the response starts, so a missing stream
     // is a plain 404.
     let first =
@@ -178,6 +186,16 @@ impl SseSession {
             stream_closed: chunk.closed,
         };
         sse::push_control_event(&mut frame, &control);
-        self.tx.send(Bytes::from(frame)).await.is_ok()
+        // A client that does not take the event in time is dropped: it would
+        // otherwise hold its slot (and a bounded but idle buffer) forever.
+        let send = self.tx.send(Bytes::from(frame));
+        match tokio::time::timeout(self.state.config.sse_send_timeout(), send).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::info!(path = %self.path, "dropping an SSE client that stopped reading");
+                self.state.metrics.sse_slow_dropped.inc();
+                false
+            }
+        }
     }
 }

@@ -20,10 +20,11 @@ use axum::response::Response;
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
-use crate::metrics::RequestLabels;
+use crate::metrics::{LatencyLabels, RequestLabels};
 use crate::protocol::headers::{EXPOSED_HEADERS, REQUEST_HEADERS};
 
 pub use error::ApiError;
@@ -62,8 +63,17 @@ pub fn app(state: AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: method, path and the `x-request-id` (the
+/// client's, or one made up here), so every log line of a request carries it.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
 }
 
 /// Adds the security headers of §12.7 to every response and counts it.
@@ -77,14 +87,26 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         | Method::OPTIONS => req.method().as_str().to_owned(),
         _ => "OTHER".to_owned(),
     };
+    let route = match req.uri().path() {
+        p if p.starts_with(STREAM_PREFIX) => "stream",
+        "/health" => "health",
+        "/metrics" => "metrics",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
     let mut response = next.run(req).await;
+    state
+        .metrics
+        .http_latency
+        .get_or_create(&LatencyLabels { route, method: method.clone() })
+        .observe(started.elapsed().as_secs_f64());
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(
         HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("cross-origin"),
     );
-    let labels = RequestLabels { method, status: response.status().as_u16() };
+    let labels = RequestLabels { route, method, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();
     response
 }

@@ -166,6 +166,64 @@ async fn full_waiter_and_client_limits_answer_503() {
     }
 }
 
+#[tokio::test]
+async fn per_stream_waiter_limit_answers_503_for_that_stream_only() {
+    let sidecar = Sidecar::start(&["--max-waiters-per-stream", "1"]).await;
+    let (a, b) = (unique_path("per-stream-a"), unique_path("per-stream-b"));
+    let tail_a = create_json_stream(&sidecar, &a).await;
+    let tail_b = create_json_stream(&sidecar, &b).await;
+    let sse = |path: &str, tail: &str| format!("{}?offset={tail}&live=sse", sidecar.stream(path));
+
+    let held = http().get(sse(&a, &tail_a)).send().await.unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    let r = http().get(sse(&a, &tail_a)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "the stream is full");
+    assert!(r.headers().contains_key("retry-after"));
+    let r = http()
+        .get(format!("{}?offset={tail_a}&live=long-poll", sidecar.stream(&a)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "long-polls count against the same stream limit");
+    let other = http().get(sse(&b, &tail_b)).send().await.unwrap();
+    assert_eq!(other.status().as_u16(), 200, "other streams are unaffected");
+    drop(held);
+}
+
+#[tokio::test]
+async fn truncated_bodies_are_rejected_and_request_ids_echoed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sidecar = Sidecar::start(&[]).await;
+    let path = unique_path("truncated");
+    let r = http()
+        .put(sidecar.stream(&path))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    // Content-Length says 10, the client sends 5 bytes and stops.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.port)).await.unwrap();
+    let request = format!(
+        "POST /v1/stream/{path} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket.shutdown().await.unwrap();
+    let mut response = String::new();
+    timeout(Duration::from_secs(10), socket.read_to_string(&mut response)).await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+
+    let r = http()
+        .get(format!("{}?offset=-1", sidecar.stream(&path)))
+        .header("x-request-id", "e2e-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "e2e-42");
+    assert_eq!(r.text().await.unwrap(), "", "nothing of the truncated body was appended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_sidecar_resumes_without_gap_or_duplicate() {
     const MESSAGES: usize = 60;
