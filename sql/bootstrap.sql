@@ -7,7 +7,9 @@
 -- is HOT and pruned in place.
 CREATE TABLE ds.streams (
     stream_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    path               text NOT NULL UNIQUE,
+    -- NULL once an expired stream with live forks gave its path up: it is
+    -- then kept only so its forks can read what they inherited.
+    path               text UNIQUE,
     content_type       text NOT NULL,
     ttl_seconds        bigint CHECK (ttl_seconds >= 0),
     expires_at         timestamptz,
@@ -23,7 +25,19 @@ CREATE TABLE ds.streams (
     closed_by_seq      bigint,
     -- Last Stream-Seq accepted (compared byte-wise, per stream).
     last_stream_seq    text,
-    CHECK (ttl_seconds IS NULL OR expires_at IS NULL)
+    -- Forks (§4.2): positions below fork_pos are read from fork_source (which
+    -- may be a fork itself); the fork's own rows start at fork_pos.
+    fork_source        bigint,
+    fork_source_path   text,
+    fork_offset        bigint,
+    fork_sub_offset    bigint,
+    fork_pos           bigint,
+    -- Live forks whose fork_source is this stream.
+    fork_count         integer NOT NULL DEFAULT 0 CHECK (fork_count >= 0),
+    -- Deleted while forks still read it: 410 for direct use, path blocked.
+    soft_deleted       boolean NOT NULL DEFAULT false,
+    CHECK (ttl_seconds IS NULL OR expires_at IS NULL),
+    CHECK ((fork_source IS NULL) = (fork_pos IS NULL))
 ) WITH (fillfactor = 50);
 
 -- Hot log: one row per JSON message, or per append of a byte stream.

@@ -105,6 +105,9 @@ pub fn execute(client: &mut SpiClient<'_>, req: AppendRequest<'_>) -> DsResult<A
     let Some(stream) = storage::find_stream(client, req.path, Lock::ForWrite)? else {
         return Ok(AppendResult::new(AppendOutcome::NotFound));
     };
+    if stream.soft_deleted {
+        return Ok(AppendResult::new(AppendOutcome::Gone));
+    }
     if stream.expired {
         return Ok(AppendResult::new(AppendOutcome::NotFound));
     }
@@ -204,6 +207,7 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
     match r.outcome {
         AppendOutcome::Ok | AppendOutcome::Duplicate | AppendOutcome::AlreadyClosed => Ok(offset()),
         AppendOutcome::NotFound => Err(DsError::NotFound(path.to_owned())),
+        AppendOutcome::Gone => Err(DsError::Gone(path.to_owned())),
         AppendOutcome::StreamClosed => {
             Err(DsError::Closed { path: path.to_owned(), final_offset: offset() })
         }
@@ -223,7 +227,9 @@ fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
         return Err(CoreError::EmptyAppend.into());
     }
     Spi::connect_mut(|client| {
-        if let Some(s) = storage::find_stream(client, path, Lock::None)?.filter(|s| !s.expired) {
+        if let Some(s) = storage::find_stream(client, path, Lock::None)?
+            .filter(|s| !s.expired && !s.soft_deleted)
+        {
             let mode = content_type::mode(&s.content_type)?;
             if json_only && mode != Mode::Json {
                 return Err(DsError::ContentTypeMismatch {

@@ -17,6 +17,9 @@ pub enum DsError {
     /// No stream at this path, or it expired.
     #[error("stream {0:?} does not exist")]
     NotFound(String),
+    /// Deleted, but kept because forks still read it (HTTP 410).
+    #[error("stream {0:?} was deleted; it is kept only for the forks that read it")]
+    Gone(String),
     /// `ds.create` found a stream with a different configuration.
     #[error("stream {path:?} already exists with a different configuration ({differences})")]
     Conflict { path: String, differences: String },
@@ -54,7 +57,8 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::TtlWithExpiresAt
         | CoreError::EmptyJsonArray
         | CoreError::EmptyAppend
-        | CoreError::InvalidProducer(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+        | CoreError::InvalidProducer(_)
+        | CoreError::InvalidFork(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }
 
@@ -63,6 +67,7 @@ impl DsError {
         match self {
             DsError::Invalid(e) => core_sqlstate(e),
             DsError::NotFound(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            DsError::Gone(_) => Code::ERRCODE_OBJECT_IN_USE,
             DsError::Conflict { .. } => Code::ERRCODE_DUPLICATE_OBJECT,
             DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,

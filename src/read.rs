@@ -35,17 +35,26 @@ fn open_for_read(
     Ok((stream, start))
 }
 
-/// A message clipped to start at `from`: byte streams may be read from
-/// inside a stored chunk, JSON messages are never split.
-fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset, Vec<u8>)> {
-    if m.start >= from {
-        return Some((m.start, m.data));
+/// A message clipped to `[from, limit)`: byte streams may be read from
+/// inside a stored chunk, and an inherited chunk ends at the fork point
+/// (a byte sub-offset fork); JSON messages are never split.
+pub(crate) fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset, Vec<u8>)> {
+    let StoredMessage { start, mut data, limit } = m;
+    let keep = usize::try_from(limit.0.saturating_sub(start.0)).unwrap_or(usize::MAX);
+    if keep < data.len() {
+        if mode == Mode::Json {
+            return None;
+        }
+        data.truncate(keep);
     }
-    let skip = usize::try_from(from.0 - m.start.0).expect("a chunk is below 1 GiB");
-    if mode == Mode::Json || skip >= m.data.len() {
+    if start >= from {
+        return Some((start, data));
+    }
+    let skip = usize::try_from(from.0 - start.0).expect("a chunk is below 1 GiB");
+    if mode == Mode::Json || skip >= data.len() {
         return None;
     }
-    Some((from, m.data[skip..].to_vec()))
+    Some((from, data.split_off(skip)))
 }
 
 /// The messages of a stream from `from_offset`: one row per JSON message or
@@ -67,8 +76,14 @@ fn read(
         let (stream, start) = open_for_read(client, path, from_offset)?;
         let mode = content_type::mode(&stream.content_type)?;
         let budget = (stream.tail.as_i64() - start.as_i64()).max(1);
-        let messages =
-            storage::read_messages(client, stream.stream_id, start, stream.tail, budget, None)?;
+        let messages = storage::read_messages(
+            client,
+            &storage::chain(client, &stream)?,
+            start,
+            stream.tail,
+            budget,
+            None,
+        )?;
         Ok(messages
             .into_iter()
             .filter_map(|m| clip(mode, m, start))
@@ -110,8 +125,14 @@ fn read_chunk(
         let (stream, start) = open_for_read(client, path, from_offset)?;
         let mode = content_type::mode(&stream.content_type)?;
         let budget = max_bytes.unwrap_or_else(gucs::read_chunk_bytes).clamp(1, MAX_BUDGET);
-        let messages =
-            storage::read_messages(client, stream.stream_id, start, stream.tail, budget, None)?;
+        let messages = storage::read_messages(
+            client,
+            &storage::chain(client, &stream)?,
+            start,
+            stream.tail,
+            budget,
+            None,
+        )?;
         let parts: Vec<(Offset, Vec<u8>)> =
             messages.into_iter().filter_map(|m| clip(mode, m, start)).collect();
         let next = parts.last().map_or(start, |(at, d)| Offset(at.0 + d.len() as u64));

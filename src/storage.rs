@@ -6,7 +6,7 @@
 
 use ds_core::Offset;
 use ds_core::producer::{ProducerClaim, ProducerState};
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
 
 use crate::error::DsResult;
@@ -23,6 +23,21 @@ pub struct StreamRow {
     pub closed_by: Option<ProducerClaim>,
     pub last_stream_seq: Option<String>,
     pub expired: bool,
+    pub fork: Option<ForkOrigin>,
+    pub fork_count: i32,
+    pub soft_deleted: bool,
+}
+
+/// Where a fork's inherited data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkOrigin {
+    pub source_id: i64,
+    pub source_path: String,
+    /// The offset the fork was requested at (or the source's tail then).
+    pub offset: Offset,
+    pub sub_offset: i64,
+    /// Divergence point: positions below it are inherited.
+    pub pos: Offset,
 }
 
 /// How `find_stream` treats the row.
@@ -37,7 +52,8 @@ pub enum Lock {
 const STREAM_COLUMNS: &str = "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
      closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, \
      coalesce(expires_at <= now() \
-              OR last_access + ttl_seconds * interval '1 second' <= now(), false)";
+              OR last_access + ttl_seconds * interval '1 second' <= now(), false), \
+     fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, soft_deleted";
 
 /// Looks a stream up by path; expired streams are returned with `expired`.
 pub fn find_stream(
@@ -45,22 +61,58 @@ pub fn find_stream(
     path: &str,
     lock: Lock,
 ) -> DsResult<Option<StreamRow>> {
+    find_by(client, "path = $1", path.into(), lock)
+}
+
+/// Looks a stream up by id.
+pub fn find_stream_by_id(
+    client: &mut SpiClient<'_>,
+    stream_id: i64,
+    lock: Lock,
+) -> DsResult<Option<StreamRow>> {
+    find_by(client, "stream_id = $1", stream_id.into(), lock)
+}
+
+fn find_by(
+    client: &mut SpiClient<'_>,
+    condition: &str,
+    key: DatumWithOid<'_>,
+    lock: Lock,
+) -> DsResult<Option<StreamRow>> {
     let table = match lock {
         Lock::None => client.select(
-            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE path = $1"),
+            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition}"),
             Some(1),
-            &[path.into()],
+            &[key],
         )?,
         // A row lock is a write: SPI must not run it read-only.
         Lock::ForWrite => client.update(
-            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE path = $1 FOR NO KEY UPDATE"),
+            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE"),
             Some(1),
-            &[path.into()],
+            &[key],
         )?,
     };
     let Some(row) = table.into_iter().next() else { return Ok(None) };
     let closed_by = match (row.get::<String>(7)?, row.get::<i64>(8)?, row.get::<i64>(9)?) {
         (Some(id), Some(epoch), Some(seq)) => Some(ProducerClaim { id, epoch, seq }),
+        _ => None,
+    };
+    let fork = match (
+        row.get::<i64>(12)?,
+        row.get::<String>(13)?,
+        row.get::<i64>(14)?,
+        row.get::<i64>(15)?,
+        row.get::<i64>(16)?,
+    ) {
+        (Some(source_id), Some(source_path), Some(offset), Some(sub_offset), Some(pos)) => {
+            Some(ForkOrigin {
+                source_id,
+                source_path,
+                offset: Offset::from_i64(offset),
+                sub_offset,
+                pos: Offset::from_i64(pos),
+            })
+        }
         _ => None,
     };
     Ok(Some(StreamRow {
@@ -73,33 +125,73 @@ pub fn find_stream(
         closed_by,
         last_stream_seq: row.get(10)?,
         expired: row.get(11)?.expect("coalesce is never NULL"),
+        fork,
+        fork_count: row.get(17)?.expect("fork_count is NOT NULL"),
+        soft_deleted: row.get(18)?.expect("soft_deleted is NOT NULL"),
     }))
 }
 
 /// Settings of a stream being created.
 pub struct NewStream<'a> {
     pub path: &'a str,
-    pub content_type: &'a str,
+    pub content_type: String,
     pub ttl_seconds: Option<i64>,
     pub expires_at: Option<TimestampWithTimeZone>,
     pub closed: bool,
+    pub fork: Option<ForkOrigin>,
 }
 
 /// Inserts a stream unless the path is taken; returns its id if inserted.
+/// A fork starts with its tail at the divergence point.
 pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<Option<i64>> {
+    let f = s.fork.as_ref();
     let table = client.update(
-        "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (path) DO NOTHING RETURNING stream_id",
+        "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
+             fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0)) \
+         ON CONFLICT (path) DO NOTHING RETURNING stream_id",
         Some(1),
         &[
             s.path.into(),
-            s.content_type.into(),
+            s.content_type.as_str().into(),
             s.ttl_seconds.into(),
             s.expires_at.into(),
             s.closed.into(),
+            f.map(|f| f.source_id).into(),
+            f.map(|f| f.source_path.as_str()).into(),
+            f.map(|f| f.offset.as_i64()).into(),
+            f.map(|f| f.sub_offset).into(),
+            f.map(|f| f.pos.as_i64()).into(),
         ],
     )?;
     Ok(table.into_iter().next().map(|r| r.get::<i64>(1)).transpose()?.flatten())
+}
+
+/// Adds `delta` to a stream's count of live forks; returns the new count.
+pub fn add_forks(client: &mut SpiClient<'_>, stream_id: i64, delta: i32) -> DsResult<i32> {
+    let table = client.update(
+        "UPDATE ds.streams SET fork_count = fork_count + $2 WHERE stream_id = $1 RETURNING fork_count",
+        Some(1),
+        &[stream_id.into(), delta.into()],
+    )?;
+    Ok(table.into_iter().next().map(|r| r.get::<i32>(1)).transpose()?.flatten().unwrap_or(0))
+}
+
+/// Keeps a deleted stream for its forks: direct use answers 410 and its path
+/// stays blocked, unless `release_path` (an expired stream's path is free
+/// for a new stream).
+pub fn soft_delete_stream(
+    client: &mut SpiClient<'_>,
+    stream_id: i64,
+    release_path: bool,
+) -> DsResult<()> {
+    client.update(
+        "UPDATE ds.streams SET soft_deleted = true, \
+             path = CASE WHEN $2 THEN NULL ELSE path END WHERE stream_id = $1",
+        None,
+        &[stream_id.into(), release_path.into()],
+    )?;
+    Ok(())
 }
 
 /// Removes a stream and everything stored for it.
@@ -112,6 +204,48 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         client.update(query, None, &[stream_id.into()])?;
     }
     Ok(())
+}
+
+/// One level of a fork chain: `stream_id` provides positions `[lo, hi)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Level {
+    pub stream_id: i64,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+/// The chain a read of `stream` walks: the stream's own range, then each
+/// source's range below the divergence point, up to the root. A level never
+/// provides more than the level below it asked for: a fork of a fork made
+/// below its source's own fork point inherits only up to its own fork point.
+pub fn chain(client: &SpiClient<'_>, stream: &StreamRow) -> DsResult<Vec<Level>> {
+    let Some(fork) = &stream.fork else {
+        return Ok(vec![Level { stream_id: stream.stream_id, lo: 0, hi: stream.tail.as_i64() }]);
+    };
+    let mut levels = vec![Level {
+        stream_id: stream.stream_id,
+        lo: fork.pos.as_i64(),
+        hi: stream.tail.as_i64(),
+    }];
+    let table = client.select(
+        "WITH RECURSIVE chain(stream_id, fork_source, lo, hi, depth) AS ( \
+             SELECT stream_id, fork_source, coalesce(fork_pos, 0), $2::bigint, 1 \
+               FROM ds.streams WHERE stream_id = $1 \
+             UNION ALL \
+             SELECT s.stream_id, s.fork_source, coalesce(s.fork_pos, 0), least(c.lo, c.hi), c.depth + 1 \
+               FROM chain c JOIN ds.streams s ON s.stream_id = c.fork_source) \
+         SELECT stream_id, lo, hi FROM chain ORDER BY depth",
+        None,
+        &[fork.source_id.into(), fork.pos.as_i64().into()],
+    )?;
+    for row in table {
+        levels.push(Level {
+            stream_id: row.get(1)?.expect("stream_id"),
+            lo: row.get(2)?.expect("lo"),
+            hi: row.get(3)?.expect("hi"),
+        });
+    }
+    Ok(levels)
 }
 
 /// Stores messages back to back from `start`; returns the new tail.
@@ -230,32 +364,46 @@ pub fn save_producer(
     Ok(())
 }
 
-/// A stored message and where it starts.
+/// A stored message, where it starts, and the end of the range its level
+/// provides (an inherited message may be cut at the fork point).
 pub struct StoredMessage {
     pub start: Offset,
     pub data: Vec<u8>,
+    pub limit: Offset,
 }
 
-/// Messages overlapping `[from, until)` that start before `from + budget`,
-/// in order. The first one may start before `from` (byte streams can be
-/// read from inside a stored chunk); `max_rows` bounds the result.
+/// Messages of `chain` overlapping `[from, until)` that start before
+/// `from + budget`, in order, in ONE statement (one snapshot). The first one
+/// may start before `from` (byte streams can be read from inside a stored
+/// chunk); `max_rows` bounds the result.
 pub fn read_messages(
     client: &SpiClient<'_>,
-    stream_id: i64,
+    chain: &[Level],
     from: Offset,
     until: Offset,
     budget: i64,
     max_rows: Option<i64>,
 ) -> DsResult<Vec<StoredMessage>> {
+    let ids: Vec<i64> = chain.iter().map(|l| l.stream_id).collect();
+    let los: Vec<i64> = chain.iter().map(|l| l.lo).collect();
+    let his: Vec<i64> = chain.iter().map(|l| l.hi).collect();
     let table = client.select(
-        "SELECT start_pos, data FROM ds.messages \
-         WHERE stream_id = $1 AND start_pos < $3 AND start_pos < $2 + $4 \
-           AND start_pos >= coalesce((SELECT max(start_pos) FROM ds.messages \
-                                      WHERE stream_id = $1 AND start_pos <= $2), 0) \
-         ORDER BY start_pos LIMIT $5",
+        "SELECT m.start_pos, m.data, c.hi \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(stream_id, lo, hi) \
+         CROSS JOIN LATERAL ( \
+             SELECT start_pos, data FROM ds.messages \
+             WHERE stream_id = c.stream_id AND start_pos >= c.lo AND start_pos < c.hi \
+               AND start_pos < $5 AND start_pos < $4 + $6 \
+               AND start_pos >= coalesce((SELECT max(start_pos) FROM ds.messages \
+                                          WHERE stream_id = c.stream_id AND start_pos <= $4 \
+                                            AND start_pos >= c.lo), c.lo) \
+         ) m \
+         ORDER BY m.start_pos LIMIT $7",
         None,
         &[
-            stream_id.into(),
+            ids.into(),
+            los.into(),
+            his.into(),
             from.as_i64().into(),
             until.as_i64().into(),
             budget.into(),
@@ -267,6 +415,7 @@ pub fn read_messages(
         out.push(StoredMessage {
             start: Offset::from_i64(row.get(1)?.expect("start_pos is NOT NULL")),
             data: row.get(2)?.expect("data is NOT NULL"),
+            limit: Offset::from_i64(row.get(3)?.expect("hi is NOT NULL")),
         });
     }
     Ok(out)

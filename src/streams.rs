@@ -1,16 +1,19 @@
-//! Stream lifecycle: `ds.create` (PUT semantics, §5.1), `ds.head`, `ds.delete`.
+//! Stream lifecycle: `ds.create` (PUT semantics, §5.1), `ds.fork` (§4.2),
+//! `ds.head`, `ds.delete` (with soft delete and cascading cleanup of forks).
 
-use ds_core::content_type::{self, OCTET_STREAM};
+use ds_core::content_type::{self, Mode, OCTET_STREAM};
 use ds_core::json::Purpose;
 use ds_core::notification::Announcement;
-use ds_core::{Offset, limits};
+use ds_core::{Error as CoreError, Offset, limits};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
-use crate::storage::{self, Lock, NewStream, StreamRow, StreamUpdate};
+use crate::read::clip;
+use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
 
 /// Creates a stream, or confirms one that exists with the same configuration
 /// (content type, TTL / expiry, closure). Returns `created = false` in the
@@ -36,85 +39,335 @@ fn create(
     >,
     ErrorReport,
 > {
-    let wanted = NewStream {
+    let request = CreateRequest {
         path,
-        content_type: content_type.unwrap_or(OCTET_STREAM),
+        content_type: Some(content_type.unwrap_or(OCTET_STREAM)),
         ttl_seconds,
         expires_at,
         closed,
+        fork: None,
     };
-    let (created, row) = create_stream(&wanted, body.unwrap_or_default())?;
+    let (created, row) = create_stream(&request, body.unwrap_or_default())?;
     Ok(TableIterator::once((created, row.tail.to_string(), row.content_type, row.closed)))
 }
 
-fn create_stream(wanted: &NewStream<'_>, body: &[u8]) -> DsResult<(bool, StreamRow)> {
-    limits::validate_path(wanted.path)?;
-    let mode = content_type::mode(wanted.content_type)?;
-    limits::validate_ttl(wanted.ttl_seconds, wanted.expires_at.is_some())?;
-    let messages = messages_for(mode, wanted.content_type, body, Purpose::Create)?;
+/// Creates a fork of `source` (§4.2): it inherits the source's data below
+/// the fork point without copying it, then takes its own appends. The fork
+/// point is `fork_offset` (default: the source's tail) plus `fork_sub_offset`
+/// messages (JSON) or bytes (other types). Content type, TTL and expiry are
+/// inherited unless given; a fork starts open. Idempotent like `ds.create`.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn fork(
+    path: &str,
+    source: &str,
+    fork_offset: default!(Option<&str>, "NULL"),
+    fork_sub_offset: default!(i64, 0),
+    content_type: default!(Option<&str>, "NULL"),
+    ttl_seconds: default!(Option<i64>, "NULL"),
+    expires_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    closed: default!(bool, false),
+    body: default!(Option<&[u8]>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(created, bool),
+            name!(next_offset, String),
+            name!(content_type, String),
+            name!(closed, bool),
+        ),
+    >,
+    ErrorReport,
+> {
+    limits::validate_path(source).map_err(DsError::from)?;
+    let offset = fork_offset.map(Offset::parse).transpose().map_err(DsError::from)?;
+    if fork_sub_offset < 0 {
+        return Err(DsError::from(CoreError::InvalidFork(format!(
+            "sub-offset {fork_sub_offset} is negative"
+        )))
+        .into());
+    }
+    let request = CreateRequest {
+        path,
+        content_type,
+        ttl_seconds,
+        expires_at,
+        closed,
+        fork: Some(ForkRequest { source, offset, sub_offset: fork_sub_offset }),
+    };
+    let (created, row) = create_stream(&request, body.unwrap_or_default())?;
+    Ok(TableIterator::once((created, row.tail.to_string(), row.content_type, row.closed)))
+}
+
+/// A `PUT`: a plain stream, or a fork.
+struct CreateRequest<'a> {
+    path: &'a str,
+    /// `None` only for forks: inherit the source's.
+    content_type: Option<&'a str>,
+    ttl_seconds: Option<i64>,
+    expires_at: Option<TimestampWithTimeZone>,
+    closed: bool,
+    fork: Option<ForkRequest<'a>>,
+}
+
+struct ForkRequest<'a> {
+    source: &'a str,
+    offset: Option<Offset>,
+    sub_offset: i64,
+}
+
+fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, StreamRow)> {
+    limits::validate_path(req.path)?;
+    if let Some(ct) = req.content_type {
+        content_type::essence(ct)?;
+    }
+    limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
 
     Spi::connect_mut(|client| {
-        // Two rounds at most: an expired stream at the path is removed first.
+        // Two rounds at most: an expired stream at the path is retired first.
         for _ in 0..2 {
-            if let Some(stream_id) = storage::insert_stream(client, wanted)? {
-                let tail = storage::insert_messages(client, stream_id, Offset::ZERO, messages)?;
-                storage::update_stream(
-                    client,
-                    &StreamUpdate {
-                        stream_id,
-                        tail,
-                        close: wanted.closed,
-                        closed_by: None,
-                        stream_seq: None,
-                    },
-                )?;
-                let row = storage::find_stream(client, wanted.path, Lock::None)?
-                    .expect("the stream was just created");
-                return Ok((true, row));
+            if let Some(existing) = storage::find_stream(client, req.path, Lock::ForWrite)? {
+                if existing.soft_deleted {
+                    return Err(conflict(
+                        req.path,
+                        "the path belongs to a deleted stream kept for its forks",
+                    ));
+                }
+                if existing.expired {
+                    retire_stream(client, existing, true)?;
+                    continue;
+                }
+                let differences = config_differences(req, &existing);
+                if differences.is_empty() {
+                    return Ok((false, existing));
+                }
+                return Err(conflict(req.path, &differences.join(", ")));
             }
-            let existing = storage::find_stream(client, wanted.path, Lock::ForWrite)?
-                .expect("ON CONFLICT found the path taken, and it is locked now");
-            if existing.expired {
-                storage::delete_stream(client, existing.stream_id)?;
-                continue;
+            let (wanted, origin_count) = match &req.fork {
+                None => (plain_stream(req)?, None),
+                Some(f) => {
+                    let (wanted, source_id) = fork_stream(client, req, f)?;
+                    (wanted, Some(source_id))
+                }
+            };
+            let mode = content_type::mode(&wanted.content_type)?;
+            let messages = messages_for(mode, &wanted.content_type, body, Purpose::Create)?;
+            let Some(stream_id) = storage::insert_stream(client, &wanted)? else {
+                continue; // created concurrently: compare with it in the next round
+            };
+            if let Some(source_id) = origin_count {
+                storage::add_forks(client, source_id, 1)?;
             }
-            let differences = config_differences(wanted, &existing);
-            if differences.is_empty() {
-                return Ok((false, existing));
-            }
-            return Err(DsError::Conflict {
-                path: wanted.path.to_owned(),
-                differences: differences.join(", "),
-            });
+            let start = wanted.fork.as_ref().map_or(Offset::ZERO, |f| f.pos);
+            let tail = storage::insert_messages(client, stream_id, start, messages)?;
+            storage::update_stream(
+                client,
+                &StreamUpdate {
+                    stream_id,
+                    tail,
+                    close: req.closed,
+                    closed_by: None,
+                    stream_seq: None,
+                },
+            )?;
+            let row = storage::find_stream_by_id(client, stream_id, Lock::None)?
+                .expect("the stream was just created");
+            return Ok((true, row));
         }
         Err(DsError::Internal("stream creation did not settle in two rounds".into()))
     })
 }
 
+fn conflict(path: &str, differences: &str) -> DsError {
+    DsError::Conflict { path: path.to_owned(), differences: differences.to_owned() }
+}
+
+fn plain_stream<'a>(req: &CreateRequest<'a>) -> DsResult<NewStream<'a>> {
+    Ok(NewStream {
+        path: req.path,
+        content_type: req.content_type.unwrap_or(OCTET_STREAM).to_owned(),
+        ttl_seconds: req.ttl_seconds,
+        expires_at: req.expires_at,
+        closed: req.closed,
+        fork: None,
+    })
+}
+
+/// Resolves a new fork against its source, which stays locked until commit
+/// so it cannot be deleted before its fork count is raised.
+fn fork_stream<'a>(
+    client: &mut SpiClient<'_>,
+    req: &CreateRequest<'a>,
+    f: &ForkRequest<'a>,
+) -> DsResult<(NewStream<'a>, i64)> {
+    let source = storage::find_stream(client, f.source, Lock::ForWrite)?
+        .filter(|s| !s.expired)
+        .ok_or_else(|| DsError::NotFound(f.source.to_owned()))?;
+    if source.soft_deleted {
+        return Err(conflict(req.path, "the source was deleted and is kept only for its forks"));
+    }
+    if let Some(ct) = req.content_type
+        && !content_type::same(ct, &source.content_type)
+    {
+        return Err(DsError::ContentTypeMismatch {
+            path: f.source.to_owned(),
+            stream_type: source.content_type,
+            given: ct.to_owned(),
+        });
+    }
+    let anchor = f.offset.unwrap_or(source.tail);
+    if anchor > source.tail {
+        return Err(CoreError::InvalidFork(format!(
+            "offset {anchor} is beyond the source's tail {}",
+            source.tail
+        ))
+        .into());
+    }
+    let pos = sub_offset_position(client, &source, anchor, f.sub_offset)?;
+    // §4.2: with no expiry of its own, a fork inherits the source's.
+    let (ttl_seconds, expires_at) = if req.ttl_seconds.is_none() && req.expires_at.is_none() {
+        (source.ttl_seconds, source.expires_at)
+    } else {
+        (req.ttl_seconds, req.expires_at)
+    };
+    let content_type = req.content_type.map_or(source.content_type, str::to_owned);
+    let origin = ForkOrigin {
+        source_id: source.stream_id,
+        source_path: f.source.to_owned(),
+        offset: anchor,
+        sub_offset: f.sub_offset,
+        pos,
+    };
+    let wanted = NewStream {
+        path: req.path,
+        content_type,
+        ttl_seconds,
+        expires_at,
+        closed: req.closed,
+        fork: Some(origin),
+    };
+    Ok((wanted, source.stream_id))
+}
+
+/// The position `sub` messages (JSON) or bytes (otherwise) past `anchor`,
+/// never past the next data boundary (§4.2).
+fn sub_offset_position(
+    client: &mut SpiClient<'_>,
+    source: &StreamRow,
+    anchor: Offset,
+    sub: i64,
+) -> DsResult<Offset> {
+    if sub == 0 {
+        return Ok(anchor);
+    }
+    let mode = content_type::mode(&source.content_type)?;
+    let chain = storage::chain(client, source)?;
+    let budget = (source.tail.as_i64() - anchor.as_i64()).max(1);
+    let rows = if mode == Mode::Json { sub + 1 } else { 1 };
+    let messages: Vec<(Offset, Vec<u8>)> =
+        storage::read_messages(client, &chain, anchor, source.tail, budget, Some(rows + 1))?
+            .into_iter()
+            .filter_map(|m| clip(mode, m, anchor))
+            .collect();
+    let overshoot = |what: String| Err(CoreError::InvalidFork(what).into());
+    let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
+    if mode == Mode::Json {
+        return match messages.get(sub_len) {
+            Some((start, _)) => Ok(*start),
+            None if messages.len() == sub_len => {
+                let (start, data) = messages.last().expect("sub > 0 messages");
+                Ok(Offset(start.0 + data.len() as u64))
+            }
+            None => overshoot(format!(
+                "sub-offset {sub} is past the {} message(s) after the fork offset",
+                messages.len()
+            )),
+        };
+    }
+    match messages.first() {
+        Some((start, data)) if sub_len <= data.len() => Ok(Offset(start.0 + sub_len as u64)),
+        _ => overshoot(format!("sub-offset {sub} is past the next data boundary")),
+    }
+}
+
 /// What differs between a create request and the existing stream.
-fn config_differences(wanted: &NewStream<'_>, existing: &StreamRow) -> Vec<&'static str> {
+fn config_differences(req: &CreateRequest<'_>, existing: &StreamRow) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if !content_type::same(wanted.content_type, &existing.content_type) {
+    if let Some(ct) = req.content_type
+        && !content_type::same(ct, &existing.content_type)
+    {
         out.push("content type");
     }
-    if wanted.ttl_seconds != existing.ttl_seconds {
-        out.push("ttl_seconds");
+    // A fork created without expiry inherited its source's; any is fine then.
+    let inherits_expiry =
+        req.fork.is_some() && req.ttl_seconds.is_none() && req.expires_at.is_none();
+    if !inherits_expiry {
+        if req.ttl_seconds != existing.ttl_seconds {
+            out.push("ttl_seconds");
+        }
+        if req.expires_at != existing.expires_at {
+            out.push("expires_at");
+        }
     }
-    if wanted.expires_at != existing.expires_at {
-        out.push("expires_at");
-    }
-    if wanted.closed != existing.closed {
+    if req.closed != existing.closed {
         out.push("closed");
+    }
+    match (&req.fork, &existing.fork) {
+        (None, None) => {}
+        (Some(f), Some(origin)) => {
+            if f.source != origin.source_path {
+                out.push("forked from");
+            }
+            if f.offset.is_some_and(|o| o != origin.offset) {
+                out.push("fork offset");
+            }
+            if f.sub_offset != origin.sub_offset {
+                out.push("fork sub-offset");
+            }
+        }
+        _ => out.push("forked from"),
     }
     out
 }
 
-/// Looks up a live (existing, unexpired) stream or raises 42704.
-pub fn live_stream(client: &mut spi::SpiClient<'_>, path: &str, lock: Lock) -> DsResult<StreamRow> {
+/// Deletes a stream, or keeps it (soft-deleted) while forks read it; then
+/// releases its source, deleting up the chain every soft-deleted source
+/// whose last fork this was.
+fn retire_stream(
+    client: &mut SpiClient<'_>,
+    stream: StreamRow,
+    release_path: bool,
+) -> DsResult<()> {
+    if stream.fork_count > 0 {
+        return storage::soft_delete_stream(client, stream.stream_id, release_path);
+    }
+    storage::delete_stream(client, stream.stream_id)?;
+    let mut origin = stream.fork;
+    while let Some(f) = origin {
+        let Some(source) = storage::find_stream_by_id(client, f.source_id, Lock::ForWrite)? else {
+            break;
+        };
+        let remaining = storage::add_forks(client, source.stream_id, -1)?;
+        if remaining > 0 || !source.soft_deleted {
+            break;
+        }
+        storage::delete_stream(client, source.stream_id)?;
+        origin = source.fork;
+    }
+    Ok(())
+}
+
+/// Looks up a live (existing, unexpired) stream: 42704 if there is none,
+/// 55006 (HTTP 410) if it was deleted but is kept for its forks.
+pub fn live_stream(client: &mut SpiClient<'_>, path: &str, lock: Lock) -> DsResult<StreamRow> {
     limits::validate_path(path)?;
-    storage::find_stream(client, path, lock)?
-        .filter(|s| !s.expired)
-        .ok_or_else(|| DsError::NotFound(path.to_owned()))
+    match storage::find_stream(client, path, lock)? {
+        Some(s) if s.soft_deleted => Err(DsError::Gone(path.to_owned())),
+        Some(s) if !s.expired => Ok(s),
+        _ => Err(DsError::NotFound(path.to_owned())),
+    }
 }
 
 /// Metadata of a stream. Does not restart a sliding TTL (§5.1).
@@ -147,13 +400,15 @@ fn head(
     )))
 }
 
-/// Deletes a stream with all its data and producer state.
+/// Deletes a stream with all its data and producer state. A stream that
+/// forks still read is soft-deleted instead (§4.2) and cleaned up with its
+/// last fork.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete(path: &str) -> Result<(), ErrorReport> {
     Spi::connect_mut(|client| {
         let s = live_stream(client, path, Lock::ForWrite)?;
-        storage::delete_stream(client, s.stream_id)?;
+        retire_stream(client, s, false)?;
         storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())
     })?;
     Ok(())

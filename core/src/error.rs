@@ -39,6 +39,9 @@ pub enum Error {
     /// Empty append without a close request.
     #[error("empty append: send a non-empty body, or close the stream")]
     EmptyAppend,
+    /// Fork offset or sub-offset that does not name a position of the source.
+    #[error("invalid fork point: {0}")]
+    InvalidFork(String),
     /// Producer id/epoch/seq incomplete or out of range.
     #[error("invalid producer arguments: {0}")]
     InvalidProducer(String),

@@ -26,11 +26,13 @@ pub enum AppendOutcome {
     InvalidEpochSeq,
     /// Rejected: no such stream (or it expired).
     NotFound,
+    /// Rejected: the stream was deleted but is kept for its forks (410).
+    Gone,
     /// Rejected: the request itself is malformed; see `detail`.
     InvalidRequest,
 }
 
-const NAMES: [(AppendOutcome, &str); 11] = [
+const NAMES: [(AppendOutcome, &str); 12] = [
     (AppendOutcome::Ok, "ok"),
     (AppendOutcome::Duplicate, "duplicate"),
     (AppendOutcome::AlreadyClosed, "already_closed"),
@@ -41,6 +43,7 @@ const NAMES: [(AppendOutcome, &str); 11] = [
     (AppendOutcome::SeqGap, "seq_gap"),
     (AppendOutcome::InvalidEpochSeq, "invalid_epoch_seq"),
     (AppendOutcome::NotFound, "not_found"),
+    (AppendOutcome::Gone, "gone"),
     (AppendOutcome::InvalidRequest, "invalid_request"),
 ];
 

@@ -12,7 +12,7 @@ use thiserror::Error;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-use crate::protocol::headers::Producer;
+use crate::protocol::headers::{Fork, Producer};
 
 /// A failed database call.
 #[derive(Debug, Error)]
@@ -105,6 +105,8 @@ pub struct Head {
 
 const CREATE: &str = "SELECT created, next_offset, content_type, closed \
      FROM ds.create($1, $2, $3, $4::text::timestamptz, $5, $6)";
+const FORK: &str = "SELECT created, next_offset, content_type, closed \
+     FROM ds.fork($1, $2, $3, $4, $5, $6, $7::text::timestamptz, $8, $9)";
 const TRY_APPEND: &str = "SELECT outcome, next_offset, closed, producer_epoch, producer_seq, \
      expected_seq, received_seq, sqlstate, detail \
      FROM ds.try_append($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -197,6 +199,34 @@ impl Db {
             )
             .await?;
         let row = rows.first().ok_or(DbError::Shape("ds.create"))?;
+        Ok(Created {
+            created: row.try_get(0)?,
+            next_offset: row.try_get(1)?,
+            content_type: row.try_get(2)?,
+            closed: row.try_get(3)?,
+        })
+    }
+
+    /// `ds.fork` (§4.2): same result as `ds.create`.
+    pub async fn fork(&self, r: &CreateRequest<'_>, fork: &Fork) -> Result<Created, DbError> {
+        let content_type = (!r.content_type.is_empty()).then_some(r.content_type);
+        let rows = self
+            .query(
+                FORK,
+                &[
+                    &r.path,
+                    &fork.source,
+                    &fork.offset,
+                    &fork.sub_offset,
+                    &content_type,
+                    &r.ttl_seconds,
+                    &r.expires_at,
+                    &r.closed,
+                    &r.body,
+                ],
+            )
+            .await?;
+        let row = rows.first().ok_or(DbError::Shape("ds.fork"))?;
         Ok(Created {
             created: row.try_get(0)?,
             next_offset: row.try_get(1)?,

@@ -105,6 +105,9 @@ pub fn respond(
             message(row, "a new producer epoch must start at seq 0"),
         ),
         AppendOutcome::NotFound => return Err(ApiError::NotFound),
+        AppendOutcome::Gone => {
+            return Err(ApiError::Gone(message(row, "stream was deleted; only its forks remain")));
+        }
         AppendOutcome::InvalidRequest => {
             let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("XX000"));
             return Err(ApiError::from_sqlstate(&code, message(row, "invalid request")));

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// No such stream (404).
     #[error("stream not found")]
     NotFound,
+    /// The stream was deleted but is kept for its forks (410).
+    #[error("{0}")]
+    Gone(String),
     /// Conflicts with the stream's state or configuration (409).
     #[error("{0}")]
     Conflict(String),
@@ -46,6 +49,7 @@ pub enum ApiError {
 pub fn status_for_sqlstate(code: &SqlState) -> Option<StatusCode> {
     let status = match code {
         c if *c == SqlState::UNDEFINED_OBJECT => StatusCode::NOT_FOUND,
+        c if *c == SqlState::OBJECT_IN_USE => StatusCode::GONE,
         c if *c == SqlState::DUPLICATE_OBJECT => StatusCode::CONFLICT,
         c if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => StatusCode::CONFLICT,
         c if *c == SqlState::DATATYPE_MISMATCH => StatusCode::CONFLICT,
@@ -74,6 +78,7 @@ impl ApiError {
     pub fn from_sqlstate(code: &SqlState, message: String) -> ApiError {
         match status_for_sqlstate(code) {
             Some(StatusCode::NOT_FOUND) => ApiError::NotFound,
+            Some(StatusCode::GONE) => ApiError::Gone(message),
             Some(StatusCode::CONFLICT) if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => {
                 ApiError::StreamClosed(message)
             }
@@ -89,6 +94,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Conflict(_) | ApiError::StreamClosed(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -157,6 +163,7 @@ mod tests {
             assert_eq!(got, want, "{code}");
         };
         check("42704", Some(404));
+        check("55006", Some(410));
         check("42710", Some(409));
         check("42602", Some(400));
         check("22023", Some(400));

@@ -16,7 +16,8 @@ use crate::metrics::OutcomeLabels;
 use crate::protocol::etag;
 use crate::protocol::headers::{
     self, HeaderError, PRODUCER_EPOCH, PRODUCER_ID, PRODUCER_SEQ, STREAM_CLOSED, STREAM_CURSOR,
-    STREAM_EXPIRES_AT, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_TTL, STREAM_UP_TO_DATE,
+    STREAM_EXPIRES_AT, STREAM_FORK_OFFSET, STREAM_FORK_SUB_OFFSET, STREAM_FORKED_FROM,
+    STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_TTL, STREAM_UP_TO_DATE,
 };
 use crate::protocol::query::{Live, ReadParams};
 
@@ -58,10 +59,16 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let content_type = header_str(&headers, &header::CONTENT_TYPE, "Content-Type")?
+    let fork = headers::parse_fork(
+        header_str(&headers, &STREAM_FORKED_FROM, "Stream-Forked-From")?,
+        header_str(&headers, &STREAM_FORK_OFFSET, "Stream-Fork-Offset")?,
+        header_str(&headers, &STREAM_FORK_SUB_OFFSET, "Stream-Fork-Sub-Offset")?,
+    )?;
+    let given_type = header_str(&headers, &header::CONTENT_TYPE, "Content-Type")?
         .map(str::trim)
-        .filter(|ct| !ct.is_empty())
-        .unwrap_or(OCTET_STREAM);
+        .filter(|ct| !ct.is_empty());
+    // A fork without Content-Type inherits the source's (empty = inherit).
+    let content_type = given_type.unwrap_or(if fork.is_some() { "" } else { OCTET_STREAM });
     let (ttl_seconds, expires_at) = headers::parse_expiry(
         header_str(&headers, &STREAM_TTL, "Stream-TTL")?,
         header_str(&headers, &STREAM_EXPIRES_AT, "Stream-Expires-At")?,
@@ -74,7 +81,10 @@ pub(super) async fn create(
         closed: closed_header(&headers),
         body: (!body.is_empty()).then_some(&body[..]),
     };
-    let created = state.db.create(&request).await?;
+    let created = match &fork {
+        Some(f) => state.db.fork(&request, f).await?,
+        None => state.db.create(&request).await?,
+    };
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, &created.content_type)
         .set(STREAM_NEXT_OFFSET, &created.next_offset)

@@ -37,6 +37,12 @@ pub const PRODUCER_SEQ: HeaderName = HeaderName::from_static("producer-seq");
 pub const PRODUCER_EXPECTED_SEQ: HeaderName = HeaderName::from_static("producer-expected-seq");
 /// `Producer-Received-Seq`.
 pub const PRODUCER_RECEIVED_SEQ: HeaderName = HeaderName::from_static("producer-received-seq");
+/// `Stream-Forked-From` (PUT): the source of a fork.
+pub const STREAM_FORKED_FROM: HeaderName = HeaderName::from_static("stream-forked-from");
+/// `Stream-Fork-Offset` (PUT): the fork point in the source.
+pub const STREAM_FORK_OFFSET: HeaderName = HeaderName::from_static("stream-fork-offset");
+/// `Stream-Fork-Sub-Offset` (PUT): messages or bytes past the fork offset.
+pub const STREAM_FORK_SUB_OFFSET: HeaderName = HeaderName::from_static("stream-fork-sub-offset");
 
 /// Request headers a browser may send (CORS `Access-Control-Allow-Headers`).
 pub const REQUEST_HEADERS: [&str; 13] = [
@@ -97,6 +103,20 @@ pub enum HeaderError {
     /// `Producer-Epoch` / `Producer-Seq` not an integer in 0..=2^53-1.
     #[error("invalid {0}: expected an integer between 0 and 2^53-1")]
     ProducerNumber(&'static str),
+    /// `Stream-Fork-Offset` / `Stream-Fork-Sub-Offset` without `Stream-Forked-From`.
+    #[error("Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")]
+    ForkWithoutSource,
+    /// `Stream-Forked-From` is not a stream path.
+    #[error("invalid Stream-Forked-From {0:?}: expected the source stream's path")]
+    ForkedFrom(String),
+    /// `Stream-Fork-Offset` is not an offset the server issued.
+    #[error("invalid Stream-Fork-Offset {0:?}: use an offset returned by the server")]
+    ForkOffset(String),
+    /// `Stream-Fork-Sub-Offset` is not a plain non-negative integer.
+    #[error(
+        "invalid Stream-Fork-Sub-Offset {0:?}: expected a non-negative integer without sign or leading zeros"
+    )]
+    ForkSubOffset(String),
     /// A header value that is not visible ASCII / UTF-8.
     #[error("header {0} is not valid text")]
     NotText(&'static str),
@@ -184,6 +204,78 @@ pub fn parse_producer(
     }
 }
 
+/// The fork headers of a `PUT` (§4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    /// Source stream path (below `/v1/stream/`, percent-decoded).
+    pub source: String,
+    /// Fork point; `None` means the source's tail.
+    pub offset: Option<String>,
+    /// Messages (JSON) or bytes past the fork point.
+    pub sub_offset: i64,
+}
+
+/// Parses the fork headers: `None` for a plain create.
+pub fn parse_fork(
+    forked_from: Option<&str>,
+    offset: Option<&str>,
+    sub_offset: Option<&str>,
+) -> Result<Option<Fork>, HeaderError> {
+    let Some(from) = forked_from else {
+        return if offset.is_some() || sub_offset.is_some() {
+            Err(HeaderError::ForkWithoutSource)
+        } else {
+            Ok(None)
+        };
+    };
+    let bad_source = || HeaderError::ForkedFrom(from.chars().take(80).collect());
+    // Accept the path as sent on the wire, with or without scheme and host.
+    let raw = from.split_once(STREAM_PREFIX).map_or(from.trim_start_matches('/'), |(_, p)| p);
+    let source = percent_decode(raw).filter(|p| !p.is_empty()).ok_or_else(bad_source)?;
+    let offset = match offset {
+        None => None,
+        Some(o) => match ds_core::Offset::parse(o) {
+            Ok(_) => Some(o.to_owned()),
+            Err(_) => return Err(HeaderError::ForkOffset(o.chars().take(80).collect())),
+        },
+    };
+    let sub_offset = match sub_offset {
+        None => 0,
+        Some(v) => {
+            let plain = !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_digit())
+                && (v == "0" || !v.starts_with('0'));
+            match v.parse::<i64>() {
+                Ok(n) if plain && n <= MAX_PRODUCER_NUMBER => n,
+                _ => return Err(HeaderError::ForkSubOffset(v.chars().take(40).collect())),
+            }
+        }
+    };
+    Ok(Some(Fork { source, offset, sub_offset }))
+}
+
+/// The stream prefix, as in request paths.
+const STREAM_PREFIX: &str = "/v1/stream/";
+
+/// Decodes `%XX` escapes (as the router does for request paths); `None` for
+/// a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +353,30 @@ mod tests {
             assert!(parse_producer(Some("p"), Some(bad), Some("0")).is_err(), "epoch {bad:?}");
             assert!(parse_producer(Some("p"), Some("0"), Some(bad)).is_err(), "seq {bad:?}");
         }
+    }
+
+    #[test]
+    fn fork_headers() {
+        assert_eq!(parse_fork(None, None, None), Ok(None));
+        assert_eq!(parse_fork(None, Some("x"), None), Err(HeaderError::ForkWithoutSource));
+        let f = |from| parse_fork(Some(from), None, None).unwrap().unwrap().source;
+        assert_eq!(f("/v1/stream/a/b"), "a/b");
+        assert_eq!(f("http://h:1/v1/stream/a%20b"), "a b");
+        assert_eq!(f("plain"), "plain");
+        assert!(parse_fork(Some("/v1/stream/"), None, None).is_err());
+        assert!(parse_fork(Some("a%zz"), None, None).is_err());
+        let off = "0000000000000000_0000000000000004";
+        assert_eq!(parse_fork(Some("a"), Some(off), Some("3")).unwrap().unwrap().sub_offset, 3);
+        assert!(matches!(parse_fork(Some("a"), Some("-1"), None), Err(HeaderError::ForkOffset(_))));
+        for bad in ["-1", "abc", "1.5", "05", "+1", ""] {
+            assert!(
+                matches!(
+                    parse_fork(Some("a"), None, Some(bad)),
+                    Err(HeaderError::ForkSubOffset(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_fork(Some("a"), None, Some("0")).unwrap().unwrap().sub_offset, 0);
     }
 }
