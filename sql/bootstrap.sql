@@ -49,6 +49,20 @@ CREATE TABLE ds.messages (
     PRIMARY KEY (stream_id, start_pos)
 );
 
+-- Cold log: messages packed by rotation into write-once segments
+-- (ds_core::segment framing). A segment covers [start_pos, end_pos) and
+-- replaced exactly those hot rows, in the same transaction.
+CREATE TABLE ds.segments (
+    stream_id     bigint  NOT NULL,
+    start_pos     bigint  NOT NULL,
+    end_pos       bigint  NOT NULL,
+    message_count integer NOT NULL,
+    data          bytea   COMPRESSION lz4 NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, start_pos),
+    CHECK (end_pos > start_pos)
+);
+
 -- Idempotent producer state (§5.2.1), written in the same transaction as the
 -- data it guards; kept as long as the stream exists.
 CREATE TABLE ds.producers (
@@ -65,5 +79,6 @@ SELECT pg_catalog.pg_extension_config_dump('ds.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.streams_stream_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.producers', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.segments', '');
 
-REVOKE ALL ON ds.streams, ds.messages, ds.producers FROM PUBLIC;
+REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers FROM PUBLIC;

@@ -37,13 +37,30 @@ pub struct Pending {
     database: u32,
     /// Set when ids were dropped because the set was full.
     overflow: bool,
+    /// Worker statistics, for `ds.worker_stats()`.
+    passes: i64,
+    last_pass_unix_ms: i64,
+    segments_written: i64,
+    streams_expired: i64,
+    errors: i64,
     len: usize,
     ids: [i64; CAPACITY],
 }
 
 impl Default for Pending {
     fn default() -> Self {
-        Pending { worker_latch: 0, database: 0, overflow: false, len: 0, ids: [0; CAPACITY] }
+        Pending {
+            worker_latch: 0,
+            database: 0,
+            overflow: false,
+            passes: 0,
+            last_pass_unix_ms: 0,
+            segments_written: 0,
+            streams_expired: 0,
+            errors: 0,
+            len: 0,
+            ids: [0; CAPACITY],
+        }
     }
 }
 
@@ -160,4 +177,54 @@ pub fn take_pending() -> (Vec<i64>, bool) {
     shared.len = 0;
     shared.overflow = false;
     (ids, overflow)
+}
+
+/// Worker side: adds one maintenance pass to the shared statistics.
+pub fn record_pass(segments: i64, expired: i64, errors: i64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut shared = PENDING.exclusive();
+    shared.passes += 1;
+    shared.last_pass_unix_ms = now_ms;
+    shared.segments_written += segments;
+    shared.streams_expired += expired;
+    shared.errors += errors;
+}
+
+/// Statistics of the background worker; no row without `shared_preload_libraries`.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn worker_stats() -> TableIterator<
+    'static,
+    (
+        name!(running, bool),
+        name!(database_oid, i64),
+        name!(passes, i64),
+        name!(last_pass, Option<TimestampWithTimeZone>),
+        name!(segments_written, i64),
+        name!(streams_expired, i64),
+        name!(errors, i64),
+    ),
+> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return TableIterator::new(Vec::new());
+    }
+    let s = *PENDING.share();
+    let last_pass = (s.last_pass_unix_ms > 0).then(|| {
+        TimestampWithTimeZone::try_from(
+            // Postgres epoch is 2000-01-01; microseconds.
+            (s.last_pass_unix_ms - 946_684_800_000) * 1000,
+        )
+        .ok()
+    });
+    TableIterator::once((
+        s.worker_latch != 0,
+        i64::from(s.database),
+        s.passes,
+        last_pass.flatten(),
+        s.segments_written,
+        s.streams_expired,
+        s.errors,
+    ))
 }

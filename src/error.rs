@@ -52,6 +52,7 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         }
         CoreError::InvalidUtf8(_) => Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
         CoreError::BodyTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        CoreError::CorruptSegment(_) => Code::ERRCODE_DATA_CORRUPTED,
         CoreError::InvalidContentType(_)
         | CoreError::InvalidTtl(_)
         | CoreError::TtlWithExpiresAt

@@ -12,6 +12,26 @@ pub static MAX_APPEND_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 
 /// Default 1 MiB: big enough for throughput, small enough for one response.
 pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
+/// Target size of one segment, in bytes (rotation packs full segments only).
+pub static SEGMENT_TARGET_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// Bytes at the tail of each stream that stay in the hot log (live readers
+/// read them; rotation never touches them).
+pub static HOT_TAIL_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// Most bytes one rotation of one stream packs (bounds a pass's transaction).
+pub static ROTATION_MAX_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+
+/// Milliseconds between the worker's maintenance passes.
+pub static ROTATION_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// Seconds an idle producer's state is kept; 0 keeps it as long as the stream.
+pub static PRODUCER_TTL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Debug hook for crash tests: a rotation sleeps this long between writing a
+/// segment and deleting the rows it replaces (inside its transaction).
+pub static DEBUG_ROTATION_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Database the background worker connects to (it serves streams there).
 /// Postmaster-only: the worker connects once at start.
 pub static WORKER_DATABASE: GucSetting<Option<CString>> =
@@ -41,6 +61,68 @@ pub fn init(preloading: bool) {
         GucContext::Userset,
         GucFlags::default(),
     );
+    let ints: [(
+        &'static std::ffi::CStr,
+        &'static std::ffi::CStr,
+        &'static GucSetting<i32>,
+        i32,
+        GucFlags,
+    ); 6] = [
+        (
+            c"ds.segment_target_bytes",
+            c"Target size of one segment, in bytes.",
+            &SEGMENT_TARGET_BYTES,
+            1,
+            GucFlags::UNIT_BYTE,
+        ),
+        (
+            c"ds.hot_tail_bytes",
+            c"Bytes at each stream's tail that rotation leaves in the hot log.",
+            &HOT_TAIL_BYTES,
+            0,
+            GucFlags::UNIT_BYTE,
+        ),
+        (
+            c"ds.rotation_max_bytes",
+            c"Most bytes one rotation of one stream packs.",
+            &ROTATION_MAX_BYTES,
+            1,
+            GucFlags::UNIT_BYTE,
+        ),
+        (
+            c"ds.rotation_interval_ms",
+            c"Milliseconds between the worker's maintenance passes.",
+            &ROTATION_INTERVAL_MS,
+            100,
+            GucFlags::UNIT_MS,
+        ),
+        (
+            c"ds.producer_ttl_seconds",
+            c"Seconds idle producer state is kept; 0 keeps it while the stream exists.",
+            &PRODUCER_TTL_SECONDS,
+            0,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"ds.debug_rotation_pause_ms",
+            c"Debug only: pause inside a rotation between segment write and row delete.",
+            &DEBUG_ROTATION_PAUSE_MS,
+            0,
+            GucFlags::UNIT_MS,
+        ),
+    ];
+    for (name, short, setting, min, flags) in ints {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"Superuser-settable; the worker re-reads it on SIGHUP (see README).",
+            setting,
+            min,
+            i32::MAX,
+            GucContext::Suset,
+            flags,
+        );
+    }
     if preloading {
         define_worker_gucs();
     }
@@ -75,4 +157,25 @@ pub fn worker_database() -> String {
         .get()
         .and_then(|s| s.into_string().ok())
         .unwrap_or_else(|| "postgres".to_owned())
+}
+
+/// Rotation settings as read now.
+pub fn rotation() -> RotationSettings {
+    RotationSettings {
+        hot_tail: i64::from(HOT_TAIL_BYTES.get()),
+        target: i64::from(SEGMENT_TARGET_BYTES.get()),
+        max_bytes: i64::from(ROTATION_MAX_BYTES.get()),
+        pause: std::time::Duration::from_millis(
+            u64::try_from(DEBUG_ROTATION_PAUSE_MS.get()).unwrap_or(0),
+        ),
+    }
+}
+
+/// See the GUCs above.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationSettings {
+    pub hot_tail: i64,
+    pub target: i64,
+    pub max_bytes: i64,
+    pub pause: std::time::Duration,
 }

@@ -15,6 +15,7 @@ mod append;
 mod doorbell;
 mod error;
 mod gucs;
+mod maintenance;
 mod read;
 mod storage;
 mod streams;

@@ -563,4 +563,79 @@ mod tests {
             "the detached source went with its last fork"
         );
     }
+
+    /// Everything a reader can see of a stream, read several ways.
+    fn snapshot(path: &str) -> String {
+        let rows = text(&format!(
+            "SELECT string_agg(start_offset || '>' || next_offset || '=' || encode(data, 'escape'), ' ' ORDER BY start_offset) FROM ds.read('{path}')"
+        ));
+        let mut chunks = Vec::new();
+        let mut from = "-1".to_owned();
+        loop {
+            let row = text(&format!(
+                "SELECT concat_ws('|', encode(body, 'escape'), next_offset, up_to_date::text) FROM ds.read_chunk('{path}', '{from}', 7)"
+            ));
+            let parts: Vec<&str> = row.rsplitn(3, '|').collect();
+            chunks.push(parts[2].to_owned());
+            from = parts[1].to_owned();
+            if parts[0] == "true" {
+                break;
+            }
+        }
+        format!("{rows}\n{}", chunks.join("/"))
+    }
+
+    #[pg_test]
+    fn rotation_changes_no_byte_and_no_offset() {
+        Spi::run("SET ds.segment_target_bytes = 10; SET ds.hot_tail_bytes = 6").unwrap();
+        Spi::run("SELECT ds.create('rot', 'text/plain')").unwrap();
+        for i in 0..20 {
+            Spi::run(&format!("SELECT ds.append('rot', 'm{i:02};'::text)")).unwrap();
+        }
+        Spi::run(r#"SELECT ds.create('rj', 'application/json', body => '[{"a":1},{"b":[2,3]},"s",4,null]')"#).unwrap();
+        Spi::run(&format!("SELECT ds.fork('rot-fork', 'rot', '{}', 2)", off(40))).unwrap();
+        Spi::run("SELECT ds.append('rot-fork', 'F'::text)").unwrap();
+        let before: Vec<String> = ["rot", "rj", "rot-fork"].iter().map(|p| snapshot(p)).collect();
+        let mid = text(&format!(
+            "SELECT convert_from(body, 'UTF8') FROM ds.read_chunk('rot', '{}', 100)",
+            off(13)
+        ));
+
+        assert_eq!(
+            text("SELECT concat_ws(',', segments, messages, bytes) FROM ds.rotate('rot')"),
+            "6,18,72"
+        );
+        assert_eq!(
+            text("SELECT concat_ws(',', segments, messages, bytes) FROM ds.rotate('rot')"),
+            "0,0,0",
+            "idempotent"
+        );
+        Spi::run("SET ds.hot_tail_bytes = 0; SET ds.segment_target_bytes = 1").unwrap();
+        Spi::run("SELECT ds.rotate('rj'); SELECT ds.rotate('rot-fork')").unwrap();
+        let after: Vec<String> = ["rot", "rj", "rot-fork"].iter().map(|p| snapshot(p)).collect();
+        assert_eq!(before, after, "reads are byte-identical before and after rotation");
+        assert_eq!(
+            mid,
+            text(&format!(
+                "SELECT convert_from(body, 'UTF8') FROM ds.read_chunk('rot', '{}', 100)",
+                off(13)
+            ))
+        );
+        assert_eq!(
+            text("SELECT concat_ws(',', hot_rows, segments) FROM ds.stats() WHERE path = 'rot'"),
+            "2,6"
+        );
+        assert_eq!(
+            text("SELECT concat_ws(',', hot_rows, segments) FROM ds.stats() WHERE path = 'rj'"),
+            "0,5"
+        );
+        // Appends continue after rotation at the same offsets.
+        assert_eq!(text("SELECT ds.append('rot', 'x'::text)"), off(81));
+        // Deleting a rotated stream removes its segments.
+        let id = text("SELECT stream_id::text FROM ds.head('rj')");
+        Spi::run("SELECT ds.delete('rj')").unwrap();
+        assert!(boolean(&format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM ds.segments WHERE stream_id = {id})"
+        )));
+    }
 }

@@ -198,6 +198,7 @@ pub fn soft_delete_stream(
 pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
     for query in [
         "DELETE FROM ds.messages WHERE stream_id = $1",
+        "DELETE FROM ds.segments WHERE stream_id = $1",
         "DELETE FROM ds.producers WHERE stream_id = $1",
         "DELETE FROM ds.streams WHERE stream_id = $1",
     ] {
@@ -373,9 +374,10 @@ pub struct StoredMessage {
 }
 
 /// Messages of `chain` overlapping `[from, until)` that start before
-/// `from + budget`, in order, in ONE statement (one snapshot). The first one
-/// may start before `from` (byte streams can be read from inside a stored
-/// chunk); `max_rows` bounds the result.
+/// `from + budget`, in order, read from the hot log and from segments in ONE
+/// statement (one snapshot: a concurrent rotation is seen entirely or not at
+/// all). The first one may start before `from` (byte streams can be read
+/// from inside a stored chunk); `max_rows` bounds the result.
 pub fn read_messages(
     client: &SpiClient<'_>,
     chain: &[Level],
@@ -388,17 +390,23 @@ pub fn read_messages(
     let los: Vec<i64> = chain.iter().map(|l| l.lo).collect();
     let his: Vec<i64> = chain.iter().map(|l| l.hi).collect();
     let table = client.select(
-        "SELECT m.start_pos, m.data, c.hi \
+        "SELECT m.start_pos, m.data, c.hi, c.lo, m.packed \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(stream_id, lo, hi) \
          CROSS JOIN LATERAL ( \
-             SELECT start_pos, data FROM ds.messages \
-             WHERE stream_id = c.stream_id AND start_pos >= c.lo AND start_pos < c.hi \
-               AND start_pos < $5 AND start_pos < $4 + $6 \
-               AND start_pos >= coalesce((SELECT max(start_pos) FROM ds.messages \
-                                          WHERE stream_id = c.stream_id AND start_pos <= $4 \
-                                            AND start_pos >= c.lo), c.lo) \
+             (SELECT start_pos, data, false AS packed FROM ds.messages \
+              WHERE stream_id = c.stream_id AND start_pos >= c.lo AND start_pos < c.hi \
+                AND start_pos < $5 AND start_pos < $4 + $6 \
+                AND start_pos >= coalesce((SELECT max(start_pos) FROM ds.messages \
+                                           WHERE stream_id = c.stream_id AND start_pos <= $4 \
+                                             AND start_pos >= c.lo), c.lo) \
+              ORDER BY start_pos LIMIT $7) \
+             UNION ALL \
+             (SELECT start_pos, data, true FROM ds.segments \
+              WHERE stream_id = c.stream_id AND end_pos > greatest(c.lo, $4) \
+                AND start_pos < least(c.hi, $5, $4 + $6) \
+              ORDER BY start_pos LIMIT $7) \
          ) m \
-         ORDER BY m.start_pos LIMIT $7",
+         ORDER BY m.start_pos",
         None,
         &[
             ids.into(),
@@ -410,15 +418,119 @@ pub fn read_messages(
             max_rows.into(),
         ],
     )?;
+    let end = from.as_i64().saturating_add(budget).min(until.as_i64());
     let mut out = Vec::new();
     for row in table {
-        out.push(StoredMessage {
-            start: Offset::from_i64(row.get(1)?.expect("start_pos is NOT NULL")),
-            data: row.get(2)?.expect("data is NOT NULL"),
-            limit: Offset::from_i64(row.get(3)?.expect("hi is NOT NULL")),
-        });
+        let start: i64 = row.get(1)?.expect("start_pos is NOT NULL");
+        let data: Vec<u8> = row.get(2)?.expect("data is NOT NULL");
+        let limit = Offset::from_i64(row.get(3)?.expect("hi is NOT NULL"));
+        if !row.get::<bool>(5)?.expect("packed is NOT NULL") {
+            out.push(StoredMessage { start: Offset::from_i64(start), data, limit });
+            continue;
+        }
+        // Unpack, keeping what the hot-log query would have returned.
+        let lo: i64 = row.get(4)?.expect("lo is NOT NULL");
+        let mut pos = start;
+        for m in ds_core::segment::decode(&data)? {
+            let (m_start, m_end) = (pos, pos + m.len() as i64);
+            pos = m_end;
+            if m_start >= lo && m_start < limit.as_i64() && m_start < end && m_end > from.as_i64() {
+                out.push(StoredMessage {
+                    start: Offset::from_i64(m_start),
+                    data: m.to_vec(),
+                    limit,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|m| m.start);
+    if let Some(n) = max_rows {
+        out.truncate(usize::try_from(n).unwrap_or(0));
     }
     Ok(out)
+}
+
+/// Result of one rotation of one stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rotated {
+    pub segments: i64,
+    pub messages: i64,
+    pub bytes: i64,
+}
+
+/// Packs the cold part of a stream's hot log (rows that start before
+/// `tail - hot_tail`) into segments of about `target` bytes, full segments
+/// only, at most `max_bytes` per call. Each segment is inserted and its rows
+/// deleted in the caller's transaction, so a crash leaves either the rows or
+/// the segment. Rows are locked, so two rotations of one stream serialize.
+/// `pause` sleeps between writing a segment and deleting its rows (a debug
+/// hook for crash tests).
+pub fn rotate(
+    client: &mut SpiClient<'_>,
+    stream_id: i64,
+    hot_tail: i64,
+    target: i64,
+    max_bytes: i64,
+    pause: std::time::Duration,
+) -> DsResult<Rotated> {
+    let rows = client.update(
+        "SELECT m.start_pos, m.data FROM ds.messages m JOIN ds.streams s USING (stream_id) \
+         WHERE m.stream_id = $1 AND m.start_pos < s.tail_pos - $2 \
+         ORDER BY m.start_pos LIMIT 100000 FOR UPDATE OF m",
+        None,
+        &[stream_id.into(), hot_tail.into()],
+    )?;
+    let mut cold: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut total = 0i64;
+    for row in rows {
+        let data: Vec<u8> = row.get(2)?.expect("data is NOT NULL");
+        total += data.len() as i64;
+        cold.push((row.get(1)?.expect("start_pos is NOT NULL"), data));
+        if total >= max_bytes {
+            break;
+        }
+    }
+    let mut done = Rotated::default();
+    let mut batch_start = 0;
+    let mut batch_bytes = 0i64;
+    for i in 0..cold.len() {
+        batch_bytes += cold[i].1.len() as i64;
+        // Rows of one segment must be contiguous (always true within a stream).
+        if batch_bytes < target {
+            continue;
+        }
+        let batch = &cold[batch_start..=i];
+        let first = batch[0].0;
+        let (last_start, last) = (&batch[batch.len() - 1].0, &batch[batch.len() - 1].1);
+        let end_pos = last_start + last.len() as i64;
+        let packed = ds_core::segment::encode(batch.iter().map(|(_, d)| d.as_slice()));
+        client.update(
+            "INSERT INTO ds.segments (stream_id, start_pos, end_pos, message_count, data) \
+             VALUES ($1, $2, $3, $4, $5)",
+            None,
+            &[
+                stream_id.into(),
+                first.into(),
+                end_pos.into(),
+                (batch.len() as i32).into(),
+                packed.into(),
+            ],
+        )?;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        client.update(
+            "DELETE FROM ds.messages WHERE stream_id = $1 AND start_pos >= $2 AND start_pos <= $3",
+            None,
+            &[stream_id.into(), first.into(), (*last_start).into()],
+        )?;
+        done.segments += 1;
+        done.messages += batch.len() as i64;
+        done.bytes += batch_bytes;
+        batch_start = i + 1;
+        batch_bytes = 0;
+    }
+    Ok(done)
 }
 
 /// Sends a notification on the documented channel; delivered at commit.

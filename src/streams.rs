@@ -335,7 +335,7 @@ fn config_differences(req: &CreateRequest<'_>, existing: &StreamRow) -> Vec<&'st
 /// Deletes a stream, or keeps it (soft-deleted) while forks read it; then
 /// releases its source, deleting up the chain every soft-deleted source
 /// whose last fork this was.
-fn retire_stream(
+pub(crate) fn retire_stream(
     client: &mut SpiClient<'_>,
     stream: StreamRow,
     release_path: bool,

@@ -1,12 +1,18 @@
 //! The background worker, registered from `_PG_init` when the library is in
-//! `shared_preload_libraries`. Today it rings the doorbell (`doorbell.rs`):
-//! one notification per wake-up naming every stream that advanced. Rotation
-//! and expiry join this loop with the worker issue.
+//! `shared_preload_libraries`. It rings the doorbell (`doorbell.rs`): one
+//! notification per wake-up naming every stream that advanced; and every
+//! `ds.rotation_interval_ms` it runs a maintenance pass (`maintenance.rs`):
+//! rotation, expiry, producer-state retention. Each unit of work is its own
+//! short transaction; an error is logged at WARNING and retried next pass.
 
-use std::time::Duration;
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
+
+use crate::error::DsResult;
+use crate::maintenance;
 
 use ds_core::notification::{self, Announcement, CHANNEL, MAX_PAYLOAD};
 
@@ -40,20 +46,135 @@ pub extern "C-unwind" fn durable_streams_worker_main(_arg: pg_sys::Datum) {
 
     // Hints may have been lost while no worker ran: the first pass says "*".
     let mut announce_everything = true;
-    while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
+    let mut next_pass = Instant::now();
+    loop {
+        let until_pass = next_pass.saturating_duration_since(Instant::now());
+        if !BackgroundWorker::wait_latch(Some(until_pass.min(IDLE_WAKE))) {
+            break;
+        }
         if BackgroundWorker::sighup_received() {
             // SAFETY: standard config reload in a background worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            log!("durable_streams worker: configuration reloaded");
         }
         let (ids, overflow) = doorbell::take_pending();
-        if ids.is_empty() && !overflow && !announce_everything {
-            continue;
+        if !ids.is_empty() || overflow || announce_everything {
+            let everything = overflow || announce_everything;
+            let announced =
+                in_transaction("announcing stream changes", || Ok(announce(&ids, everything)));
+            announce_everything = announced != Some(true);
         }
-        let everything = overflow || announce_everything;
-        announce_everything = !BackgroundWorker::transaction(|| announce(&ids, everything));
+        if Instant::now() >= next_pass {
+            maintenance_pass();
+            let interval = u64::try_from(gucs::ROTATION_INTERVAL_MS.get()).unwrap_or(10_000);
+            next_pass = Instant::now() + Duration::from_millis(interval);
+        }
     }
     doorbell::unregister_worker();
     log!("durable_streams worker: exiting");
+}
+
+/// One maintenance pass: rotation, expiry, producer retention, each stream
+/// in its own transaction so one failure costs only that stream's turn.
+fn maintenance_pass() {
+    const BATCH: i64 = 100;
+    let started = Instant::now();
+    let mut report = PassReport::default();
+    let installed = in_transaction("checking the extension", || {
+        Ok(Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('ds.streams') IS NOT NULL")?
+            .unwrap_or(false))
+    });
+    if installed != Some(true) {
+        return;
+    }
+    let candidates = in_transaction("listing rotation candidates", || {
+        Spi::connect(|c| maintenance::rotation_candidates(c, BATCH))
+    });
+    for stream_id in candidates.unwrap_or_default() {
+        match in_transaction(&format!("rotating stream {stream_id}"), || {
+            Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id))
+        }) {
+            Some(done) => report.segments += done.segments,
+            None => report.errors += 1,
+        }
+    }
+    let expired = in_transaction("listing expired streams", || {
+        Spi::connect(|c| maintenance::expired_streams(c, BATCH))
+    });
+    for path in expired.unwrap_or_default() {
+        match in_transaction(&format!("expiring stream {path:?}"), || {
+            Spi::connect_mut(|c| maintenance::expire(c, &path))
+        }) {
+            Some(true) => report.expired += 1,
+            Some(false) => {}
+            None => report.errors += 1,
+        }
+    }
+    if in_transaction("forgetting idle producers", || {
+        Spi::connect_mut(maintenance::forget_idle_producers)
+    })
+    .is_none()
+    {
+        report.errors += 1;
+    }
+    doorbell::record_pass(report.segments, report.expired, report.errors);
+    if report.segments > 0 || report.expired > 0 || report.errors > 0 {
+        debug1!(
+            "durable_streams worker: pass wrote {} segment(s), expired {} stream(s), {} error(s) in {:?}",
+            report.segments,
+            report.expired,
+            report.errors,
+            started.elapsed()
+        );
+    }
+}
+
+#[derive(Default)]
+struct PassReport {
+    segments: i64,
+    expired: i64,
+    errors: i64,
+}
+
+/// Runs `work` in its own transaction. An error (returned or raised) rolls
+/// the transaction back, is logged at WARNING with `what`, and gives `None`.
+fn in_transaction<R>(
+    what: &str,
+    work: impl FnOnce() -> DsResult<R> + UnwindSafe + RefUnwindSafe,
+) -> Option<R> {
+    // SAFETY: the standard start of a transaction in a background worker.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let outcome = PgTryBuilder::new(|| work().map_err(|e| e.to_string()))
+        .catch_others(|caught| {
+            Err(match caught {
+                pg_sys::panic::CaughtError::PostgresError(e)
+                | pg_sys::panic::CaughtError::ErrorReport(e)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: e, .. } => {
+                    e.message().to_owned()
+                }
+            })
+        })
+        .execute();
+    match outcome {
+        Ok(value) => {
+            // SAFETY: pairs with the Push/Start above.
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Some(value)
+        }
+        Err(message) => {
+            warning!("durable_streams worker: {what} failed, will retry next pass: {message}");
+            // SAFETY: aborting the failed transaction releases its snapshot and locks.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            None
+        }
+    }
 }
 
 /// Sends the notifications for one wake-up; false if the extension is not

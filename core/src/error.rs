@@ -42,6 +42,9 @@ pub enum Error {
     /// Fork offset or sub-offset that does not name a position of the source.
     #[error("invalid fork point: {0}")]
     InvalidFork(String),
+    /// A stored segment whose framing is broken (never a client mistake).
+    #[error("corrupt segment: bad frame at byte {0}")]
+    CorruptSegment(usize),
     /// Producer id/epoch/seq incomplete or out of range.
     #[error("invalid producer arguments: {0}")]
     InvalidProducer(String),

@@ -14,6 +14,7 @@ pub mod notification;
 pub mod offset;
 pub mod outcome;
 pub mod producer;
+pub mod segment;
 
 pub use error::Error;
 pub use offset::{Offset, ReadFrom};
