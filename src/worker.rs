@@ -21,57 +21,86 @@ use crate::{doorbell, gucs};
 /// How long the worker sleeps when nobody rings.
 const IDLE_WAKE: Duration = Duration::from_secs(10);
 
-/// Registers the worker with the postmaster.
+/// Registers the two workers with the postmaster: the doorbell must never
+/// wait behind a long maintenance pass, so each has its own process.
 pub fn register() {
-    BackgroundWorkerBuilder::new("durable_streams worker")
-        .set_type("durable_streams")
-        .set_function("durable_streams_worker_main")
-        .set_library("durable_streams")
-        .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
+    for (name, function) in [
+        ("durable_streams doorbell", "durable_streams_doorbell_main"),
+        ("durable_streams maintenance", "durable_streams_maintenance_main"),
+    ] {
+        BackgroundWorkerBuilder::new(name)
+            .set_type(name)
+            .set_function(function)
+            .set_library("durable_streams")
+            .enable_spi_access()
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
+    }
 }
 
-/// Entry point of the worker process.
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn durable_streams_worker_main(_arg: pg_sys::Datum) {
+/// Connects a worker to `ds.database`; returns the database name.
+fn start_worker() -> String {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::worker_database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    database
+}
+
+/// Applies a pending SIGHUP (config reload).
+fn reload_if_asked(who: &str) {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: standard config reload in a background worker.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        log!("durable_streams {who}: configuration reloaded");
+    }
+}
+
+/// Entry point of the doorbell worker: one notification per wake-up.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
+    let database = start_worker();
     doorbell::register_worker();
     log!(
-        "durable_streams worker: announcing appends in database \"{database}\" on channel {CHANNEL}"
+        "durable_streams doorbell: announcing appends in database \"{database}\" on channel {CHANNEL}"
     );
-
-    // Hints may have been lost while no worker ran: the first pass says "*".
+    // Hints may have been lost while no worker ran: the first ring says "*".
     let mut announce_everything = true;
+    while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
+        reload_if_asked("doorbell");
+        let (ids, overflow) = doorbell::take_pending();
+        if ids.is_empty() && !overflow && !announce_everything {
+            continue;
+        }
+        let everything = overflow || announce_everything;
+        let announced =
+            in_transaction("announcing stream changes", || Ok(announce(&ids, everything)));
+        announce_everything = announced != Some(true);
+    }
+    doorbell::unregister_worker();
+    log!("durable_streams doorbell: exiting");
+}
+
+/// Entry point of the maintenance worker: a pass every `ds.rotation_interval_ms`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
+    let database = start_worker();
+    log!("durable_streams maintenance: rotating and expiring streams in database \"{database}\"");
     let mut next_pass = Instant::now();
     loop {
         let until_pass = next_pass.saturating_duration_since(Instant::now());
         if !BackgroundWorker::wait_latch(Some(until_pass.min(IDLE_WAKE))) {
             break;
         }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: standard config reload in a background worker.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            log!("durable_streams worker: configuration reloaded");
-        }
-        let (ids, overflow) = doorbell::take_pending();
-        if !ids.is_empty() || overflow || announce_everything {
-            let everything = overflow || announce_everything;
-            let announced =
-                in_transaction("announcing stream changes", || Ok(announce(&ids, everything)));
-            announce_everything = announced != Some(true);
-        }
+        reload_if_asked("maintenance");
         if Instant::now() >= next_pass {
             maintenance_pass();
             let interval = u64::try_from(gucs::ROTATION_INTERVAL_MS.get()).unwrap_or(10_000);
             next_pass = Instant::now() + Duration::from_millis(interval);
         }
     }
-    doorbell::unregister_worker();
-    log!("durable_streams worker: exiting");
+    log!("durable_streams maintenance: exiting");
 }
 
 /// One maintenance pass: rotation, expiry, producer retention, each stream
@@ -91,6 +120,10 @@ fn maintenance_pass() {
         Spi::connect(|c| maintenance::rotation_candidates(c, BATCH))
     });
     for stream_id in candidates.unwrap_or_default() {
+        if BackgroundWorker::sigterm_received() {
+            return;
+        }
+        reload_if_asked("maintenance");
         match in_transaction(&format!("rotating stream {stream_id}"), || {
             Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id))
         }) {

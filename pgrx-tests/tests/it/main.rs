@@ -7,6 +7,7 @@ mod forks;
 mod notify;
 mod transactions;
 mod ttl;
+mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,15 @@ pub async fn connect_to(url: &str) -> (Client, mpsc::UnboundedReceiver<Note>) {
         }
     });
     (client, rx)
+}
+
+/// Connects, returning the error instead of panicking (for reconnect loops).
+pub async fn connect_to_checked() -> Result<(Client, ()), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(&database_url(), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, ()))
 }
 
 pub async fn connect() -> Client {

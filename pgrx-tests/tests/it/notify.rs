@@ -47,7 +47,7 @@ async fn worker_pid(client: &tokio_postgres::Client) -> i32 {
     loop {
         let row = client
             .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'durable_streams'",
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'durable_streams doorbell'",
                 &[],
             )
             .await

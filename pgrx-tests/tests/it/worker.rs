@@ -1,0 +1,237 @@
+//! The background worker against a real cluster: automatic rotation, the
+//! expiry reaper, a kill -9 in the middle of a rotation, and readers running
+//! alongside rotation.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use tokio_postgres::Client;
+
+use crate::{connect, connect_with_notifications, off, unique_path};
+
+/// Sets worker settings with ALTER SYSTEM and reloads; `reset` undoes them.
+async fn configure(c: &Client, settings: &[(&str, &str)]) {
+    for (name, value) in settings {
+        c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'")).await.unwrap();
+    }
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    // The worker applies a reload at its next wake-up (at most one interval).
+    sleep(Duration::from_millis(300)).await;
+}
+
+async fn reset(c: &Client, names: &[&str]) {
+    for name in names {
+        c.batch_execute(&format!("ALTER SYSTEM RESET {name}")).await.unwrap();
+    }
+    c.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+}
+
+const ROTATION: [&str; 4] = [
+    "ds.rotation_interval_ms",
+    "ds.segment_target_bytes",
+    "ds.hot_tail_bytes",
+    "ds.debug_rotation_pause_ms",
+];
+
+/// All bytes of a stream, checking offsets are contiguous from 0.
+async fn read_all(c: &Client, path: &str) -> Vec<u8> {
+    let rows =
+        c.query("SELECT start_offset, next_offset, data FROM ds.read($1)", &[&path]).await.unwrap();
+    let mut bytes = Vec::new();
+    for row in rows {
+        assert_eq!(row.get::<_, String>(0), off(bytes.len() as u64), "no gap, no overlap");
+        let data: Vec<u8> = row.get(2);
+        bytes.extend_from_slice(&data);
+        assert_eq!(row.get::<_, String>(1), off(bytes.len() as u64));
+    }
+    bytes
+}
+
+async fn append_lines(c: &Client, path: &str, range: std::ops::Range<usize>) -> Vec<u8> {
+    let mut expected = Vec::new();
+    for i in range {
+        let line = format!("line {i:05}\n");
+        c.execute("SELECT ds.append($1, $2::text)", &[&path, &line]).await.unwrap();
+        expected.extend_from_slice(line.as_bytes());
+    }
+    expected
+}
+
+async fn segments_of(c: &Client, path: &str) -> i64 {
+    c.query_one("SELECT segments FROM ds.stats() WHERE path = $1", &[&path]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn worker_rotates_cold_data_and_reaps_expired_streams() {
+    let admin = connect().await;
+    configure(
+        &admin,
+        &[
+            ("ds.rotation_interval_ms", "200"),
+            ("ds.segment_target_bytes", "200"),
+            ("ds.hot_tail_bytes", "100"),
+        ],
+    )
+    .await;
+    let path = unique_path("auto-rotate");
+    admin.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    let expected = append_lines(&admin, &path, 0..100).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while segments_of(&admin, &path).await == 0 {
+        assert!(Instant::now() < deadline, "the worker rotated the stream");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_all(&admin, &path).await, expected);
+
+    // Expiry: the reaper deletes the stream and wakes LISTENers.
+    let (listener, mut rx) = connect_with_notifications().await;
+    listener.batch_execute("LISTEN durable_streams").await.unwrap();
+    let doomed = unique_path("reaped");
+    admin.execute("SELECT ds.create($1, ttl_seconds => 1)", &[&doomed]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut announced = false;
+    while !announced {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((_, payload, _))) = tokio::time::timeout(left, rx.recv()).await else {
+            panic!("no deletion announced for an expired stream")
+        };
+        announced = payload.lines().any(|l| l == format!("- {doomed}"));
+    }
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM ds.streams WHERE path = $1", &[&doomed])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "data, producers and the stream row are gone");
+    let stats = admin
+        .query_one("SELECT passes, segments_written, streams_expired FROM ds.worker_stats()", &[])
+        .await
+        .unwrap();
+    assert!(stats.get::<_, i64>(0) > 0 && stats.get::<_, i64>(1) > 0 && stats.get::<_, i64>(2) > 0);
+    reset(&admin, &ROTATION).await;
+}
+
+#[tokio::test]
+async fn kill_9_in_the_middle_of_a_rotation_loses_and_duplicates_nothing() {
+    let admin = connect().await;
+    let path = unique_path("crash");
+    admin.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    let expected = append_lines(&admin, &path, 0..200).await;
+    configure(
+        &admin,
+        &[
+            ("ds.rotation_interval_ms", "200"),
+            ("ds.segment_target_bytes", "300"),
+            ("ds.hot_tail_bytes", "100"),
+            ("ds.debug_rotation_pause_ms", "5000"),
+        ],
+    )
+    .await;
+
+    // Wait until the worker has written a segment but not yet deleted its rows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        let row = admin
+            .query_opt(
+                "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+                 WHERE a.backend_type = 'durable_streams maintenance' AND l.relation = 'ds.segments'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(Instant::now() < deadline, "the worker started rotating");
+        sleep(Duration::from_millis(50)).await;
+    };
+    let status =
+        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -9 the worker mid-rotation");
+    drop(admin);
+
+    // The postmaster restarts every backend and replays WAL; reconnect.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), async {
+            let (c, _) = crate::connect_to_checked().await?;
+            c.query_one("SELECT 1", &[]).await.map(|_| c)
+        })
+        .await
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the cluster came back after the crash");
+        sleep(Duration::from_millis(200)).await;
+    };
+    reset(&c, &["ds.debug_rotation_pause_ms"]).await;
+    assert_eq!(read_all(&c, &path).await, expected, "every byte once, in order, after the crash");
+    let overlap: i64 = c
+        .query_one(
+            "SELECT count(*) FROM ds.segments g JOIN ds.messages m USING (stream_id) \
+             WHERE g.stream_id = (SELECT stream_id FROM ds.head($1)) \
+               AND m.start_pos >= g.start_pos AND m.start_pos < g.end_pos",
+            &[&path],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(overlap, 0, "no row is both in a segment and in the hot log");
+
+    // Rotation resumes once the worker is back, and still changes nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments_of(&c, &path).await == 0 {
+        assert!(Instant::now() < deadline, "rotation resumed after the crash");
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read_all(&c, &path).await, expected);
+    reset(&c, &ROTATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_see_identical_data_while_rotation_and_appends_run() {
+    let path = unique_path("rotate-read");
+    let writer = connect().await;
+    writer.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    let mut expected = append_lines(&writer, &path, 0..300).await;
+
+    let rotator = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            let c = connect().await;
+            c.batch_execute("SET ds.segment_target_bytes = 64; SET ds.hot_tail_bytes = 0")
+                .await
+                .unwrap();
+            let mut segments = 0;
+            for _ in 0..40 {
+                segments += c
+                    .query_one("SELECT segments FROM ds.rotate($1)", &[&path])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0);
+                sleep(Duration::from_millis(10)).await;
+            }
+            segments
+        })
+    };
+    let reader = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            let c = connect().await;
+            let mut reads = Vec::new();
+            for _ in 0..60 {
+                reads.push(read_all(&c, &path).await);
+            }
+            reads
+        })
+    };
+    expected.extend(append_lines(&writer, &path, 300..400).await);
+    let segments = rotator.await.unwrap();
+    assert!(segments > 0, "rotation ran during the reads");
+    for read in reader.await.unwrap() {
+        assert!(expected.starts_with(&read), "each read is an exact prefix: no gap, no duplicate");
+        assert!(read.len() >= 300 * 11);
+    }
+    assert_eq!(read_all(&writer, &path).await, expected);
+}
