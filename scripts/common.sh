@@ -83,15 +83,22 @@ ensure_database() {
     psql_at "$port" "$db" -qc "CREATE EXTENSION IF NOT EXISTS durable_streams"
 }
 
+# Removes the installed library file. Copying a new build over it in place
+# would rewrite a file that running clusters have mapped, and crash them
+# (seen: SIGSEGV); after an unlink the copy gets a new inode and running
+# backends keep the old code until they restart.
+unlink_installed_library() {
+    local lib
+    lib="$("$PG_CONFIG" --pkglibdir)/durable_streams.so"
+    if [ -w "$(dirname "$lib")" ]; then rm -f "$lib"; else sudo rm -f "$lib"; fi
+}
+
 # Builds the extension and installs it into the system Postgres.
 install_extension() {
     local profile=("$@") libdir
     libdir="$("$PG_CONFIG" --pkglibdir)"
     log "building and installing the extension into $libdir"
-    # Unlink first: copying over the old library in place would rewrite a file
-    # that running clusters have mapped, and crash them (seen: SIGSEGV).
-    # A new inode leaves running backends on the old code until they restart.
-    if [ -w "$libdir" ]; then rm -f "$libdir/durable_streams.so"; else sudo rm -f "$libdir/durable_streams.so"; fi
+    unlink_installed_library
     if [ -w "$libdir" ]; then
         cargo pgrx install -p durable_streams --pg-config "$PG_CONFIG" "${profile[@]}" >/dev/null
     else

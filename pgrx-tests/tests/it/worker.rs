@@ -235,3 +235,41 @@ async fn readers_see_identical_data_while_rotation_and_appends_run() {
     }
     assert_eq!(read_all(&writer, &path).await, expected);
 }
+
+#[tokio::test]
+async fn idle_producer_state_is_forgotten_only_when_configured() {
+    let admin = connect().await;
+    let path = unique_path("producer-ttl");
+    admin.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    let call = "SELECT outcome FROM ds.try_append($1, 'x'::bytea, \
+                producer_id => 'p', producer_epoch => 0, producer_seq => 0)";
+    assert_eq!(admin.query_one(call, &[&path]).await.unwrap().get::<_, String>(0), "ok");
+    // Default: kept as long as the stream exists.
+    configure(&admin, &[("ds.rotation_interval_ms", "200")]).await;
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(admin.query_one(call, &[&path]).await.unwrap().get::<_, String>(0), "duplicate");
+
+    configure(&admin, &[("ds.producer_ttl_seconds", "1")]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM ds.producers WHERE stream_id = (SELECT stream_id FROM ds.head($1))",
+                &[&path],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle producer state was forgotten");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        admin.query_one(call, &[&path]).await.unwrap().get::<_, String>(0),
+        "ok",
+        "a new producer again"
+    );
+    reset(&admin, &["ds.rotation_interval_ms", "ds.producer_ttl_seconds"]).await;
+}
