@@ -117,6 +117,19 @@ const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_sec
      FROM ds.head($1)";
 const DELETE: &str = "SELECT ds.delete($1)";
 
+impl Created {
+    /// The one row `ds.create` and `ds.fork` return.
+    fn from_rows(rows: &[tokio_postgres::Row], function: &'static str) -> Result<Created, DbError> {
+        let row = rows.first().ok_or(DbError::Shape(function))?;
+        Ok(Created {
+            created: row.try_get(0)?,
+            next_offset: row.try_get(1)?,
+            content_type: row.try_get(2)?,
+            closed: row.try_get(3)?,
+        })
+    }
+}
+
 /// Parameters of a create request.
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest<'a> {
@@ -198,13 +211,7 @@ impl Db {
                 &[&r.path, &r.content_type, &r.ttl_seconds, &r.expires_at, &r.closed, &r.body],
             )
             .await?;
-        let row = rows.first().ok_or(DbError::Shape("ds.create"))?;
-        Ok(Created {
-            created: row.try_get(0)?,
-            next_offset: row.try_get(1)?,
-            content_type: row.try_get(2)?,
-            closed: row.try_get(3)?,
-        })
+        Created::from_rows(&rows, "ds.create")
     }
 
     /// `ds.fork` (§4.2): same result as `ds.create`.
@@ -226,13 +233,7 @@ impl Db {
                 ],
             )
             .await?;
-        let row = rows.first().ok_or(DbError::Shape("ds.fork"))?;
-        Ok(Created {
-            created: row.try_get(0)?,
-            next_offset: row.try_get(1)?,
-            content_type: row.try_get(2)?,
-            closed: row.try_get(3)?,
-        })
+        Created::from_rows(&rows, "ds.fork")
     }
 
     /// `ds.try_append`: protocol outcomes come back as data.
