@@ -336,15 +336,116 @@ fn try_append(
             execute(client, AppendRequest { path, data, content_type, stream_seq, producer, close })
         })?,
     };
-    Ok(TableIterator::once((
-        r.outcome.name().to_owned(),
-        r.next_offset.map(|o| o.to_string()),
-        r.closed,
-        r.producer_epoch,
-        r.producer_seq,
-        r.expected_seq,
-        r.received_seq,
-        r.sqlstate,
-        r.detail,
-    )))
+    Ok(TableIterator::once(r.into_row()))
+}
+
+type OutcomeRow = (
+    String,
+    Option<String>,
+    bool,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+impl AppendResult {
+    fn into_row(self) -> OutcomeRow {
+        (
+            self.outcome.name().to_owned(),
+            self.next_offset.map(|o| o.to_string()),
+            self.closed,
+            self.producer_epoch,
+            self.producer_seq,
+            self.expected_seq,
+            self.received_seq,
+            self.sqlstate,
+            self.detail,
+        )
+    }
+}
+
+/// Many appends in ONE transaction (group commit for the sidecar): element
+/// `i` of every array is one `ds.try_append` call, carried out in array
+/// order, with its own outcome row (`idx` = `i`, 1-based). Protocol outcomes
+/// never raise, so one bad append never fails its neighbours; all arrays must
+/// have the same length.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn try_append_batch(
+    paths: Vec<Option<String>>,
+    datas: Array<'_, &[u8]>,
+    content_types: Vec<Option<String>>,
+    stream_seqs: Vec<Option<String>>,
+    producer_ids: Vec<Option<String>>,
+    producer_epochs: Vec<Option<i64>>,
+    producer_seqs: Vec<Option<i64>>,
+    closes: Vec<Option<bool>>,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(idx, i32),
+            name!(outcome, String),
+            name!(next_offset, Option<String>),
+            name!(closed, bool),
+            name!(producer_epoch, Option<i64>),
+            name!(producer_seq, Option<i64>),
+            name!(expected_seq, Option<i64>),
+            name!(received_seq, Option<i64>),
+            name!(sqlstate, Option<String>),
+            name!(detail, Option<String>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let datas: Vec<Option<&[u8]>> = datas.iter().collect();
+    let n = paths.len();
+    let lengths = [
+        datas.len(),
+        content_types.len(),
+        stream_seqs.len(),
+        producer_ids.len(),
+        producer_epochs.len(),
+        producer_seqs.len(),
+        closes.len(),
+    ];
+    if lengths.iter().any(|&l| l != n) {
+        return Err(DsError::Invalid(CoreError::InvalidProducer(
+            "try_append_batch needs arrays of equal length".into(),
+        ))
+        .into());
+    }
+    let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            let path = paths[i].as_deref().unwrap_or("");
+            let data = datas[i].unwrap_or(&[]);
+            let r = match ProducerClaim::from_parts(
+                producer_ids[i].as_deref(),
+                producer_epochs[i],
+                producer_seqs[i],
+            ) {
+                Err(e) => AppendResult::invalid(&e),
+                Ok(producer) => execute(
+                    client,
+                    AppendRequest {
+                        path,
+                        data,
+                        content_type: content_types[i].as_deref(),
+                        stream_seq: stream_seqs[i].as_deref(),
+                        producer,
+                        close: closes[i].unwrap_or(false),
+                    },
+                )?,
+            };
+            let (a, b, c, d, e, f, g, h, j) = r.into_row();
+            rows.push((i as i32 + 1, a, b, c, d, e, f, g, h, j));
+        }
+        Ok(rows)
+    })?;
+    Ok(TableIterator::new(rows))
 }

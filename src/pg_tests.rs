@@ -638,4 +638,43 @@ mod tests {
             "SELECT NOT EXISTS (SELECT 1 FROM ds.segments WHERE stream_id = {id})"
         )));
     }
+
+    #[pg_test]
+    fn batches_apply_in_order_with_one_outcome_each() {
+        Spi::run(
+            "SELECT ds.create('g1', 'text/plain'); SELECT ds.create('g2', 'application/json')",
+        )
+        .unwrap();
+        let rows = text(
+            "SELECT string_agg(idx || ':' || outcome || ':' || coalesce(next_offset, '-'), ' ' ORDER BY idx) \
+             FROM ds.try_append_batch( \
+               ARRAY['g1', 'g1', 'g2', 'g2', 'missing', 'g1', 'g1', 'g1'], \
+               ARRAY['ab', 'cd', '[1,2]', '{bad', 'x', 'ef', 'ef', '']::bytea[], \
+               ARRAY['text/plain', 'text/plain', 'application/json', 'application/json', NULL, 'text/plain', 'text/plain', NULL], \
+               ARRAY[NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL]::text[], \
+               ARRAY[NULL, NULL, NULL, NULL, NULL, 'p', 'p', NULL], \
+               ARRAY[NULL, NULL, NULL, NULL, NULL, 0, 0, NULL]::bigint[], \
+               ARRAY[NULL, NULL, NULL, NULL, NULL, 0, 0, NULL]::bigint[], \
+               ARRAY[false, false, false, false, false, false, false, true])",
+        );
+        assert_eq!(
+            rows,
+            format!(
+                "1:ok:{} 2:ok:{} 3:ok:{} 4:invalid_request:- 5:not_found:- 6:ok:{} 7:duplicate:{} 8:ok:{}",
+                off(2),
+                off(4),
+                off(2),
+                off(6),
+                off(6),
+                off(6)
+            )
+        );
+        assert_eq!(body("g1"), "abcdef");
+        assert!(boolean("SELECT closed FROM ds.head('g1')"));
+        assert_eq!(body("g2"), "[1,2]");
+        assert_eq!(
+            sqlstate("SELECT * FROM ds.try_append_batch(ARRAY['g1'], ARRAY[]::bytea[], ARRAY[NULL], ARRAY[NULL], ARRAY[NULL], ARRAY[NULL]::bigint[], ARRAY[NULL]::bigint[], ARRAY[false])").as_deref(),
+            Some("22023")
+        );
+    }
 }
