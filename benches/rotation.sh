@@ -59,8 +59,10 @@ SQL
 log "append latency without rotation (5 s)"
 (cd "$DIR" && as_pg_bench -c 2 -T 5 -f append.sql -l --log-prefix=idle >/dev/null)
 log "rotating (segments of 1 MiB) while appending"
-(cd "$DIR" && as_pg_bench -c 2 -T 600 -f append.sql -l --log-prefix=busy >/dev/null) &
-APPENDER=$!
+cd "$DIR"
+"$(pg_bindir)/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -c 2 -T 600 -f append.sql -l --log-prefix=busy bench >/dev/null &
+APPENDER=$! # pgbench itself, so that SIGINT stops it and its logs are complete
+cd "$ROOT"
 sleep 1
 t0=$(date +%s%N)
 # Until the backlog is packed: afterwards each call finds at most the one

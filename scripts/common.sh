@@ -83,27 +83,44 @@ ensure_database() {
     psql_at "$port" "$db" -qc "CREATE EXTENSION IF NOT EXISTS durable_streams"
 }
 
-# Removes the installed library file. Copying a new build over it in place
-# would rewrite a file that running clusters have mapped, and crash them
-# (seen: SIGSEGV); after an unlink the copy gets a new inode and running
-# backends keep the old code until they restart.
-unlink_installed_library() {
-    local lib
+# Gives the installed library a fresh inode (copy, then rename over it), so
+# that a tool which then copies a new build over it in place (pgrx-tests does)
+# does not rewrite the file running clusters have mapped, which crashes them
+# (seen: SIGSEGV). The library is never missing meanwhile.
+detach_installed_library() {
+    local lib sudo=""
     lib="$("$PG_CONFIG" --pkglibdir)/durable_streams.so"
-    if [ -w "$(dirname "$lib")" ]; then rm -f "$lib"; else sudo rm -f "$lib"; fi
+    [ -f "$lib" ] || return 0
+    [ -w "$(dirname "$lib")" ] || sudo=sudo
+    $sudo cp -p "$lib" "$lib.detach.$$"
+    $sudo mv -f "$lib.detach.$$" "$lib"
 }
 
-# Builds the extension and installs it into the system Postgres.
+# Builds the extension and installs it into the system Postgres. Pass
+# --release for an optimised build. Files are staged with `cargo pgrx
+# package`, then moved into place with a rename: a running cluster that has
+# the old library mapped keeps it (a copy in place would crash it), and there
+# is no moment at which the library is missing.
 install_extension() {
-    local profile=("$@") libdir
+    local profile=(--debug) stage libdir sharedir sudo=""
+    [ "${1:-}" = "--release" ] && profile=()
     libdir="$("$PG_CONFIG" --pkglibdir)"
+    sharedir="$("$PG_CONFIG" --sharedir)/extension"
+    [ -w "$libdir" ] || sudo=sudo
     log "building and installing the extension into $libdir"
-    unlink_installed_library
-    if [ -w "$libdir" ]; then
-        cargo pgrx install -p durable_streams --pg-config "$PG_CONFIG" "${profile[@]}" >/dev/null
-    else
-        cargo pgrx install -p durable_streams --pg-config "$PG_CONFIG" --sudo "${profile[@]}" >/dev/null
-    fi
+    stage="$(mktemp -d /tmp/ds-package.XXXXXX)"
+    cargo pgrx package -p durable_streams --pg-config "$PG_CONFIG" "${profile[@]}" --out-dir "$stage" >/dev/null
+    local file dest
+    while IFS= read -r -d '' file; do
+        case "$file" in
+            *.so) dest="$libdir/$(basename "$file")" ;;
+            *) dest="$sharedir/$(basename "$file")" ;;
+        esac
+        $sudo install -m 0644 "$file" "$dest.new.$$"
+        [[ "$file" == *.so ]] && $sudo chmod 0755 "$dest.new.$$"
+        $sudo mv -f "$dest.new.$$" "$dest"
+    done < <(find "$stage" -type f -print0)
+    rm -rf "$stage"
 }
 
 # Prints a TCP port on 127.0.0.1 that is free right now.

@@ -21,8 +21,8 @@ pg_owned_dir "$PGRX_TEST_DIR"
 # pgrx-tests re-installs the extension with this manifest (see Cargo.toml).
 export PGRX_MANIFEST_PATH="$ROOT/Cargo.toml"
 # It copies the library over the installed one in place, which would crash a
-# running `make run` cluster that has it mapped: unlink it first (new inode).
-unlink_installed_library
+# running `make run` cluster that has it mapped: detach that file first.
+detach_installed_library
 if [ "$(id -u)" = 0 ]; then
     cargo pgrx test pg15 -p durable_streams --runas postgres --pgdata "$PGRX_TEST_DIR/data"
 else

@@ -59,6 +59,15 @@ pub struct Config {
     #[arg(long, env = "DS_SSE_SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub sse_send_timeout_ms: u64,
 
+    /// Group commit: appends are spread over this many lanes (by stream),
+    /// each committing whatever queued up as one transaction.
+    #[arg(long, env = "DS_APPEND_LANES", default_value_t = 8)]
+    pub append_lanes: usize,
+
+    /// Most appends one group-commit transaction carries (1 disables batching).
+    #[arg(long, env = "DS_MAX_APPEND_BATCH", default_value_t = 256)]
+    pub max_append_batch: usize,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "DS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

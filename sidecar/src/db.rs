@@ -26,6 +26,17 @@ pub enum DbError {
     /// The SQL API answered with an unexpected shape.
     #[error("unexpected result from {0}")]
     Shape(&'static str),
+    /// A group-commit batch failed in a way that may or may not have committed.
+    #[error("append batch failed: {0}")]
+    Batch(String),
+}
+
+impl DbError {
+    /// Whether the failed statement certainly rolled back (Postgres reported
+    /// an error for it), as opposed to a lost connection.
+    pub fn rolled_back(&self) -> bool {
+        matches!(self, DbError::Postgres(e) if e.as_db_error().is_some())
+    }
 }
 
 /// A bad `--database-url`.
@@ -69,6 +80,23 @@ pub struct Appended {
     pub detail: Option<String>,
 }
 
+impl Appended {
+    /// Reads an outcome row whose columns start at `first`.
+    fn from_row(row: &tokio_postgres::Row, first: usize) -> Result<Appended, DbError> {
+        Ok(Appended {
+            outcome: row.try_get(first)?,
+            next_offset: row.try_get(first + 1)?,
+            closed: row.try_get::<_, Option<bool>>(first + 2)?.unwrap_or(false),
+            producer_epoch: row.try_get(first + 3)?,
+            producer_seq: row.try_get(first + 4)?,
+            expected_seq: row.try_get(first + 5)?,
+            received_seq: row.try_get(first + 6)?,
+            sqlstate: row.try_get(first + 7)?,
+            detail: row.try_get(first + 8)?,
+        })
+    }
+}
+
 /// Result row of `ds.read_chunk`: exactly one response body.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -110,6 +138,9 @@ const FORK: &str = "SELECT created, next_offset, content_type, closed \
 const TRY_APPEND: &str = "SELECT outcome, next_offset, closed, producer_epoch, producer_seq, \
      expected_seq, received_seq, sqlstate, detail \
      FROM ds.try_append($1, $2, $3, $4, $5, $6, $7, $8)";
+const TRY_APPEND_BATCH: &str = "SELECT idx, outcome, next_offset, closed, producer_epoch, \
+     producer_seq, expected_seq, received_seq, sqlstate, detail \
+     FROM ds.try_append_batch($1, $2, $3, $4, $5, $6, $7, $8) ORDER BY idx";
 const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
      FROM ds.read_chunk($1, $2, $3)";
 const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
@@ -257,17 +288,33 @@ impl Db {
             )
             .await?;
         let row = rows.first().ok_or(DbError::Shape("ds.try_append"))?;
-        Ok(Appended {
-            outcome: row.try_get(0)?,
-            next_offset: row.try_get(1)?,
-            closed: row.try_get::<_, Option<bool>>(2)?.unwrap_or(false),
-            producer_epoch: row.try_get(3)?,
-            producer_seq: row.try_get(4)?,
-            expected_seq: row.try_get(5)?,
-            received_seq: row.try_get(6)?,
-            sqlstate: row.try_get(7)?,
-            detail: row.try_get(8)?,
-        })
+        Appended::from_row(row, 0)
+    }
+
+    /// `ds.try_append_batch`: the requests in ONE transaction, one outcome
+    /// each, in order.
+    pub async fn try_append_batch(
+        &self,
+        rs: &[AppendRequest<'_>],
+    ) -> Result<Vec<Appended>, DbError> {
+        let paths: Vec<&str> = rs.iter().map(|r| r.path).collect();
+        let datas: Vec<&[u8]> = rs.iter().map(|r| r.data).collect();
+        let types: Vec<Option<&str>> = rs.iter().map(|r| r.content_type).collect();
+        let seqs: Vec<Option<&str>> = rs.iter().map(|r| r.stream_seq).collect();
+        let ids: Vec<Option<&str>> = rs.iter().map(|r| r.producer.map(|p| p.id.as_str())).collect();
+        let epochs: Vec<Option<i64>> = rs.iter().map(|r| r.producer.map(|p| p.epoch)).collect();
+        let pseqs: Vec<Option<i64>> = rs.iter().map(|r| r.producer.map(|p| p.seq)).collect();
+        let closes: Vec<bool> = rs.iter().map(|r| r.close).collect();
+        let rows = self
+            .query(
+                TRY_APPEND_BATCH,
+                &[&paths, &datas, &types, &seqs, &ids, &epochs, &pseqs, &closes],
+            )
+            .await?;
+        if rows.len() != rs.len() {
+            return Err(DbError::Shape("ds.try_append_batch"));
+        }
+        rows.iter().map(|row| Appended::from_row(row, 1)).collect()
     }
 
     /// `ds.read_chunk`; `from` is `-1`, `now` or a server offset.

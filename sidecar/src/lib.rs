@@ -10,6 +10,7 @@
 //! [`tail`] (the LISTEN fan-out), [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -43,14 +44,19 @@ pub struct AppState {
     pub long_poll_slots: Arc<Semaphore>,
     /// Permits for SSE connections.
     pub sse_slots: Arc<Semaphore>,
+    /// Group commit of appends.
+    pub batcher: Arc<batch::Batcher>,
 }
 
 impl AppState {
     /// Builds the state (the pool connects lazily).
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<AppState, RunError> {
         let db = db::Db::new(&config.database_url, config.pool_size)?;
+        let batcher =
+            batch::Batcher::start(db.clone(), config.append_lanes, config.max_append_batch, 1024);
         Ok(AppState {
             db,
+            batcher: Arc::new(batcher),
             hub: Arc::new(tail::TailHub::new(config.max_waiters_per_stream)),
             metrics: Arc::new(metrics::Metrics::default()),
             shutdown,

@@ -111,7 +111,9 @@ impl From<DbError> for ApiError {
                 // No server error: the connection broke or could not be used.
                 None => ApiError::Unavailable(e),
             },
-            DbError::Pool(_) => ApiError::Unavailable(e),
+            // Unknown whether it committed: 503, the client may retry (with
+            // producer headers a retry is deduplicated).
+            DbError::Pool(_) | DbError::Batch(_) => ApiError::Unavailable(e),
             DbError::Shape(_) => ApiError::Internal(e.to_string()),
         }
     }

@@ -11,7 +11,8 @@ use ds_core::{Offset, ReadFrom};
 
 use super::{ApiError, CACHEABLE, Headers, NO_STORE, append as append_response, live};
 use crate::AppState;
-use crate::db::{AppendRequest, Chunk, CreateRequest};
+use crate::batch::{QueueError, QueuedAppend};
+use crate::db::{Chunk, CreateRequest};
 use crate::metrics::OutcomeLabels;
 use crate::protocol::etag;
 use crate::protocol::headers::{
@@ -125,15 +126,19 @@ pub(super) async fn append(
             .ok_or_else(|| ApiError::BadRequest("Content-Type header is required".into()))?;
         Some(ct)
     };
-    let request = AppendRequest {
-        path: &path,
-        data: &body,
-        content_type,
-        stream_seq: header_str(&headers, &STREAM_SEQ, "Stream-Seq")?,
-        producer: producer.as_ref(),
+    let queued = QueuedAppend {
+        path: path.clone(),
+        data: body.clone(),
+        content_type: content_type.map(str::to_owned),
+        stream_seq: header_str(&headers, &STREAM_SEQ, "Stream-Seq")?.map(str::to_owned),
+        producer: producer.clone(),
         close,
     };
-    let row = state.db.try_append(&request).await?;
+    let row = match state.batcher.append(queued).await {
+        Ok(result) => result?,
+        Err(QueueError::Full) => return Err(ApiError::Busy("too many appends queued")),
+        Err(QueueError::Stopped) => return Err(ApiError::Busy("shutting down")),
+    };
     state.metrics.appends.get_or_create(&OutcomeLabels { outcome: row.outcome.clone() }).inc();
     if AppendOutcome::from_name(&row.outcome) == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.

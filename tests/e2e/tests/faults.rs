@@ -284,3 +284,67 @@ async fn restarted_sidecar_resumes_without_gap_or_duplicate() {
     let expected: Vec<String> = (0..MESSAGES).map(|n| format!("{{\"n\":{n}}}")).collect();
     assert_eq!(received, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_gives_each_concurrent_append_its_own_outcome() {
+    const PRODUCERS: usize = 32;
+    const SEQS: usize = 15;
+    let sidecar = Sidecar::start(&["--append-lanes", "2"]).await;
+    let path = unique_path("group-commit");
+    create_json_stream(&sidecar, &path).await;
+
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let url = sidecar.stream(&path);
+        tasks.push(tokio::spawn(async move {
+            let client = http();
+            let mut statuses = Vec::new();
+            for seq in 0..SEQS {
+                // Every third producer also sends a broken body between its appends.
+                if p % 3 == 0 {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body("{broken")
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                }
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("producer-id", format!("p{p}"))
+                    .header("producer-epoch", "0")
+                    .header("producer-seq", seq.to_string())
+                    .body(format!("{{\"p\":{p},\"s\":{seq}}}"))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    for (p, t) in tasks.into_iter().enumerate() {
+        let statuses = t.await.unwrap();
+        let expected: Vec<u16> =
+            (0..SEQS).flat_map(|_| if p % 3 == 0 { vec![400, 200] } else { vec![200] }).collect();
+        assert_eq!(statuses, expected, "producer {p}: each append its own outcome");
+    }
+    let body = http()
+        .get(format!("{}?offset=-1", sidecar.stream(&path)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let values: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(values.len(), PRODUCERS * SEQS, "every append exactly once");
+    for p in 0..PRODUCERS {
+        let seqs: Vec<i64> =
+            values.iter().filter(|v| v["p"] == p).map(|v| v["s"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, (0..SEQS as i64).collect::<Vec<_>>(), "producer {p} in order");
+    }
+}
