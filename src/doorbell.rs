@@ -93,6 +93,9 @@ pub fn stream_advanced(
     path: &str,
     tail: ds_core::Offset,
 ) -> DsResult<()> {
+    if !crate::gucs::NOTIFY.get() {
+        return Ok(());
+    }
     if !worker_serves_this_database() {
         return storage::notify(
             client,

@@ -12,6 +12,11 @@ pub static MAX_APPEND_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 
 /// Default 1 MiB: big enough for throughput, small enough for one response.
 pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
+/// Whether appends announce themselves at all (doorbell or pg_notify).
+/// Off only for measuring what announcing costs; live readers then rely on
+/// their own timeouts.
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Target size of one segment, in bytes (rotation packs full segments only).
 pub static SEGMENT_TARGET_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -59,6 +64,14 @@ pub fn init(preloading: bool) {
         1024,
         i32::MAX,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"ds.notify",
+        c"Whether appends announce themselves to LISTENers (default on).",
+        c"Turn off only to measure the cost of announcing; live readers then miss appends until they re-read.",
+        &NOTIFY,
+        GucContext::Suset,
         GucFlags::default(),
     );
     let ints: [(

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# What announcing appends costs (DESIGN.md, "Live tailing"): the same pgbench
+# append load with the doorbell (worker sends one NOTIFY per wake-up), with a
+# plain pg_notify per appending transaction (database the worker does not
+# serve), and with announcing off (ds.notify = off). Rounds alternate the
+# three modes; the table shows medians and ratios to "off".
+#   bash benches/doorbell.sh          # CLIENTS=64 STREAMS=64 SECONDS_PER_RUN=10 ROUNDS=3
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+CLIENTS="${CLIENTS:-64}"
+STREAMS="${STREAMS:-64}"
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
+ROUNDS="${ROUNDS:-3}"
+PORT="${DS_BENCH_PORT:-54382}"
+DIR="$(mktemp -d /tmp/ds-bench-doorbell.XXXXXX)"
+trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
+
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+install_extension --release
+cluster_start "$DIR" "$PORT" bench          # the workers serve database "bench"
+for db in bench bench_fallback; do
+    ensure_database "$PORT" "$db"
+    psql_at "$PORT" "$db" -qc "SELECT ds.create('s' || i) FROM generate_series(1, $STREAMS) i" >/dev/null
+done
+# One idle listener in each database, as a sidecar would have.
+for db in bench bench_fallback; do
+    (echo "LISTEN durable_streams;"; sleep 3600) | psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" >/dev/null 2>&1 &
+done
+trap 'pkill -f "sleep 3600" || true; cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
+
+cat >"$DIR/append.sql" <<SQL
+\set s random(1, $STREAMS)
+SELECT ds.append('s' || :s, '\\x$(printf '%0200d' 0)'::bytea);
+SQL
+run() { # mode -> TPS
+    local db=bench opts=""
+    case "$1" in
+        fallback) db=bench_fallback ;;
+        off) opts="-c ds.notify=off" ;;
+    esac
+    PGOPTIONS="$opts" "$(pg_bindir)/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -c "$CLIENTS" -j 2 \
+        -T "$SECONDS_PER_RUN" -f "$DIR/append.sql" "$db" 2>/dev/null | awk '/^tps/ {print int($3)}'
+}
+declare -A results
+for r in $(seq 1 "$ROUNDS"); do
+    for mode in doorbell fallback off; do
+        log "round $r: $mode"
+        results[$mode]+="$(run "$mode") "
+    done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+off=$(echo "${results[off]}" | median)
+cat <<TABLE
+
+## Cost of announcing appends: $CLIENTS clients, $STREAMS streams, 100-byte appends, synchronous_commit on, $(nproc) cores
+
+| mode | TPS per round | median TPS | vs. off |
+|---|---|---|---|
+TABLE
+for mode in off doorbell fallback; do
+    m=$(echo "${results[$mode]}" | median)
+    printf '| %s | %s| %s | %s |\n' "$mode" "${results[$mode]}" "$m" "$(awk -v a="$m" -v b="$off" 'BEGIN{printf "%.2f", a/b}')"
+done
