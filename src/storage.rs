@@ -11,6 +11,65 @@ use pgrx::spi::SpiClient;
 
 use crate::error::DsResult;
 
+/// Plans of the statements below, prepared once per backend and kept
+/// (`SPI_keepplan`): planning dominates the cost of these short statements.
+/// A fixed set of query texts, so the leaked plans are bounded; Postgres
+/// re-plans them itself after DDL on the tables.
+mod plans {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use pgrx::PgOid;
+    use pgrx::datum::DatumWithOid;
+    use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+
+    thread_local! {
+        static PLANS: RefCell<HashMap<String, &'static OwnedPreparedStatement>> =
+            RefCell::new(HashMap::new());
+    }
+
+    /// The kept plan of `sql`, preparing it with the argument types of `args`.
+    pub(super) fn get(
+        client: &SpiClient<'_>,
+        sql: &str,
+        args: &[DatumWithOid<'_>],
+        mutating: bool,
+    ) -> pgrx::spi::Result<&'static OwnedPreparedStatement> {
+        if let Some(plan) = PLANS.with(|p| p.borrow().get(sql).copied()) {
+            return Ok(plan);
+        }
+        let oids: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+        let prepared =
+            if mutating { client.prepare_mut(sql, &oids)? } else { client.prepare(sql, &oids)? };
+        let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(prepared.keep()));
+        PLANS.with(|p| p.borrow_mut().insert(sql.to_owned(), plan));
+        Ok(plan)
+    }
+}
+
+/// A read-only statement through its kept plan.
+fn select<'c>(
+    client: &SpiClient<'c>,
+    sql: &str,
+    limit: Option<RowLimit>,
+    args: &[DatumWithOid<'_>],
+) -> pgrx::spi::Result<pgrx::spi::SpiTupleTable<'c>> {
+    client.select(plans::get(client, sql, args, false)?, limit, args)
+}
+
+/// A writing statement (or a row lock) through its kept plan.
+fn update<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &str,
+    limit: Option<RowLimit>,
+    args: &[DatumWithOid<'_>],
+) -> pgrx::spi::Result<pgrx::spi::SpiTupleTable<'c>> {
+    let plan = plans::get(client, sql, args, true)?;
+    client.update(plan, limit, args)
+}
+
+type RowLimit = std::os::raw::c_long;
+
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
 #[derive(Debug, Clone)]
 pub struct StreamRow {
@@ -80,13 +139,15 @@ fn find_by(
     lock: Lock,
 ) -> DsResult<Option<StreamRow>> {
     let table = match lock {
-        Lock::None => client.select(
+        Lock::None => select(
+            client,
             &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition}"),
             Some(1),
             &[key],
         )?,
         // A row lock is a write: SPI must not run it read-only.
-        Lock::ForWrite => client.update(
+        Lock::ForWrite => update(
+            client,
             &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE"),
             Some(1),
             &[key],
@@ -145,7 +206,8 @@ pub struct NewStream<'a> {
 /// A fork starts with its tail at the divergence point.
 pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<Option<i64>> {
     let f = s.fork.as_ref();
-    let table = client.update(
+    let table = update(
+        client,
         "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
              fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0)) \
@@ -169,7 +231,8 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
 
 /// Adds `delta` to a stream's count of live forks; returns the new count.
 pub fn add_forks(client: &mut SpiClient<'_>, stream_id: i64, delta: i32) -> DsResult<i32> {
-    let table = client.update(
+    let table = update(
+        client,
         "UPDATE ds.streams SET fork_count = fork_count + $2 WHERE stream_id = $1 RETURNING fork_count",
         Some(1),
         &[stream_id.into(), delta.into()],
@@ -185,7 +248,8 @@ pub fn soft_delete_stream(
     stream_id: i64,
     release_path: bool,
 ) -> DsResult<()> {
-    client.update(
+    update(
+        client,
         "UPDATE ds.streams SET soft_deleted = true, \
              path = CASE WHEN $2 THEN NULL ELSE path END WHERE stream_id = $1",
         None,
@@ -202,7 +266,7 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         "DELETE FROM ds.producers WHERE stream_id = $1",
         "DELETE FROM ds.streams WHERE stream_id = $1",
     ] {
-        client.update(query, None, &[stream_id.into()])?;
+        update(client, query, None, &[stream_id.into()])?;
     }
     Ok(())
 }
@@ -228,7 +292,8 @@ pub fn chain(client: &SpiClient<'_>, stream: &StreamRow) -> DsResult<Vec<Level>>
         lo: fork.pos.as_i64(),
         hi: stream.tail.as_i64(),
     }];
-    let table = client.select(
+    let table = select(
+        client,
         "WITH RECURSIVE chain(stream_id, fork_source, lo, hi, depth) AS ( \
              SELECT stream_id, fork_source, coalesce(fork_pos, 0), $2::bigint, 1 \
                FROM ds.streams WHERE stream_id = $1 \
@@ -266,14 +331,16 @@ pub fn insert_messages(
         0 => {}
         1 => {
             let data = messages.into_iter().next().expect("one message");
-            client.update(
+            update(
+                client,
                 "INSERT INTO ds.messages (stream_id, start_pos, data) VALUES ($1, $2, $3)",
                 None,
                 &[stream_id.into(), starts[0].into(), data.into()],
             )?;
         }
         _ => {
-            client.update(
+            update(
+                client,
                 "INSERT INTO ds.messages (stream_id, start_pos, data) \
                  SELECT $1, s, d FROM unnest($2::bigint[], $3::bytea[]) AS m(s, d)",
                 None,
@@ -295,7 +362,8 @@ pub struct StreamUpdate<'a> {
 
 /// Records the new tail (and closure, Stream-Seq) and refreshes the TTL clock.
 pub fn update_stream(client: &mut SpiClient<'_>, u: &StreamUpdate<'_>) -> DsResult<()> {
-    client.update(
+    update(
+        client,
         "UPDATE ds.streams SET tail_pos = $2, last_access = now(), \
              closed = closed OR $3, \
              closed_by_producer = CASE WHEN $3 THEN $4 ELSE closed_by_producer END, \
@@ -320,7 +388,8 @@ pub fn update_stream(client: &mut SpiClient<'_>, u: &StreamUpdate<'_>) -> DsResu
 /// Restarts a sliding TTL after a read. Skips a row an appender holds: that
 /// appender refreshes the clock itself, and a reader must never wait.
 pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
-    client.update(
+    update(
+        client,
         "UPDATE ds.streams SET last_access = now() WHERE stream_id = \
            (SELECT stream_id FROM ds.streams WHERE stream_id = $1 \
             FOR NO KEY UPDATE SKIP LOCKED)",
@@ -336,7 +405,8 @@ pub fn find_producer(
     stream_id: i64,
     producer_id: &str,
 ) -> DsResult<Option<ProducerState>> {
-    let table = client.select(
+    let table = select(
+        client,
         "SELECT epoch, last_seq FROM ds.producers WHERE stream_id = $1 AND producer_id = $2",
         Some(1),
         &[stream_id.into(), producer_id.into()],
@@ -355,7 +425,8 @@ pub fn save_producer(
     producer_id: &str,
     state: ProducerState,
 ) -> DsResult<()> {
-    client.update(
+    update(
+        client,
         "INSERT INTO ds.producers (stream_id, producer_id, epoch, last_seq) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id, producer_id) \
          DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, updated_at = now()",
@@ -389,7 +460,8 @@ pub fn read_messages(
     let ids: Vec<i64> = chain.iter().map(|l| l.stream_id).collect();
     let los: Vec<i64> = chain.iter().map(|l| l.lo).collect();
     let his: Vec<i64> = chain.iter().map(|l| l.hi).collect();
-    let table = client.select(
+    let table = select(
+        client,
         "SELECT m.start_pos, m.data, c.hi, c.lo, m.packed \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(stream_id, lo, hi) \
          CROSS JOIN LATERAL ( \
@@ -473,7 +545,8 @@ pub fn rotate(
     max_bytes: i64,
     pause: std::time::Duration,
 ) -> DsResult<Rotated> {
-    let rows = client.update(
+    let rows = update(
+        client,
         "SELECT m.start_pos, m.data FROM ds.messages m JOIN ds.streams s USING (stream_id) \
          WHERE m.stream_id = $1 AND m.start_pos < s.tail_pos - $2 \
          ORDER BY m.start_pos LIMIT 100000 FOR UPDATE OF m",
@@ -504,7 +577,8 @@ pub fn rotate(
         let (last_start, last) = (&batch[batch.len() - 1].0, &batch[batch.len() - 1].1);
         let end_pos = last_start + last.len() as i64;
         let packed = ds_core::segment::encode(batch.iter().map(|(_, d)| d.as_slice()));
-        client.update(
+        update(
+            client,
             "INSERT INTO ds.segments (stream_id, start_pos, end_pos, message_count, data) \
              VALUES ($1, $2, $3, $4, $5)",
             None,
@@ -519,7 +593,8 @@ pub fn rotate(
         if !pause.is_zero() && done.segments == 0 {
             std::thread::sleep(pause);
         }
-        client.update(
+        update(
+            client,
             "DELETE FROM ds.messages WHERE stream_id = $1 AND start_pos >= $2 AND start_pos <= $3",
             None,
             &[stream_id.into(), first.into(), (*last_start).into()],
@@ -535,7 +610,8 @@ pub fn rotate(
 
 /// Sends a notification on the documented channel; delivered at commit.
 pub fn notify(client: &mut SpiClient<'_>, payload: &str) -> DsResult<()> {
-    client.update(
+    update(
+        client,
         "SELECT pg_catalog.pg_notify($1, $2)",
         None,
         &[ds_core::notification::CHANNEL.into(), payload.into()],
