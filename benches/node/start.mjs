@@ -12,7 +12,7 @@ const server = new DurableStreamTestServer({
   ...(dataDir ? { dataDir } : {}),
 })
 await server.start()
-console.log(`listening ${server.baseUrl} (${dataDir ? `file-backed: ${dataDir}` : "in-memory"})`)
+console.log(`listening http://127.0.0.1:${port} (${dataDir ? `file-backed: ${dataDir}` : "in-memory"})`)
 const stop = async () => {
   await server.stop()
   process.exit(0)
