@@ -1,8 +1,10 @@
 # The two commands: `make run` and `make test`.
-.PHONY: run stop test
+.PHONY: run stop test bench
 run:
 	@bash scripts/run.sh
 stop:
 	@bash scripts/stop.sh
 test:
 	@bash scripts/test.sh
+bench:
+	@bash benches/run.sh
