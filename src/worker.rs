@@ -18,6 +18,9 @@ use ds_core::notification::{self, Announcement, CHANNEL, MAX_PAYLOAD};
 
 use crate::{doorbell, gucs};
 
+/// Shortest time between two notifications of the doorbell (see its loop).
+const MIN_RING_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How long the worker sleeps when nobody rings.
 const IDLE_WAKE: Duration = Duration::from_secs(10);
 
@@ -66,8 +69,16 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     );
     // Hints may have been lost while no worker ran: the first ring says "*".
     let mut announce_everything = true;
+    let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
         reload_if_asked("doorbell");
+        // Under load, ring at most once per MIN_RING_INTERVAL: the commits of
+        // that interval share one notification, and the worker's own CPU stays
+        // bounded. An idle stream's first append is announced at once.
+        let since = last_ring.elapsed();
+        if since < MIN_RING_INTERVAL {
+            std::thread::sleep(MIN_RING_INTERVAL - since);
+        }
         let (ids, overflow) = doorbell::take_pending();
         if ids.is_empty() && !overflow && !announce_everything {
             continue;
@@ -76,6 +87,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         let announced =
             in_transaction("announcing stream changes", || Ok(announce(&ids, everything)));
         announce_everything = announced != Some(true);
+        last_ring = Instant::now();
     }
     doorbell::unregister_worker();
     log!("durable_streams doorbell: exiting");
