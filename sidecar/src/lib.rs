@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod config;
 pub mod db;
+pub mod flight;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub sse_slots: Arc<Semaphore>,
     /// Group commit of appends.
     pub batcher: Arc<batch::Batcher>,
+    /// Shared reads of woken live waiters.
+    pub flights: Arc<flight::Flights>,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
         Ok(AppState {
             db,
             batcher: Arc::new(batcher),
+            flights: Arc::new(flight::Flights::default()),
             hub: Arc::new(tail::TailHub::new(config.max_waiters_per_stream)),
             metrics: Arc::new(metrics::Metrics::default()),
             shutdown,

@@ -13,6 +13,7 @@
 //! waiter is woken to re-check the database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct TailHub {
     paths: Mutex<HashMap<String, Entry>>,
     everyone: watch::Sender<u64>,
     max_per_path: usize,
+    /// Wake-ups so far (any path): a read that starts after this counter
+    /// reached N has seen every change announced by wake-ups 1..=N.
+    seq: AtomicU64,
 }
 
 /// A path already has as many waiters as allowed.
@@ -45,7 +49,12 @@ pub struct PathFull;
 impl TailHub {
     /// A hub allowing at most `max_per_path` subscribers on one path.
     pub fn new(max_per_path: usize) -> TailHub {
-        TailHub { paths: Mutex::new(HashMap::new()), everyone: watch::channel(0).0, max_per_path }
+        TailHub {
+            paths: Mutex::new(HashMap::new()),
+            everyone: watch::channel(0).0,
+            max_per_path,
+            seq: AtomicU64::new(0),
+        }
     }
 
     /// Subscribes to wake-ups of `path`. Subscribe *before* reading, so that
@@ -69,8 +78,14 @@ impl TailHub {
         })
     }
 
+    /// The number of wake-ups so far (see [`crate::flight`]).
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
     /// Wakes the subscribers of `path`, if any.
     pub fn wake(&self, path: &str) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
         let paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = paths.get(path) {
             entry.tx.send_modify(|v| *v = v.wrapping_add(1));
@@ -79,6 +94,7 @@ impl TailHub {
 
     /// Wakes every subscriber of every path.
     pub fn wake_all(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
         self.everyone.send_modify(|v| *v = v.wrapping_add(1));
     }
 

@@ -72,7 +72,7 @@ pub(super) async fn long_poll(
     let mut from = sql_from(&params).to_owned();
     let mut start = start_offset(params.from);
     loop {
-        let chunk = state.db.read_chunk(&path, &from, max).await?;
+        let chunk = state.flights.read(&state.db, &state.hub, &path, &from, max).await?;
         let cursor = cursor::generate(params.cursor.as_deref());
         if has_data(start.as_deref(), &chunk) {
             return Ok(chunk_response(chunk, &from, true, Some(cursor), None));
@@ -161,7 +161,14 @@ impl SseSession {
                     () = self.tx.closed() => return,
                 }
             }
-            chunk = match self.state.db.read_chunk(&self.path, &chunk.next_offset, max).await {
+            let next = self.state.flights.read(
+                &self.state.db,
+                &self.state.hub,
+                &self.path,
+                &chunk.next_offset,
+                max,
+            );
+            chunk = match next.await {
                 Ok(c) => c,
                 Err(e) => {
                     // Typically the stream was deleted; end the event stream.
