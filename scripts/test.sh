@@ -5,6 +5,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+# The e2e fan-out test holds 1,000 SSE connections in the test and in the sidecar.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+    log "warning: only $(ulimit -n) open files allowed; the 1,000-client e2e test needs about 1,100 per process"
+fi
 
 log "rustfmt"
 cargo fmt --all -- --check
