@@ -38,7 +38,7 @@ fn open_for_read(
 /// A message clipped to `[from, limit)`: byte streams may be read from
 /// inside a stored chunk, and an inherited chunk ends at the fork point
 /// (a byte sub-offset fork); JSON messages are never split.
-pub(crate) fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset, Vec<u8>)> {
+fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset, Vec<u8>)> {
     let StoredMessage { start, mut data, limit } = m;
     let keep = usize::try_from(limit.0.saturating_sub(start.0)).unwrap_or(usize::MAX);
     if keep < data.len() {
@@ -55,6 +55,31 @@ pub(crate) fn clip(mode: Mode, m: StoredMessage, from: Offset) -> Option<(Offset
         return None;
     }
     Some((from, data.split_off(skip)))
+}
+
+/// The stream's messages from `from`, clipped to what a reader sees (see
+/// [`clip`]): at most `budget` bytes past `from` (never less than one
+/// message) and at most `max_rows` messages. One statement, one snapshot.
+pub(crate) fn visible_messages(
+    client: &SpiClient<'_>,
+    stream: &StreamRow,
+    from: Offset,
+    budget: i64,
+    max_rows: Option<i64>,
+) -> DsResult<Vec<(Offset, Vec<u8>)>> {
+    let mode = content_type::mode(&stream.content_type)?;
+    let chain = storage::chain(client, stream)?;
+    // One more row than asked: the first may start before `from` and be dropped.
+    let rows = max_rows.map(|n| n.saturating_add(1));
+    let mut parts: Vec<(Offset, Vec<u8>)> =
+        storage::read_messages(client, &chain, from, stream.tail, budget, rows)?
+            .into_iter()
+            .filter_map(|m| clip(mode, m, from))
+            .collect();
+    if let Some(n) = max_rows {
+        parts.truncate(usize::try_from(n).unwrap_or(0));
+    }
+    Ok(parts)
 }
 
 /// The messages of a stream from `from_offset`: one row per JSON message or
@@ -74,20 +99,10 @@ fn read(
 > {
     let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
         let (stream, start) = open_for_read(client, path, from_offset)?;
-        let mode = content_type::mode(&stream.content_type)?;
         let budget = (stream.tail.as_i64() - start.as_i64()).max(1);
-        let messages = storage::read_messages(
-            client,
-            &storage::chain(client, &stream)?,
-            start,
-            stream.tail,
-            budget,
-            None,
-        )?;
-        Ok(messages
+        let max_rows = max_rows.map(|n| n.max(0));
+        Ok(visible_messages(client, &stream, start, budget, max_rows)?
             .into_iter()
-            .filter_map(|m| clip(mode, m, start))
-            .take(max_rows.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0)))
             .map(|(at, data)| {
                 let next = Offset(at.0 + data.len() as u64);
                 (at.to_string(), next.to_string(), data)
@@ -125,16 +140,7 @@ fn read_chunk(
         let (stream, start) = open_for_read(client, path, from_offset)?;
         let mode = content_type::mode(&stream.content_type)?;
         let budget = max_bytes.unwrap_or_else(gucs::read_chunk_bytes).clamp(1, MAX_BUDGET);
-        let messages = storage::read_messages(
-            client,
-            &storage::chain(client, &stream)?,
-            start,
-            stream.tail,
-            budget,
-            None,
-        )?;
-        let parts: Vec<(Offset, Vec<u8>)> =
-            messages.into_iter().filter_map(|m| clip(mode, m, start)).collect();
+        let parts = visible_messages(client, &stream, start, budget, None)?;
         let next = parts.last().map_or(start, |(at, d)| Offset(at.0 + d.len() as u64));
         let body = if mode == Mode::Json {
             json::join_messages(parts.iter().map(|(_, d)| d.as_slice()))

@@ -12,7 +12,7 @@ use pgrx::spi::SpiClient;
 
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
-use crate::read::clip;
+use crate::read::visible_messages;
 use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
 
 /// Creates a stream, or confirms one that exists with the same configuration
@@ -263,14 +263,9 @@ fn sub_offset_position(
         return Ok(anchor);
     }
     let mode = content_type::mode(&source.content_type)?;
-    let chain = storage::chain(client, source)?;
     let budget = (source.tail.as_i64() - anchor.as_i64()).max(1);
     let rows = if mode == Mode::Json { sub + 1 } else { 1 };
-    let messages: Vec<(Offset, Vec<u8>)> =
-        storage::read_messages(client, &chain, anchor, source.tail, budget, Some(rows + 1))?
-            .into_iter()
-            .filter_map(|m| clip(mode, m, anchor))
-            .collect();
+    let messages = visible_messages(client, source, anchor, budget, Some(rows))?;
     let overshoot = |what: String| Err(CoreError::InvalidFork(what).into());
     let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
     if mode == Mode::Json {
