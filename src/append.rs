@@ -3,16 +3,17 @@
 
 use ds_core::content_type::{self, Mode};
 use ds_core::json::{self, Purpose};
-use ds_core::outcome::{AppendOutcome, stream_seq_allows};
-use ds_core::producer::{Decision, ProducerClaim, decide};
+use ds_core::outcome::AppendOutcome;
+use ds_core::producer::ProducerClaim;
 use ds_core::{Error as CoreError, Offset, limits};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::apply::{self, LockWait};
 use crate::error::{DsError, DsResult, core_sqlstate, sqlstate_text};
-use crate::storage::{self, Lock, StreamUpdate};
-use crate::{doorbell, gucs};
+use crate::gucs;
+use crate::storage::{self, Lock};
 
 /// One append or close request.
 pub struct AppendRequest<'a> {
@@ -40,7 +41,7 @@ pub struct AppendResult {
 }
 
 impl AppendResult {
-    fn new(outcome: AppendOutcome) -> Self {
+    pub(crate) fn new(outcome: AppendOutcome) -> Self {
         AppendResult {
             outcome,
             next_offset: None,
@@ -54,7 +55,7 @@ impl AppendResult {
         }
     }
 
-    fn invalid(e: &CoreError) -> Self {
+    pub(crate) fn invalid(e: &CoreError) -> Self {
         AppendResult {
             sqlstate: Some(sqlstate_text(core_sqlstate(e))),
             detail: Some(e.to_string()),
@@ -62,7 +63,7 @@ impl AppendResult {
         }
     }
 
-    fn at(mut self, tail: Offset, closed: bool) -> Self {
+    pub(crate) fn at(mut self, tail: Offset, closed: bool) -> Self {
         self.next_offset = Some(tail);
         self.closed = closed;
         self
@@ -89,116 +90,8 @@ pub fn messages_for(
 
 /// Carries out one request inside the caller's transaction.
 pub fn execute(client: &mut SpiClient<'_>, req: AppendRequest<'_>) -> DsResult<AppendResult> {
-    if let Err(e) = limits::validate_path(req.path) {
-        return Ok(AppendResult::invalid(&e));
-    }
-    if req.data.is_empty() && !req.close {
-        return Ok(AppendResult::invalid(&CoreError::EmptyAppend));
-    }
-    if let Some(ct) = req.content_type
-        && !req.data.is_empty()
-        && let Err(e) = content_type::essence(ct)
-    {
-        return Ok(AppendResult::invalid(&e));
-    }
-
-    let Some(stream) = storage::find_stream(client, req.path, Lock::ForWrite)? else {
-        return Ok(AppendResult::new(AppendOutcome::NotFound));
-    };
-    if stream.soft_deleted {
-        return Ok(AppendResult::new(AppendOutcome::Gone));
-    }
-    if stream.expired {
-        return Ok(AppendResult::new(AppendOutcome::NotFound));
-    }
-
-    // Precedence (§5.2): closed, then content type, then sequence checks.
-    if stream.closed {
-        let retried_close = req.producer.as_ref().filter(|p| Some(*p) == stream.closed_by.as_ref());
-        let result = if let Some(p) = retried_close {
-            AppendResult {
-                producer_epoch: Some(p.epoch),
-                producer_seq: Some(p.seq),
-                ..AppendResult::new(AppendOutcome::Duplicate)
-            }
-        } else if req.data.is_empty() {
-            AppendResult::new(AppendOutcome::AlreadyClosed)
-        } else {
-            AppendResult::new(AppendOutcome::StreamClosed)
-        };
-        return Ok(result.at(stream.tail, true));
-    }
-    if let Some(ct) = req.content_type
-        && !req.data.is_empty()
-        && !content_type::same(ct, &stream.content_type)
-    {
-        return Ok(AppendResult::new(AppendOutcome::ContentTypeMismatch).at(stream.tail, false));
-    }
-    let mode = content_type::mode(&stream.content_type)?;
-    let messages = match messages_for(mode, &stream.content_type, req.data, Purpose::Append) {
-        Ok(m) => m,
-        Err(e) => return Ok(AppendResult::invalid(&e)),
-    };
-
-    let mut accepted_state = None;
-    if let Some(p) = &req.producer {
-        let state = storage::find_producer(client, stream.stream_id, &p.id)?;
-        let echo =
-            |outcome| AppendResult { producer_epoch: Some(p.epoch), ..AppendResult::new(outcome) };
-        match decide(state, p.epoch, p.seq) {
-            Decision::Accept { new_state } => accepted_state = Some(new_state),
-            Decision::Duplicate { last_seq } => {
-                let r =
-                    AppendResult { producer_seq: Some(last_seq), ..echo(AppendOutcome::Duplicate) };
-                return Ok(r.at(stream.tail, false));
-            }
-            Decision::StaleEpoch { current_epoch } => {
-                let r = AppendResult {
-                    producer_epoch: Some(current_epoch),
-                    ..AppendResult::new(AppendOutcome::StaleEpoch)
-                };
-                return Ok(r.at(stream.tail, false));
-            }
-            Decision::SeqGap { expected, received } => {
-                let r = AppendResult {
-                    expected_seq: Some(expected),
-                    received_seq: Some(received),
-                    ..echo(AppendOutcome::SeqGap)
-                };
-                return Ok(r.at(stream.tail, false));
-            }
-            Decision::InvalidEpochSeq => {
-                return Ok(echo(AppendOutcome::InvalidEpochSeq).at(stream.tail, false));
-            }
-        }
-    }
-    if let Some(seq) = req.stream_seq
-        && !stream_seq_allows(stream.last_stream_seq.as_deref(), seq)
-    {
-        return Ok(AppendResult::new(AppendOutcome::StreamSeqConflict).at(stream.tail, false));
-    }
-
-    let tail = storage::insert_messages(client, stream.stream_id, stream.tail, messages)?;
-    storage::update_stream(
-        client,
-        &StreamUpdate {
-            stream_id: stream.stream_id,
-            tail,
-            close: req.close,
-            closed_by: if req.close { req.producer.as_ref() } else { None },
-            stream_seq: req.stream_seq,
-        },
-    )?;
-    if let (Some(p), Some(state)) = (&req.producer, accepted_state) {
-        storage::save_producer(client, stream.stream_id, &p.id, state)?;
-    }
-    doorbell::stream_advanced(client, stream.stream_id, req.path, tail)?;
-    Ok(AppendResult {
-        producer_epoch: req.producer.as_ref().map(|p| p.epoch),
-        producer_seq: req.producer.as_ref().map(|p| p.seq),
-        ..AppendResult::new(AppendOutcome::Ok)
-    }
-    .at(tail, req.close))
+    let mut results = apply::execute_all(client, std::slice::from_ref(&req), LockWait::Wait)?;
+    Ok(results.pop().expect("one result per request"))
 }
 
 /// Turns an outcome into the error a simple SQL call raises, or its offset.
@@ -371,7 +264,9 @@ impl AppendResult {
 /// `i` of every array is one `ds.try_append` call, carried out in array
 /// order, with its own outcome row (`idx` = `i`, 1-based). Protocol outcomes
 /// never raise, so one bad append never fails its neighbours; all arrays must
-/// have the same length.
+/// have the same length. The streams are locked in path order by one
+/// statement; with `skip_locked`, the requests to a stream another
+/// transaction holds get outcome `busy` (nothing done) instead of waiting.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -384,6 +279,7 @@ fn try_append_batch(
     producer_epochs: Vec<Option<i64>>,
     producer_seqs: Vec<Option<i64>>,
     closes: Vec<Option<bool>>,
+    skip_locked: default!(bool, false),
 ) -> Result<
     TableIterator<
         'static,
@@ -419,33 +315,44 @@ fn try_append_batch(
         ))
         .into());
     }
-    let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
-        let mut rows = Vec::with_capacity(n);
-        for i in 0..n {
-            let path = paths[i].as_deref().unwrap_or("");
-            let data = datas[i].unwrap_or(&[]);
-            let r = match ProducerClaim::from_parts(
-                producer_ids[i].as_deref(),
-                producer_epochs[i],
-                producer_seqs[i],
-            ) {
-                Err(e) => AppendResult::invalid(&e),
-                Ok(producer) => execute(
-                    client,
-                    AppendRequest {
-                        path,
-                        data,
-                        content_type: content_types[i].as_deref(),
-                        stream_seq: stream_seqs[i].as_deref(),
-                        producer,
-                        close: closes[i].unwrap_or(false),
-                    },
-                )?,
-            };
-            let (a, b, c, d, e, f, g, h, j) = r.into_row();
-            rows.push((i as i32 + 1, a, b, c, d, e, f, g, h, j));
+    // A malformed producer triple is that request's outcome; the others go
+    // through as one set.
+    let mut claims = Vec::with_capacity(n);
+    let mut requests = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    for i in 0..n {
+        match ProducerClaim::from_parts(
+            producer_ids[i].as_deref(),
+            producer_epochs[i],
+            producer_seqs[i],
+        ) {
+            Err(e) => claims.push(Some(AppendResult::invalid(&e))),
+            Ok(producer) => {
+                claims.push(None);
+                positions.push(i);
+                requests.push(AppendRequest {
+                    path: paths[i].as_deref().unwrap_or(""),
+                    data: datas[i].unwrap_or(&[]),
+                    content_type: content_types[i].as_deref(),
+                    stream_seq: stream_seqs[i].as_deref(),
+                    producer,
+                    close: closes[i].unwrap_or(false),
+                });
+            }
         }
-        Ok(rows)
-    })?;
+    }
+    let wait = if skip_locked { LockWait::SkipLocked } else { LockWait::Wait };
+    let applied = Spi::connect_mut(|client| apply::execute_all(client, &requests, wait))?;
+    for (i, result) in positions.into_iter().zip(applied) {
+        claims[i] = Some(result);
+    }
+    let rows: Vec<_> = claims
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (a, b, c, d, e, f, g, h, j) = r.expect("every request has a result").into_row();
+            (i as i32 + 1, a, b, c, d, e, f, g, h, j)
+        })
+        .collect();
     Ok(TableIterator::new(rows))
 }

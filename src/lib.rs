@@ -12,6 +12,7 @@
 use pgrx::prelude::*;
 
 mod append;
+mod apply;
 mod doorbell;
 mod error;
 mod gucs;

@@ -4,6 +4,8 @@
 //! qualified, because the public functions run as SECURITY DEFINER with a
 //! pinned search_path. Nothing here decides protocol rules; callers do.
 
+use std::collections::HashMap;
+
 use ds_core::Offset;
 use ds_core::producer::{ProducerClaim, ProducerState};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
@@ -154,6 +156,56 @@ fn find_by(
         )?,
     };
     let Some(row) = table.into_iter().next() else { return Ok(None) };
+    Ok(Some(stream_row(&row)?))
+}
+
+/// Locks the streams at `paths` (`FOR NO KEY UPDATE`, in path order, so
+/// concurrent batches never deadlock on each other) and returns the ones
+/// that exist, with their paths. With `skip_locked`, rows another
+/// transaction holds are left out instead of waited for.
+pub fn lock_streams(
+    client: &mut SpiClient<'_>,
+    paths: &[&str],
+    skip_locked: bool,
+) -> DsResult<Vec<(String, StreamRow)>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wait = if skip_locked { " SKIP LOCKED" } else { "" };
+    let table = update(
+        client,
+        &format!(
+            "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = ANY($1) \
+             ORDER BY path FOR NO KEY UPDATE{wait}"
+        ),
+        None,
+        &[paths.to_vec().into()],
+    )?;
+    let mut rows = Vec::with_capacity(paths.len());
+    for row in table {
+        let path: String = row.get(19)?.expect("path = ANY(...) is not NULL");
+        rows.push((path, stream_row(&row)?));
+    }
+    Ok(rows)
+}
+
+/// Which of `paths` name a stream (live, expired or soft-deleted).
+pub fn existing_paths(client: &SpiClient<'_>, paths: &[&str]) -> DsResult<Vec<String>> {
+    let table = select(
+        client,
+        "SELECT path FROM ds.streams WHERE path = ANY($1)",
+        None,
+        &[paths.to_vec().into()],
+    )?;
+    let mut found = Vec::new();
+    for row in table {
+        found.push(row.get::<String>(1)?.expect("path = ANY(...) is not NULL"));
+    }
+    Ok(found)
+}
+
+/// A row selected with `STREAM_COLUMNS` first.
+fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
     let closed_by = match (row.get::<String>(7)?, row.get::<i64>(8)?, row.get::<i64>(9)?) {
         (Some(id), Some(epoch), Some(seq)) => Some(ProducerClaim { id, epoch, seq }),
         _ => None,
@@ -176,7 +228,7 @@ fn find_by(
         }
         _ => None,
     };
-    Ok(Some(StreamRow {
+    Ok(StreamRow {
         stream_id: row.get(1)?.expect("stream_id is NOT NULL"),
         content_type: row.get(2)?.expect("content_type is NOT NULL"),
         ttl_seconds: row.get(3)?,
@@ -189,7 +241,7 @@ fn find_by(
         fork,
         fork_count: row.get(17)?.expect("fork_count is NOT NULL"),
         soft_deleted: row.get(18)?.expect("soft_deleted is NOT NULL"),
-    }))
+    })
 }
 
 /// Settings of a stream being created.
@@ -327,59 +379,66 @@ pub fn insert_messages(
         starts.push(pos);
         pos += i64::try_from(m.len()).expect("a message is below 1 GiB");
     }
-    match messages.len() {
-        0 => {}
-        1 => {
-            let data = messages.into_iter().next().expect("one message");
-            update(
-                client,
-                "INSERT INTO ds.messages (stream_id, start_pos, data) VALUES ($1, $2, $3)",
-                None,
-                &[stream_id.into(), starts[0].into(), data.into()],
-            )?;
-        }
-        _ => {
-            update(
-                client,
-                "INSERT INTO ds.messages (stream_id, start_pos, data) \
-                 SELECT $1, s, d FROM unnest($2::bigint[], $3::bytea[]) AS m(s, d)",
-                None,
-                &[stream_id.into(), starts.into(), messages.into()],
-            )?;
-        }
+    if !messages.is_empty() {
+        insert_message_rows(client, vec![stream_id; messages.len()], starts, messages)?;
     }
     Ok(Offset::from_i64(pos))
 }
 
-/// What one write transaction changes on the stream row.
+/// Inserts message rows `(stream_ids[i], starts[i], datas[i])` in one statement.
+pub fn insert_message_rows(
+    client: &mut SpiClient<'_>,
+    stream_ids: Vec<i64>,
+    starts: Vec<i64>,
+    datas: Vec<Vec<u8>>,
+) -> DsResult<()> {
+    update(
+        client,
+        "INSERT INTO ds.messages (stream_id, start_pos, data) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+        None,
+        &[stream_ids.into(), starts.into(), datas.into()],
+    )?;
+    Ok(())
+}
+
+/// The write state of a stream row after a transaction's appends.
 pub struct StreamUpdate<'a> {
     pub stream_id: i64,
     pub tail: Offset,
-    pub close: bool,
+    pub closed: bool,
     pub closed_by: Option<&'a ProducerClaim>,
-    pub stream_seq: Option<&'a str>,
+    pub last_stream_seq: Option<&'a str>,
 }
 
-/// Records the new tail (and closure, Stream-Seq) and refreshes the TTL clock.
-pub fn update_stream(client: &mut SpiClient<'_>, u: &StreamUpdate<'_>) -> DsResult<()> {
+/// Writes the new tails (and closure, Stream-Seq) of streams this
+/// transaction holds locked, and restarts their TTL clocks, in one statement.
+pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) -> DsResult<()> {
+    let ids: Vec<i64> = updates.iter().map(|u| u.stream_id).collect();
+    let tails: Vec<i64> = updates.iter().map(|u| u.tail.as_i64()).collect();
+    let closed: Vec<bool> = updates.iter().map(|u| u.closed).collect();
+    let by_id: Vec<Option<&str>> =
+        updates.iter().map(|u| u.closed_by.map(|c| c.id.as_str())).collect();
+    let by_epoch: Vec<Option<i64>> = updates.iter().map(|u| u.closed_by.map(|c| c.epoch)).collect();
+    let by_seq: Vec<Option<i64>> = updates.iter().map(|u| u.closed_by.map(|c| c.seq)).collect();
+    let seqs: Vec<Option<&str>> = updates.iter().map(|u| u.last_stream_seq).collect();
     update(
         client,
-        "UPDATE ds.streams SET tail_pos = $2, last_access = now(), \
-             closed = closed OR $3, \
-             closed_by_producer = CASE WHEN $3 THEN $4 ELSE closed_by_producer END, \
-             closed_by_epoch = CASE WHEN $3 THEN $5 ELSE closed_by_epoch END, \
-             closed_by_seq = CASE WHEN $3 THEN $6 ELSE closed_by_seq END, \
-             last_stream_seq = coalesce($7, last_stream_seq) \
-         WHERE stream_id = $1",
+        "UPDATE ds.streams s SET tail_pos = u.tail, last_access = now(), closed = u.closed, \
+             closed_by_producer = u.by_id, closed_by_epoch = u.by_epoch, \
+             closed_by_seq = u.by_seq, last_stream_seq = u.seq \
+         FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[], \
+                     $6::bigint[], $7::text[]) AS u(id, tail, closed, by_id, by_epoch, by_seq, seq) \
+         WHERE s.stream_id = u.id",
         None,
         &[
-            u.stream_id.into(),
-            u.tail.as_i64().into(),
-            u.close.into(),
-            u.closed_by.map(|c| c.id.as_str()).into(),
-            u.closed_by.map(|c| c.epoch).into(),
-            u.closed_by.map(|c| c.seq).into(),
-            u.stream_seq.into(),
+            ids.into(),
+            tails.into(),
+            closed.into(),
+            by_id.into(),
+            by_epoch.into(),
+            by_seq.into(),
+            seqs.into(),
         ],
     )?;
     Ok(())
@@ -399,39 +458,59 @@ pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> 
     Ok(())
 }
 
-/// Stored state of one producer on one stream.
-pub fn find_producer(
+/// Stored states of the producers `keys` (stream id, producer id).
+pub fn find_producers(
     client: &SpiClient<'_>,
-    stream_id: i64,
-    producer_id: &str,
-) -> DsResult<Option<ProducerState>> {
+    keys: &[(i64, &str)],
+) -> DsResult<HashMap<(i64, String), ProducerState>> {
+    let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let table = select(
         client,
-        "SELECT epoch, last_seq FROM ds.producers WHERE stream_id = $1 AND producer_id = $2",
-        Some(1),
-        &[stream_id.into(), producer_id.into()],
+        "SELECT p.stream_id, p.producer_id, p.epoch, p.last_seq \
+         FROM unnest($1::bigint[], $2::text[]) AS k(stream_id, producer_id) \
+         JOIN ds.producers p ON p.stream_id = k.stream_id AND p.producer_id = k.producer_id",
+        None,
+        &[ids.into(), names.into()],
     )?;
-    let Some(row) = table.into_iter().next() else { return Ok(None) };
-    Ok(Some(ProducerState {
-        epoch: row.get(1)?.expect("epoch is NOT NULL"),
-        last_seq: row.get(2)?.expect("last_seq is NOT NULL"),
-    }))
+    let mut states = HashMap::with_capacity(keys.len());
+    for row in table {
+        let key = (
+            row.get::<i64>(1)?.expect("stream_id is NOT NULL"),
+            row.get::<String>(2)?.expect("producer_id is NOT NULL"),
+        );
+        let state = ProducerState {
+            epoch: row.get(3)?.expect("epoch is NOT NULL"),
+            last_seq: row.get(4)?.expect("last_seq is NOT NULL"),
+        };
+        states.insert(key, state);
+    }
+    Ok(states)
 }
 
-/// Stores a producer's new state.
-pub fn save_producer(
+/// Stores producers' new states (one entry per key) in one statement.
+pub fn save_producers(
     client: &mut SpiClient<'_>,
-    stream_id: i64,
-    producer_id: &str,
-    state: ProducerState,
+    states: HashMap<(i64, String), ProducerState>,
 ) -> DsResult<()> {
+    let mut ids = Vec::with_capacity(states.len());
+    let mut names = Vec::with_capacity(states.len());
+    let mut epochs = Vec::with_capacity(states.len());
+    let mut seqs = Vec::with_capacity(states.len());
+    for ((id, name), state) in states {
+        ids.push(id);
+        names.push(name);
+        epochs.push(state.epoch);
+        seqs.push(state.last_seq);
+    }
     update(
         client,
         "INSERT INTO ds.producers (stream_id, producer_id, epoch, last_seq) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id, producer_id) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
+         ON CONFLICT (stream_id, producer_id) \
          DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, updated_at = now()",
         None,
-        &[stream_id.into(), producer_id.into(), state.epoch.into(), state.last_seq.into()],
+        &[ids.into(), names.into(), epochs.into(), seqs.into()],
     )?;
     Ok(())
 }

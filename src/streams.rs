@@ -162,15 +162,15 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
             }
             let start = wanted.fork.as_ref().map_or(Offset::ZERO, |f| f.pos);
             let tail = storage::insert_messages(client, stream_id, start, messages)?;
-            storage::update_stream(
+            storage::update_streams(
                 client,
-                &StreamUpdate {
+                &[StreamUpdate {
                     stream_id,
                     tail,
-                    close: req.closed,
+                    closed: req.closed,
                     closed_by: None,
-                    stream_seq: None,
-                },
+                    last_stream_seq: None,
+                }],
             )?;
             let row = storage::find_stream_by_id(client, stream_id, Lock::None)?
                 .expect("the stream was just created");

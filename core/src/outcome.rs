@@ -30,9 +30,12 @@ pub enum AppendOutcome {
     Gone,
     /// Rejected: the request itself is malformed; see `detail`.
     InvalidRequest,
+    /// Not attempted: asked not to wait, and another transaction holds the
+    /// stream's row lock. Nothing changed; send it again.
+    Busy,
 }
 
-const NAMES: [(AppendOutcome, &str); 12] = [
+const NAMES: [(AppendOutcome, &str); 13] = [
     (AppendOutcome::Ok, "ok"),
     (AppendOutcome::Duplicate, "duplicate"),
     (AppendOutcome::AlreadyClosed, "already_closed"),
@@ -45,6 +48,7 @@ const NAMES: [(AppendOutcome, &str); 12] = [
     (AppendOutcome::NotFound, "not_found"),
     (AppendOutcome::Gone, "gone"),
     (AppendOutcome::InvalidRequest, "invalid_request"),
+    (AppendOutcome::Busy, "busy"),
 ];
 
 impl AppendOutcome {

@@ -60,9 +60,16 @@ pub struct Config {
     pub sse_send_timeout_ms: u64,
 
     /// Group commit: appends are spread over this many lanes (by stream),
-    /// each committing whatever queued up as one transaction.
-    #[arg(long, env = "DS_APPEND_LANES", default_value_t = 8)]
+    /// each committing whatever queued up as one transaction. One lane makes
+    /// the biggest batches (fewest commits); more overlap one batch's WAL
+    /// flush with the next batch's work, which pays with more cores.
+    #[arg(long, env = "DS_APPEND_LANES", default_value_t = 1)]
     pub append_lanes: usize,
+
+    /// How long an append may wait for a stream another transaction holds
+    /// locked (Postgres `lock_timeout` on the sidecar's connections); then 503.
+    #[arg(long, env = "DS_LOCK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub lock_timeout_ms: u64,
 
     /// Most appends one group-commit transaction carries (1 disables batching).
     #[arg(long, env = "DS_MAX_APPEND_BATCH", default_value_t = 256)]

@@ -140,7 +140,7 @@ const TRY_APPEND: &str = "SELECT outcome, next_offset, closed, producer_epoch, p
      FROM ds.try_append($1, $2, $3, $4, $5, $6, $7, $8)";
 const TRY_APPEND_BATCH: &str = "SELECT idx, outcome, next_offset, closed, producer_epoch, \
      producer_seq, expected_seq, received_seq, sqlstate, detail \
-     FROM ds.try_append_batch($1, $2, $3, $4, $5, $6, $7, $8) ORDER BY idx";
+     FROM ds.try_append_batch($1, $2, $3, $4, $5, $6, $7, $8, skip_locked => true) ORDER BY idx";
 const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
      FROM ds.read_chunk($1, $2, $3)";
 const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
@@ -203,8 +203,11 @@ pub struct Db {
 
 impl Db {
     /// Builds the pool (connections are opened lazily).
-    pub fn new(database_url: &str, max_size: usize) -> Result<Db, UrlError> {
-        let pg = tokio_postgres::Config::from_str(database_url)?;
+    /// `lock_timeout_ms` bounds every wait for a row lock (0: no bound).
+    pub fn new(database_url: &str, max_size: usize, lock_timeout_ms: u64) -> Result<Db, UrlError> {
+        let mut pg = tokio_postgres::Config::from_str(database_url)?;
+        let options = pg.get_options().unwrap_or_default().to_owned();
+        pg.options(format!("{options} -c lock_timeout={lock_timeout_ms}").trim_start());
         let manager = Manager::from_config(
             pg,
             NoTls,

@@ -54,9 +54,15 @@ pub struct AppState {
 impl AppState {
     /// Builds the state (the pool connects lazily).
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<AppState, RunError> {
-        let db = db::Db::new(&config.database_url, config.pool_size)?;
-        let batcher =
-            batch::Batcher::start(db.clone(), config.append_lanes, config.max_append_batch, 1024);
+        let db = db::Db::new(&config.database_url, config.pool_size, config.lock_timeout_ms)?;
+        // Half the pool at most for appends that wait for a locked stream.
+        let batcher = batch::Batcher::start(
+            db.clone(),
+            config.append_lanes,
+            config.max_append_batch,
+            1024,
+            config.pool_size / 2,
+        );
         Ok(AppState {
             db,
             batcher: Arc::new(batcher),

@@ -108,6 +108,11 @@ pub fn respond(
         AppendOutcome::Gone => {
             return Err(ApiError::Gone(message(row, "stream was deleted; only its forks remain")));
         }
+        // The batcher sends a busy append again on its own; one reaching
+        // here means it could not (e.g. shutting down).
+        AppendOutcome::Busy => {
+            return Err(ApiError::Busy("stream is locked by another transaction"));
+        }
         AppendOutcome::InvalidRequest => {
             let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("XX000"));
             return Err(ApiError::from_sqlstate(&code, message(row, "invalid request")));

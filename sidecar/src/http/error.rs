@@ -46,6 +46,14 @@ pub enum ApiError {
 
 /// The HTTP status of an SQLSTATE raised by the SQL API; `None` for codes
 /// that are not client errors.
+/// Errors after which the same request may well succeed.
+fn is_transient(code: &SqlState) -> bool {
+    *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::QUERY_CANCELED
+}
+
 pub fn status_for_sqlstate(code: &SqlState) -> Option<StatusCode> {
     let status = match code {
         c if *c == SqlState::UNDEFINED_OBJECT => StatusCode::NOT_FOUND,
@@ -107,6 +115,9 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         match &e {
             DbError::Postgres(pg) => match pg.as_db_error() {
+                // Rolled back for a passing reason (a lock held past
+                // lock_timeout, a deadlock): nothing changed, try again.
+                Some(db) if is_transient(db.code()) => ApiError::Unavailable(e),
                 Some(db) => ApiError::from_sqlstate(db.code(), db.message().to_owned()),
                 // No server error: the connection broke or could not be used.
                 None => ApiError::Unavailable(e),

@@ -348,3 +348,107 @@ async fn group_commit_gives_each_concurrent_append_its_own_outcome() {
         assert_eq!(seqs, (0..SEQS as i64).collect::<Vec<_>>(), "producer {p} in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_locked_by_sql_delays_only_its_own_appends_in_order() {
+    let sidecar = Sidecar::start(&["--append-lanes", "1"]).await;
+    let locked = unique_path("locked");
+    let free = unique_path("free");
+    create_json_stream(&sidecar, &locked).await;
+    create_json_stream(&sidecar, &free).await;
+    let mut db = sql().await;
+    let tx = db.transaction().await.unwrap();
+    // An application transaction appends and stays open: it holds the row lock.
+    tx.execute("SELECT ds.append($1, '{\"by\":\"sql\"}'::jsonb)", &[&locked]).await.unwrap();
+
+    // A producer sends five appends to the locked stream, in order.
+    let mut waiting = Vec::new();
+    for seq in 0..5 {
+        let url = sidecar.stream(&locked);
+        waiting.push(tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("producer-id", "held")
+                .header("producer-epoch", "0")
+                .header("producer-seq", seq.to_string())
+                .body(format!("{{\"seq\":{seq}}}"))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The same lane keeps committing appends to other streams meanwhile.
+    for i in 0..20 {
+        let r = timeout(
+            Duration::from_secs(2),
+            http()
+                .post(sidecar.stream(&free))
+                .header("content-type", "application/json")
+                .body(format!("{{\"i\":{i}}}"))
+                .send(),
+        )
+        .await
+        .expect("an unlocked stream is not held up")
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+    }
+    assert!(waiting.iter().all(|t| !t.is_finished()), "appends to the locked stream wait");
+
+    tx.commit().await.unwrap();
+    for t in waiting {
+        assert_eq!(t.await.unwrap(), 200, "every producer append in order, none a gap");
+    }
+    let body = http()
+        .get(format!("{}?offset=-1", sidecar.stream(&locked)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_messages(&body),
+        vec![
+            r#"{"by":"sql"}"#,
+            r#"{"seq":0}"#,
+            r#"{"seq":1}"#,
+            r#"{"seq":2}"#,
+            r#"{"seq":3}"#,
+            r#"{"seq":4}"#
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_that_waits_past_lock_timeout_gets_503_and_changes_nothing() {
+    let sidecar = Sidecar::start(&["--lock-timeout-ms", "300"]).await;
+    let path = unique_path("lock-timeout");
+    create_json_stream(&sidecar, &path).await;
+    let mut db = sql().await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute("SELECT ds.append($1, '{\"by\":\"sql\"}'::jsonb)", &[&path]).await.unwrap();
+
+    let r = http()
+        .post(sidecar.stream(&path))
+        .header("content-type", "application/json")
+        .body(r#"{"late":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    tx.rollback().await.unwrap();
+
+    let body = http()
+        .get(format!("{}?offset=-1", sidecar.stream(&path)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "[]", "neither the rolled-back nor the timed-out append is there");
+}
