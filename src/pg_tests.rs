@@ -677,4 +677,48 @@ mod tests {
             Some("22023")
         );
     }
+
+    #[pg_test]
+    fn batches_see_their_own_earlier_requests_and_persist_state() {
+        Spi::run("SELECT ds.create('h1', 'text/plain'); SELECT ds.create('h2', 'text/plain')")
+            .unwrap();
+        let batch = |paths: &str,
+                     datas: &str,
+                     seqs: &str,
+                     pids: &str,
+                     pseqs: &str,
+                     closes: &str| {
+            text(&format!(
+                "SELECT string_agg(idx || ':' || outcome, ' ' ORDER BY idx) \
+                 FROM ds.try_append_batch(ARRAY[{paths}], ARRAY[{datas}]::bytea[], \
+                   array_fill(NULL::text, ARRAY[cardinality(ARRAY[{paths}])]), ARRAY[{seqs}]::text[], \
+                   ARRAY[{pids}]::text[], \
+                   (SELECT array_agg(CASE WHEN s IS NULL THEN NULL ELSE 0::bigint END ORDER BY o) \
+                    FROM unnest(ARRAY[{pseqs}]::bigint[]) WITH ORDINALITY AS u(s, o)), \
+                   ARRAY[{pseqs}]::bigint[], ARRAY[{closes}])"
+            ))
+        };
+        // Stream-Seq and producer seqs advance within the batch; a close
+        // rejects what follows it in the same batch.
+        assert_eq!(
+            batch(
+                "'h1', 'h1', 'h2', 'h2', 'h2', 'h1', 'h1'",
+                "'a', 'b', 'c', 'd', 'e', '', 'f'",
+                "'s1', 's1', NULL, NULL, NULL, NULL, NULL",
+                "NULL, NULL, 'p', 'p', 'p', NULL, NULL",
+                "NULL, NULL, 0, 2, 1, NULL, NULL",
+                "false, false, false, false, false, true, false"
+            ),
+            "1:ok 2:stream_seq_conflict 3:ok 4:seq_gap 5:ok 6:ok 7:stream_closed"
+        );
+        assert_eq!(body("h1"), "a");
+        assert_eq!(body("h2"), "ce");
+        // The next batch sees what the first stored.
+        assert_eq!(
+            batch("'h2', 'h2'", "'x', 'y'", "NULL, NULL", "'p', 'p'", "1, 2", "false, false"),
+            "1:duplicate 2:ok"
+        );
+        assert_eq!(body("h2"), "cey");
+        assert!(boolean("SELECT closed FROM ds.head('h1')"));
+    }
 }
