@@ -4,13 +4,13 @@
 # plain pg_notify per appending transaction (database the worker does not
 # serve), and with announcing off (ds.notify = off). Rounds alternate the
 # three modes; the table shows medians and ratios to "off".
-#   bash benches/doorbell.sh          # CLIENTS=64 STREAMS=64 SECONDS_PER_RUN=10 ROUNDS=3
+#   bash benches/doorbell.sh          # CLIENTS=64 STREAMS=64 SECONDS_PER_RUN=10 ROUNDS=5
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 CLIENTS="${CLIENTS:-64}"
 STREAMS="${STREAMS:-64}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 PORT="${DS_BENCH_PORT:-54382}"
 DIR="$(mktemp -d /tmp/ds-bench-doorbell.XXXXXX)"
 trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
@@ -43,8 +43,14 @@ run() { # mode -> TPS
         -T "$SECONDS_PER_RUN" -f "$DIR/append.sql" "$db" 2>/dev/null | awk '/^tps/ {print int($3)}'
 }
 declare -A results
+# A discarded warm-up (caches, first checkpoint), then rounds that rotate
+# which mode goes first, so no mode always pays for a cold start.
+log "warm-up"
+run doorbell >/dev/null
+modes=(doorbell fallback off)
 for r in $(seq 1 "$ROUNDS"); do
-    for mode in doorbell fallback off; do
+    for i in 0 1 2; do
+        mode=${modes[$(((r + i) % 3))]}
         log "round $r: $mode"
         results[$mode]+="$(run "$mode") "
     done

@@ -172,15 +172,30 @@ pub fn lock_streams(
         return Ok(Vec::new());
     }
     let wait = if skip_locked { " SKIP LOCKED" } else { "" };
-    let table = update(
-        client,
-        &format!(
-            "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = ANY($1) \
-             ORDER BY path FOR NO KEY UPDATE{wait}"
-        ),
-        None,
-        &[paths.to_vec().into()],
-    )?;
+    // One path (every SQL-level append) gets the single-row statement: its
+    // kept generic plan is an index probe, where `= ANY` on a small table
+    // would be re-planned at every call.
+    let table = if let [path] = paths {
+        update(
+            client,
+            &format!(
+                "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = $1 \
+                 FOR NO KEY UPDATE{wait}"
+            ),
+            None,
+            &[(*path).into()],
+        )?
+    } else {
+        update(
+            client,
+            &format!(
+                "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = ANY($1) \
+                 ORDER BY path FOR NO KEY UPDATE{wait}"
+            ),
+            None,
+            &[paths.to_vec().into()],
+        )?
+    };
     let mut rows = Vec::with_capacity(paths.len());
     for row in table {
         let path: String = row.get(19)?.expect("path = ANY(...) is not NULL");
@@ -414,6 +429,27 @@ pub struct StreamUpdate<'a> {
 /// Writes the new tails (and closure, Stream-Seq) of streams this
 /// transaction holds locked, and restarts their TTL clocks, in one statement.
 pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) -> DsResult<()> {
+    if let [u] = updates {
+        // As in `lock_streams`: one row, a plan that stays an index probe.
+        update(
+            client,
+            "UPDATE ds.streams SET tail_pos = $2, last_access = now(), closed = $3, \
+                 closed_by_producer = $4, closed_by_epoch = $5, closed_by_seq = $6, \
+                 last_stream_seq = $7 \
+             WHERE stream_id = $1",
+            None,
+            &[
+                u.stream_id.into(),
+                u.tail.as_i64().into(),
+                u.closed.into(),
+                u.closed_by.map(|c| c.id.as_str()).into(),
+                u.closed_by.map(|c| c.epoch).into(),
+                u.closed_by.map(|c| c.seq).into(),
+                u.last_stream_seq.into(),
+            ],
+        )?;
+        return Ok(());
+    }
     let ids: Vec<i64> = updates.iter().map(|u| u.stream_id).collect();
     let tails: Vec<i64> = updates.iter().map(|u| u.tail.as_i64()).collect();
     let closed: Vec<bool> = updates.iter().map(|u| u.closed).collect();
@@ -685,6 +721,31 @@ pub fn rotate(
         batch_bytes = 0;
     }
     Ok(done)
+}
+
+/// Whether `ds.streams` exists in this database (the extension is installed).
+pub fn extension_installed(client: &SpiClient<'_>) -> DsResult<bool> {
+    let table =
+        select(client, "SELECT pg_catalog.to_regclass('ds.streams') IS NOT NULL", Some(1), &[])?;
+    Ok(table.first().get_one::<bool>()?.unwrap_or(false))
+}
+
+/// Paths and tails of the streams `ids` that still have a path.
+pub fn stream_tails(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(String, Offset)>> {
+    let table = select(
+        client,
+        "SELECT path, tail_pos FROM ds.streams WHERE stream_id = ANY($1) AND path IS NOT NULL \
+         ORDER BY stream_id",
+        None,
+        &[ids.to_vec().into()],
+    )?;
+    let mut tails = Vec::with_capacity(ids.len());
+    for row in table {
+        let path: String = row.get(1)?.expect("path IS NOT NULL");
+        let tail: i64 = row.get(2)?.expect("tail_pos is NOT NULL");
+        tails.push((path, Offset::from_i64(tail)));
+    }
+    Ok(tails)
 }
 
 /// Sends a notification on the documented channel; delivered at commit.

@@ -12,7 +12,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::prelude::*;
 
 use crate::error::DsResult;
-use crate::maintenance;
+use crate::{maintenance, storage};
 
 use ds_core::notification::{self, Announcement, CHANNEL, MAX_PAYLOAD};
 
@@ -63,6 +63,13 @@ fn reload_if_asked(who: &str) {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let database = start_worker();
+    // A notification is a wake-up, not data: its transaction (NOTIFY takes
+    // an xid) need not wait for a WAL flush of its own, which would cost one
+    // fsync per ring on top of the appenders' commits.
+    in_transaction("setting synchronous_commit", || {
+        Spi::run("SET synchronous_commit TO off")?;
+        Ok(())
+    });
     doorbell::register_worker();
     log!(
         "durable_streams doorbell: announcing appends in database \"{database}\" on channel {CHANNEL}"
@@ -84,8 +91,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
             continue;
         }
         let everything = overflow || announce_everything;
-        let announced =
-            in_transaction("announcing stream changes", || Ok(announce(&ids, everything)));
+        let announced = in_transaction("announcing stream changes", || announce(&ids, everything));
         announce_everything = announced != Some(true);
         last_ring = Instant::now();
     }
@@ -224,46 +230,23 @@ fn in_transaction<R>(
 
 /// Sends the notifications for one wake-up; false if the extension is not
 /// installed in this database (yet), so nothing could be said.
-fn announce(ids: &[i64], everything: bool) -> bool {
+fn announce(ids: &[i64], everything: bool) -> DsResult<bool> {
     Spi::connect_mut(|client| {
-        let installed = client
-            .select("SELECT pg_catalog.to_regclass('ds.streams') IS NOT NULL", None, &[])
-            .and_then(|t| t.first().get_one::<bool>())
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        if !installed {
-            return false;
+        if !storage::extension_installed(client)? {
+            return Ok(false);
         }
         let mut lines = Vec::new();
         if everything {
             lines.push(Announcement::Everything.line());
         }
         if !ids.is_empty() {
-            let rows = client
-                .select(
-                    "SELECT tail_pos, path FROM ds.streams WHERE stream_id = ANY($1) ORDER BY stream_id",
-                    None,
-                    &[ids.to_vec().into()],
-                )
-                .expect("reading stream tails");
-            for row in rows {
-                let tail: i64 = row.get(1).ok().flatten().unwrap_or(0);
-                let path: String = row.get(2).ok().flatten().unwrap_or_default();
-                lines.push(
-                    Announcement::Advanced { path, tail: ds_core::Offset::from_i64(tail) }.line(),
-                );
+            for (path, tail) in storage::stream_tails(client, ids)? {
+                lines.push(Announcement::Advanced { path, tail }.line());
             }
         }
         for payload in notification::pack(&lines, MAX_PAYLOAD) {
-            client
-                .update(
-                    "SELECT pg_catalog.pg_notify($1, $2)",
-                    None,
-                    &[CHANNEL.into(), payload.into()],
-                )
-                .expect("pg_notify");
+            storage::notify(client, &payload)?;
         }
-        true
+        Ok(true)
     })
 }
