@@ -103,7 +103,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, "ds-sidecar listening");
-    let app = http::app(state);
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::app(state));
     let served =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();

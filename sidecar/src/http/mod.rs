@@ -10,17 +10,23 @@ mod live;
 mod ops;
 mod streams;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{self, HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::{Service, ServiceBuilder};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -33,7 +39,17 @@ pub use error::ApiError;
 pub const STREAM_PREFIX: &str = "/v1/stream/";
 
 /// The complete application with all middleware.
-pub fn app(state: AppState) -> Router {
+///
+/// The middleware wraps the router as ONE service stack, applied outside
+/// it, rather than `Router::layer` (which wraps every route's endpoint and
+/// clones the whole stack, CORS lists included, on every request).
+pub fn app(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([
@@ -47,7 +63,7 @@ pub fn app(state: AppState) -> Router {
         .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(86_400));
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/stream/{*path}",
             get(streams::read)
@@ -60,13 +76,38 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(CompressionLayer::new())
-        .layer(cors)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .with_state(state.clone());
+    ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::default()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(state, observe))
+        .layer(cors)
+        .layer(CompressionLayer::new())
+        .service(router)
+}
+
+/// Request ids for requests that come without one: a random prefix drawn
+/// once per process and a counter, so making one costs no system call.
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl Default for SequentialRequestId {
+    fn default() -> Self {
+        let prefix: u64 = rand::random();
+        SequentialRequestId { prefix: format!("{prefix:016x}").into(), next: Arc::default() }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
+    }
 }
 
 /// The span of one request: method, path and the `x-request-id` (the
