@@ -33,9 +33,39 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: read-only flag set by the postmaster while it loads libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::init(preloading);
+    keep_large_allocations();
     if preloading {
         doorbell::init_shared_memory();
         worker::register();
+    }
+}
+
+/// Lets glibc keep freed large blocks instead of returning them to the OS.
+///
+/// A catch-up read handles its chunk (1 MiB by default) several times:
+/// detoasted, returned as `bytea`, materialised, sent. Postgres mallocs each
+/// copy and frees it at the end of the call, and by default glibc gives the
+/// memory back (trims the heap) right away, so every read page-faults its
+/// buffers in again: measured at about half the backend's CPU on a 64 MiB
+/// catch-up. Blocks below 16 MiB now come from the heap, and up to 32 MiB of
+/// free heap is kept per backend for the next call. Set in the postmaster when
+/// preloaded, so every backend inherits it.
+fn keep_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
+        const M_MMAP_THRESHOLD: std::os::raw::c_int = -3;
+        unsafe extern "C" {
+            fn mallopt(
+                param: std::os::raw::c_int,
+                value: std::os::raw::c_int,
+            ) -> std::os::raw::c_int;
+        }
+        // SAFETY: mallopt only changes allocator tuning; glibc declares it so.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 16 << 20);
+            mallopt(M_TRIM_THRESHOLD, 32 << 20);
+        }
     }
 }
 

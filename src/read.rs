@@ -82,6 +82,18 @@ pub(crate) fn visible_messages(
     Ok(parts)
 }
 
+/// The bytes of `parts` back to back (one copy; none for a single part).
+fn concat(parts: Vec<(Offset, Vec<u8>)>) -> Vec<u8> {
+    if parts.len() == 1 {
+        return parts.into_iter().next().map(|(_, d)| d).unwrap_or_default();
+    }
+    let mut body = Vec::with_capacity(parts.iter().map(|(_, d)| d.len()).sum());
+    for (_, d) in &parts {
+        body.extend_from_slice(d);
+    }
+    body
+}
+
 /// The messages of a stream from `from_offset`: one row per JSON message or
 /// per stored chunk of a byte stream, with the offset to resume after it.
 #[pg_extern(security_definer)]
@@ -145,7 +157,7 @@ fn read_chunk(
         let body = if mode == Mode::Json {
             json::join_messages(parts.iter().map(|(_, d)| d.as_slice()))
         } else {
-            parts.into_iter().flat_map(|(_, d)| d).collect()
+            concat(parts)
         };
         let up_to_date = next == stream.tail;
         Ok((
