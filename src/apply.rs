@@ -132,7 +132,7 @@ pub fn execute_all(
         storage::save_producers(client, dirty_producers)?;
     }
     for s in changed {
-        doorbell::stream_advanced(client, s.row.stream_id, &s.path, s.row.tail)?;
+        doorbell::stream_advanced(client, s.row.stream_id, &s.path, s.row.tail, s.row.closed)?;
     }
     Ok(results.into_iter().map(|r| r.expect("every request was decided")).collect())
 }

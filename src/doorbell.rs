@@ -86,12 +86,14 @@ pub fn init_shared_memory() {
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
-/// Announces that `stream_id` (at `path`) advanced to `tail`.
+/// Announces that `stream_id` (at `path`) advanced to `tail` (and is now
+/// `closed` or not).
 pub fn stream_advanced(
     client: &mut SpiClient<'_>,
     stream_id: i64,
     path: &str,
     tail: ds_core::Offset,
+    closed: bool,
 ) -> DsResult<()> {
     if !crate::gucs::NOTIFY.get() {
         return Ok(());
@@ -99,7 +101,7 @@ pub fn stream_advanced(
     if !worker_serves_this_database() {
         return storage::notify(
             client,
-            &Announcement::Advanced { path: path.to_owned(), tail }.line(),
+            &Announcement::Advanced { path: path.to_owned(), tail, closed }.line(),
         );
     }
     IN_TRANSACTION.with(|cell| {

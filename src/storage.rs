@@ -730,12 +730,12 @@ pub fn extension_installed(client: &SpiClient<'_>) -> DsResult<bool> {
     Ok(table.first().get_one::<bool>()?.unwrap_or(false))
 }
 
-/// Paths and tails of the streams `ids` that still have a path.
-pub fn stream_tails(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(String, Offset)>> {
+/// Paths, tails and closure of the streams `ids` that still have a path.
+pub fn stream_tails(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(String, Offset, bool)>> {
     let table = select(
         client,
-        "SELECT path, tail_pos FROM ds.streams WHERE stream_id = ANY($1) AND path IS NOT NULL \
-         ORDER BY stream_id",
+        "SELECT path, tail_pos, closed FROM ds.streams \
+         WHERE stream_id = ANY($1) AND path IS NOT NULL ORDER BY stream_id",
         None,
         &[ids.to_vec().into()],
     )?;
@@ -743,7 +743,8 @@ pub fn stream_tails(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(String
     for row in table {
         let path: String = row.get(1)?.expect("path IS NOT NULL");
         let tail: i64 = row.get(2)?.expect("tail_pos is NOT NULL");
-        tails.push((path, Offset::from_i64(tail)));
+        let closed: bool = row.get(3)?.expect("closed is NOT NULL");
+        tails.push((path, Offset::from_i64(tail), closed));
     }
     Ok(tails)
 }

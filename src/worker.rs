@@ -240,8 +240,8 @@ fn announce(ids: &[i64], everything: bool) -> DsResult<bool> {
             lines.push(Announcement::Everything.line());
         }
         if !ids.is_empty() {
-            for (path, tail) in storage::stream_tails(client, ids)? {
-                lines.push(Announcement::Advanced { path, tail }.line());
+            for (path, tail, closed) in storage::stream_tails(client, ids)? {
+                lines.push(Announcement::Advanced { path, tail, closed }.line());
             }
         }
         for payload in notification::pack(&lines, MAX_PAYLOAD) {

@@ -2,9 +2,10 @@
 //! (SQL users, the sidecar) rely on.
 //!
 //! Channel [`CHANNEL`]. A payload is one or more lines separated by `\n`:
-//! `<tail offset> <path>` when the stream advanced or closed, `- <path>` when
-//! it was deleted, and `*` when anything may have changed (the sender lost
-//! track, e.g. after a restart or when too many streams advanced at once).
+//! `<tail offset> <path>` when the stream advanced, `! <tail offset> <path>`
+//! when it advanced or closed and is now closed, `- <path>` when it was
+//! deleted, and `*` when anything may have changed (the sender lost track,
+//! e.g. after a restart or when too many streams advanced at once).
 //! Notifications are sent at commit and are only hints: readers always
 //! re-read from their own offset.
 
@@ -19,8 +20,8 @@ pub const MAX_PAYLOAD: usize = 7900;
 /// One line of a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announcement {
-    /// The stream at `path` now ends at `tail` (it may also have closed).
-    Advanced { path: String, tail: Offset },
+    /// The stream at `path` now ends at `tail`, and is `closed` or not.
+    Advanced { path: String, tail: Offset, closed: bool },
     /// The stream at `path` was deleted.
     Deleted { path: String },
     /// Re-check every stream.
@@ -31,7 +32,8 @@ impl Announcement {
     /// The payload line for this announcement.
     pub fn line(&self) -> String {
         match self {
-            Announcement::Advanced { path, tail } => format!("{tail} {path}"),
+            Announcement::Advanced { path, tail, closed: false } => format!("{tail} {path}"),
+            Announcement::Advanced { path, tail, closed: true } => format!("! {tail} {path}"),
             Announcement::Deleted { path } => format!("- {path}"),
             Announcement::Everything => "*".to_owned(),
         }
@@ -64,10 +66,14 @@ pub fn parse(payload: &str) -> Vec<Announcement> {
             if line == "*" {
                 return Announcement::Everything;
             }
+            let (closed, line) = match line.strip_prefix("! ") {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
             match line.split_once(' ') {
-                Some(("-", path)) => Announcement::Deleted { path: path.to_owned() },
+                Some(("-", path)) if !closed => Announcement::Deleted { path: path.to_owned() },
                 Some((tail, path)) => match Offset::parse(tail) {
-                    Ok(tail) => Announcement::Advanced { path: path.to_owned(), tail },
+                    Ok(tail) => Announcement::Advanced { path: path.to_owned(), tail, closed },
                     Err(_) => Announcement::Everything,
                 },
                 None => Announcement::Everything,
@@ -91,7 +97,8 @@ mod tests {
     #[test]
     fn round_trips() {
         let all = vec![
-            Announcement::Advanced { path: "a b/c".into(), tail: Offset(42) },
+            Announcement::Advanced { path: "a b/c".into(), tail: Offset(42), closed: false },
+            Announcement::Advanced { path: "! x".into(), tail: Offset(7), closed: true },
             Announcement::Deleted { path: "x".into() },
             Announcement::Everything,
         ];
@@ -101,5 +108,6 @@ mod tests {
         assert_eq!(parse(&payloads[0]), all);
         assert_eq!(parse("garbage"), vec![Announcement::Everything]);
         assert_eq!(parse("nope path"), vec![Announcement::Everything]);
+        assert_eq!(parse("! - path"), vec![Announcement::Everything]);
     }
 }

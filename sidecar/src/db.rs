@@ -5,6 +5,7 @@
 //! SQL call on a pooled connection that is returned before any waiting.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -112,6 +113,9 @@ pub struct Chunk {
     pub content_type: String,
     /// Internal stream id (for ETags).
     pub stream_id: i64,
+    /// The body as an SSE data event, rendered once and shared by every
+    /// clone of this chunk (all the waiters served by one shared read).
+    pub sse_data: Arc<OnceLock<Bytes>>,
 }
 
 /// Result row of `ds.head`.
@@ -336,6 +340,7 @@ impl Db {
             closed: row.try_get(3)?,
             content_type: row.try_get(4)?,
             stream_id: row.try_get(5)?,
+            sse_data: Arc::default(),
         })
     }
 

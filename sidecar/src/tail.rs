@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
+use ds_core::Offset;
 pub use ds_core::notification::CHANNEL;
 use ds_core::notification::{self, Announcement};
 
@@ -30,6 +31,10 @@ use crate::metrics::Metrics;
 struct Entry {
     tx: watch::Sender<u64>,
     subscribers: usize,
+    /// The state (tail, closed) this process last woke the path for after
+    /// its own commit: the notification announcing that same state wakes
+    /// nobody again (without this, every fan-out would run twice).
+    echo: Option<(Offset, bool)>,
 }
 
 /// In-process fan-out of "stream changed" wake-ups.
@@ -61,9 +66,11 @@ impl TailHub {
     /// a change committed after the read is never missed.
     pub fn subscribe(self: &Arc<Self>, path: &str) -> Result<Subscription, PathFull> {
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = paths
-            .entry(path.to_owned())
-            .or_insert_with(|| Entry { tx: watch::channel(0).0, subscribers: 0 });
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| Entry {
+            tx: watch::channel(0).0,
+            subscribers: 0,
+            echo: None,
+        });
         if entry.subscribers >= self.max_per_path {
             return Err(PathFull);
         }
@@ -86,10 +93,35 @@ impl TailHub {
     /// Wakes the subscribers of `path`, if any.
     pub fn wake(&self, path: &str) {
         self.seq.fetch_add(1, Ordering::SeqCst);
-        let paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = paths.get(path) {
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = paths.get_mut(path) {
+            entry.echo = None;
             entry.tx.send_modify(|v| *v = v.wrapping_add(1));
         }
+    }
+
+    /// Wakes the subscribers of `path` after a commit of this process that
+    /// left the stream at `tail`, `closed` or not; the notification of that
+    /// same state will then be skipped.
+    pub fn wake_committed(&self, path: &str, tail: Offset, closed: bool) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = paths.get_mut(path) {
+            entry.echo = Some((tail, closed));
+            entry.tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Wakes the subscribers of `path` for an announced state, unless they
+    /// were already woken for exactly that state by [`Self::wake_committed`].
+    fn wake_announced(&self, path: &str, tail: Offset, closed: bool) {
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = paths.get_mut(path) else { return };
+        if entry.echo.take() == Some((tail, closed)) {
+            return;
+        }
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        entry.tx.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Wakes every subscriber of every path.
@@ -109,9 +141,10 @@ impl TailHub {
     pub fn wake_from_payload(&self, payload: &str) {
         for announcement in notification::parse(payload) {
             match announcement {
-                Announcement::Advanced { path, .. } | Announcement::Deleted { path } => {
-                    self.wake(&path)
+                Announcement::Advanced { path, tail, closed } => {
+                    self.wake_announced(&path, tail, closed)
                 }
+                Announcement::Deleted { path } => self.wake(&path),
                 Announcement::Everything => self.wake_all(),
             }
         }
@@ -265,6 +298,29 @@ mod tests {
         assert!(woken(&mut a));
         hub.wake_all();
         assert!(woken(&mut a));
+    }
+
+    #[tokio::test]
+    async fn the_announcement_of_our_own_commit_wakes_nobody_twice() {
+        let hub = Arc::new(TailHub::new(100));
+        let mut a = hub.subscribe("a").unwrap();
+        hub.wake_committed("a", Offset(4), false);
+        assert!(woken(&mut a));
+        let seq = hub.seq();
+        hub.wake_from_payload("0000000000000000_0000000000000004 a");
+        assert!(!woken(&mut a), "the same state was announced");
+        assert_eq!(hub.seq(), seq);
+        // Anything else still wakes: a later tail, a closure at the same
+        // tail, and the same state announced a second time.
+        hub.wake_committed("a", Offset(4), false);
+        assert!(woken(&mut a));
+        hub.wake_from_payload("! 0000000000000000_0000000000000004 a");
+        assert!(woken(&mut a), "closed at the same tail");
+        hub.wake_from_payload("! 0000000000000000_0000000000000004 a");
+        assert!(woken(&mut a));
+        hub.wake_committed("a", Offset(4), false);
+        hub.wake_from_payload("0000000000000000_0000000000000009 a");
+        assert!(woken(&mut a), "a later tail");
     }
 
     #[test]

@@ -127,7 +127,7 @@ async fn one_transaction_over_many_streams_rings_once() {
         let Ok(Some((_, payload, pid))) = timeout(left, rx.recv()).await else { break };
         let mut ours = false;
         for a in parse(&payload) {
-            if let Announcement::Advanced { path, tail } = a
+            if let Announcement::Advanced { path, tail, .. } = a
                 && paths.contains(&path)
             {
                 assert_eq!(pid, worker, "announced by the worker, not the writer");

@@ -121,6 +121,9 @@ pub(super) async fn sse(
     Ok((StatusCode::OK, h.0, Body::from_stream(body)).into_response())
 }
 
+/// Data events up to this size share one write with their control event.
+const INLINE_DATA_EVENT: usize = 4096;
+
 struct SseSession {
     state: AppState,
     path: String,
@@ -179,12 +182,28 @@ impl SseSession {
         }
     }
 
-    /// Sends one data event (if any) plus its control event as one write;
-    /// false when the client is gone.
+    /// Sends one data event (if any) plus its control event; false when the
+    /// client is gone.
     async fn emit(&self, chunk: &Chunk, with_data: bool) -> bool {
         let mut frame = String::new();
-        if with_data {
-            sse::push_data_event(&mut frame, &chunk.body, self.encoding);
+        let data = with_data.then(|| {
+            chunk
+                .sse_data
+                .get_or_init(|| {
+                    let mut data = String::new();
+                    sse::push_data_event(&mut data, &chunk.body, self.encoding);
+                    Bytes::from(data)
+                })
+                .clone()
+        });
+        // A small data event is copied into the same write as its control
+        // event; a large one is sent as the shared buffer itself.
+        let mut separate = None;
+        match data {
+            Some(d) if d.len() <= INLINE_DATA_EVENT => {
+                frame.push_str(std::str::from_utf8(&d).expect("SSE events are UTF-8"));
+            }
+            other => separate = other,
         }
         let control = Control {
             stream_next_offset: chunk.next_offset.clone(),
@@ -193,10 +212,25 @@ impl SseSession {
             stream_closed: chunk.closed,
         };
         sse::push_control_event(&mut frame, &control);
-        // A client that does not take the event in time is dropped: it would
-        // otherwise hold its slot (and a bounded but idle buffer) forever.
-        let send = self.tx.send(Bytes::from(frame));
-        match tokio::time::timeout(self.state.config.sse_send_timeout(), send).await {
+        if let Some(d) = separate
+            && !self.send(d).await
+        {
+            return false;
+        }
+        self.send(Bytes::from(frame)).await
+    }
+
+    /// Queues one frame for the client. A client that does not take it in
+    /// time is dropped: it would otherwise hold its slot (and a bounded but
+    /// idle buffer) forever. The timer is only armed when the queue is full.
+    async fn send(&self, frame: Bytes) -> bool {
+        let frame = match self.tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        match tokio::time::timeout(self.state.config.sse_send_timeout(), self.tx.send(frame)).await
+        {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
                 tracing::info!(path = %self.path, "dropping an SSE client that stopped reading");

@@ -142,7 +142,10 @@ pub(super) async fn append(
     state.metrics.appends.get_or_create(&OutcomeLabels { outcome: row.outcome.clone() }).inc();
     if AppendOutcome::from_name(&row.outcome) == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.
-        state.hub.wake(&path);
+        match row.next_offset.as_deref().map(Offset::parse) {
+            Some(Ok(tail)) => state.hub.wake_committed(&path, tail, row.closed),
+            _ => state.hub.wake(&path),
+        }
     }
     append_response::respond(&row, producer.as_ref(), body.is_empty())
 }
