@@ -7,12 +7,6 @@ use ds_sidecar::Config;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-// mimalloc: less CPU per request than glibc malloc under many small
-// allocations across threads, and freed memory is returned to the OS, so
-// RSS follows the number of live connections down again.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();

@@ -72,7 +72,8 @@ pub(super) async fn long_poll(
     let mut from = sql_from(&params).to_owned();
     let mut start = start_offset(params.from);
     loop {
-        let chunk = state.flights.read(&state.db, &state.hub, &path, &from, max).await?;
+        // Boxed for the same reason as in `SseSession::run`.
+        let chunk = Box::pin(state.flights.read(&state.db, &state.hub, &path, &from, max)).await?;
         let cursor = cursor::generate(params.cursor.as_deref());
         if has_data(start.as_deref(), &chunk) {
             return Ok(chunk_response(chunk, &from, true, Some(cursor), None));
@@ -164,13 +165,15 @@ impl SseSession {
                     () = self.tx.closed() => return,
                 }
             }
-            let next = self.state.flights.read(
+            // Boxed: the read's future is large and only lives while reading,
+            // whereas the session's own future is held by every idle client.
+            let next = Box::pin(self.state.flights.read(
                 &self.state.db,
                 &self.state.hub,
                 &self.path,
                 &chunk.next_offset,
                 max,
-            );
+            ));
             chunk = match next.await {
                 Ok(c) => c,
                 Err(e) => {
