@@ -3,10 +3,12 @@
 //!
 //! `NOTIFY` holds a cluster-wide lock from pre-commit until after commit, so
 //! every notifying transaction commits alone (DESIGN.md, "Live tailing").
-//! Instead, an appending transaction only remembers its stream ids; its commit
-//! callback copies them into a bounded set in shared memory and sets the
-//! worker's latch. The worker (`worker.rs`) then sends ONE notification per
-//! wake-up naming every stream that advanced, with its current tail.
+//! Instead, an appending transaction only remembers which streams it advanced
+//! (id, new tail, closed); its commit callback merges them into a bounded set
+//! in shared memory and sets the worker's latch. The worker (`worker.rs`) then
+//! sends ONE notification per wake-up naming every stream that advanced, with
+//! the tail its last commit left, without reading the tables (it only looks a
+//! path up the first time it meets a stream id).
 //!
 //! Without `shared_preload_libraries` (no shared memory), or when no worker
 //! serves this database, appends fall back to a plain `pg_notify` each.
@@ -28,6 +30,23 @@ const CAPACITY: usize = 1024;
 /// Distinct streams one transaction remembers before it announces "*".
 const PER_TRANSACTION: usize = 64;
 
+/// One stream's latest committed state, as announced.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advanced {
+    pub stream_id: i64,
+    pub tail: i64,
+    pub closed: bool,
+}
+
+impl Advanced {
+    /// Folds a later (or concurrent) commit of the same stream into this one:
+    /// tails only grow and a closed stream stays closed.
+    fn merge(&mut self, other: Advanced) {
+        self.tail = self.tail.max(other.tail);
+        self.closed |= other.closed;
+    }
+}
+
 /// Shared state between appending backends and the worker.
 #[derive(Copy, Clone)]
 pub struct Pending {
@@ -44,7 +63,7 @@ pub struct Pending {
     streams_expired: i64,
     errors: i64,
     len: usize,
-    ids: [i64; CAPACITY],
+    streams: [Advanced; CAPACITY],
 }
 
 impl Default for Pending {
@@ -59,7 +78,7 @@ impl Default for Pending {
             streams_expired: 0,
             errors: 0,
             len: 0,
-            ids: [0; CAPACITY],
+            streams: [Advanced { stream_id: 0, tail: 0, closed: false }; CAPACITY],
         }
     }
 }
@@ -76,8 +95,8 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Streams this backend's open transaction advanced; `None` when its
-    /// commit callback is not registered yet. `(ids, overflow)`.
-    static IN_TRANSACTION: RefCell<Option<(Vec<i64>, bool)>> = const { RefCell::new(None) };
+    /// commit callback is not registered yet. `(streams, overflow)`.
+    static IN_TRANSACTION: RefCell<Option<(Vec<Advanced>, bool)>> = const { RefCell::new(None) };
 }
 
 /// Allocates the shared state; only from `_PG_init` during preload.
@@ -106,13 +125,16 @@ pub fn stream_advanced(
     }
     IN_TRANSACTION.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let (ids, overflow) = slot.get_or_insert_with(|| {
+        let (streams, overflow) = slot.get_or_insert_with(|| {
             register_xact_callback(PgXactCallbackEvent::Commit, ring_after_commit);
             register_xact_callback(PgXactCallbackEvent::Abort, forget);
             (Vec::new(), false)
         });
-        if !ids.contains(&stream_id) {
-            if ids.len() < PER_TRANSACTION { ids.push(stream_id) } else { *overflow = true }
+        let advanced = Advanced { stream_id, tail: tail.as_i64(), closed };
+        match streams.iter().position(|s| s.stream_id == stream_id) {
+            Some(i) => streams[i].merge(advanced),
+            None if streams.len() < PER_TRANSACTION => streams.push(advanced),
+            None => *overflow = true,
         }
     });
     Ok(())
@@ -133,22 +155,21 @@ fn forget() {
 
 /// Commit callback: must neither fail nor panic (the transaction is over).
 fn ring_after_commit() {
-    let Some((ids, overflow)) = IN_TRANSACTION.with(|cell| cell.borrow_mut().take()) else {
+    let Some((streams, overflow)) = IN_TRANSACTION.with(|cell| cell.borrow_mut().take()) else {
         return;
     };
     let latch = {
         let mut shared = PENDING.exclusive();
         shared.overflow |= overflow;
-        for id in ids {
+        for advanced in streams {
             let len = shared.len;
-            if shared.ids[..len].contains(&id) {
-                continue;
-            }
-            if len < CAPACITY {
-                shared.ids[len] = id;
-                shared.len += 1;
-            } else {
-                shared.overflow = true;
+            match shared.streams[..len].iter().position(|s| s.stream_id == advanced.stream_id) {
+                Some(i) => shared.streams[i].merge(advanced),
+                None if len < CAPACITY => {
+                    shared.streams[len] = advanced;
+                    shared.len += 1;
+                }
+                None => shared.overflow = true,
             }
         }
         shared.worker_latch
@@ -174,10 +195,10 @@ pub fn unregister_worker() {
     PENDING.exclusive().worker_latch = 0;
 }
 
-/// Worker side: takes the pending ids and the overflow flag.
-pub fn take_pending() -> (Vec<i64>, bool) {
+/// Worker side: takes the pending streams and the overflow flag.
+pub fn take_pending() -> (Vec<Advanced>, bool) {
     let mut shared = PENDING.exclusive();
-    let ids = shared.ids[..shared.len].to_vec();
+    let ids = shared.streams[..shared.len].to_vec();
     let overflow = shared.overflow;
     shared.len = 0;
     shared.overflow = false;

@@ -730,23 +730,21 @@ pub fn extension_installed(client: &SpiClient<'_>) -> DsResult<bool> {
     Ok(table.first().get_one::<bool>()?.unwrap_or(false))
 }
 
-/// Paths, tails and closure of the streams `ids` that still have a path.
-pub fn stream_tails(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(String, Offset, bool)>> {
+/// Paths of the streams `ids` that still have one.
+pub fn stream_paths(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(i64, String)>> {
     let table = select(
         client,
-        "SELECT path, tail_pos, closed FROM ds.streams \
-         WHERE stream_id = ANY($1) AND path IS NOT NULL ORDER BY stream_id",
+        "SELECT stream_id, path FROM ds.streams WHERE stream_id = ANY($1) AND path IS NOT NULL",
         None,
         &[ids.to_vec().into()],
     )?;
-    let mut tails = Vec::with_capacity(ids.len());
+    let mut paths = Vec::with_capacity(ids.len());
     for row in table {
-        let path: String = row.get(1)?.expect("path IS NOT NULL");
-        let tail: i64 = row.get(2)?.expect("tail_pos is NOT NULL");
-        let closed: bool = row.get(3)?.expect("closed is NOT NULL");
-        tails.push((path, Offset::from_i64(tail), closed));
+        let id: i64 = row.get(1)?.expect("stream_id is NOT NULL");
+        let path: String = row.get(2)?.expect("path IS NOT NULL");
+        paths.push((id, path));
     }
-    Ok(tails)
+    Ok(paths)
 }
 
 /// Sends a notification on the documented channel; delivered at commit.

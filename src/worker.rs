@@ -77,6 +77,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     // Hints may have been lost while no worker ran: the first ring says "*".
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
+    let mut paths = PathCache::default();
     while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
         reload_if_asked("doorbell");
         // Under load, ring at most once per MIN_RING_INTERVAL: the commits of
@@ -86,12 +87,17 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         if since < MIN_RING_INTERVAL {
             std::thread::sleep(MIN_RING_INTERVAL - since);
         }
-        let (ids, overflow) = doorbell::take_pending();
-        if ids.is_empty() && !overflow && !announce_everything {
+        let (streams, overflow) = doorbell::take_pending();
+        if streams.is_empty() && !overflow && !announce_everything {
             continue;
         }
         let everything = overflow || announce_everything;
-        let announced = in_transaction("announcing stream changes", || announce(&ids, everything));
+        // A panic half-way leaves the cache with correct entries only.
+        let cache = std::panic::AssertUnwindSafe(&mut paths);
+        let announced = in_transaction("announcing stream changes", move || {
+            let cache = cache; // the whole wrapper, not just its field
+            announce(&streams, everything, cache.0)
+        });
         announce_everything = announced != Some(true);
         last_ring = Instant::now();
     }
@@ -228,20 +234,46 @@ fn in_transaction<R>(
     }
 }
 
+/// Paths of stream ids, remembered by the doorbell: a stream id never
+/// changes its path (a new stream at the same path gets a new id), so an
+/// entry never goes stale; the map is simply emptied when it grows too big.
+#[derive(Default)]
+struct PathCache(std::collections::HashMap<i64, String>);
+
+impl PathCache {
+    const MAX: usize = 65_536;
+}
+
 /// Sends the notifications for one wake-up; false if the extension is not
 /// installed in this database (yet), so nothing could be said.
-fn announce(ids: &[i64], everything: bool) -> DsResult<bool> {
+fn announce(
+    streams: &[doorbell::Advanced],
+    everything: bool,
+    paths: &mut PathCache,
+) -> DsResult<bool> {
     Spi::connect_mut(|client| {
         if !storage::extension_installed(client)? {
             return Ok(false);
+        }
+        let unknown: Vec<i64> =
+            streams.iter().map(|s| s.stream_id).filter(|id| !paths.0.contains_key(id)).collect();
+        if !unknown.is_empty() {
+            if paths.0.len() + unknown.len() > PathCache::MAX {
+                paths.0.clear();
+            }
+            paths.0.extend(storage::stream_paths(client, &unknown)?);
         }
         let mut lines = Vec::new();
         if everything {
             lines.push(Announcement::Everything.line());
         }
-        if !ids.is_empty() {
-            for (path, tail, closed) in storage::stream_tails(client, ids)? {
-                lines.push(Announcement::Advanced { path, tail, closed }.line());
+        for s in streams {
+            // No path: the stream is gone (deleted, or expired and kept for forks).
+            if let Some(path) = paths.0.get(&s.stream_id) {
+                let tail = ds_core::Offset::from_i64(s.tail);
+                lines.push(
+                    Announcement::Advanced { path: path.clone(), tail, closed: s.closed }.line(),
+                );
             }
         }
         for payload in notification::pack(&lines, MAX_PAYLOAD) {

@@ -8,13 +8,15 @@
 //! Modules: [`config`] (flags), [`protocol`] (pure header/cursor/SSE code),
 //! [`http`] (routes and the error mapping), [`db`] (pool and SQL calls),
 //! [`tail`] (the LISTEN fan-out), [`metrics`].
-#![forbid(unsafe_code)]
+// Unsafe code only where a module says why (`memory`).
+#![deny(unsafe_code)]
 
 pub mod batch;
 pub mod config;
 pub mod db;
 pub mod flight;
 pub mod http;
+mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod tail;
@@ -102,12 +104,23 @@ pub async fn run(
         Arc::clone(&state.metrics),
         shutdown.clone(),
     ));
+    let live = {
+        let (sse, polls) = (Arc::clone(&state.sse_slots), Arc::clone(&state.long_poll_slots));
+        let (max_sse, max_polls) =
+            (state.config.max_sse_clients, state.config.max_long_poll_waiters);
+        move || {
+            max_sse.saturating_sub(sse.available_permits())
+                + max_polls.saturating_sub(polls.available_permits())
+        }
+    };
+    let trim_task = tokio::spawn(memory::trim_after_bursts(live, shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "ds-sidecar listening");
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::app(state));
     let served =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
     let _ = listen_task.await;
+    let _ = trim_task.await;
     served?;
     Ok(())
 }

@@ -95,7 +95,7 @@ async fn append_close_and_delete_notify_at_commit() {
 
     writer.execute("SELECT ds.close($1)", &[&path]).await.unwrap();
     let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await.map(|(line, _)| line);
-    assert_eq!(sent, Some(format!("{} {path}", off(5))));
+    assert_eq!(sent, Some(format!("! {} {path}", off(5))), "a closure is marked");
     writer.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
     let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await.map(|(line, _)| line);
     assert_eq!(sent, Some(format!("- {path}")));
