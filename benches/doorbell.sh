@@ -23,11 +23,17 @@ for db in bench bench_fallback; do
     ensure_database "$PORT" "$db"
     psql_at "$PORT" "$db" -qc "SELECT ds.create('s' || i) FROM generate_series(1, $STREAMS) i" >/dev/null
 done
-# One idle listener in each database, as a sidecar would have.
+# One listener in each database, as a sidecar would have. It must keep
+# reading: psql only takes notifications off the socket when it runs a
+# command, and a listener that stops reading holds the notification queue's
+# tail, so the queue (and every later NOTIFY) grows for the rest of the run.
+LISTENERS=()
 for db in bench bench_fallback; do
-    (echo "LISTEN durable_streams;"; sleep 3600) | psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" >/dev/null 2>&1 &
+    (echo "LISTEN durable_streams;"; for _ in $(seq 1 18000); do echo "SELECT 1;"; sleep 0.05; done) |
+        psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" >/dev/null 2>&1 &
+    LISTENERS+=($!)
 done
-trap 'pkill -f "sleep 3600" || true; cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
+trap 'kill "${LISTENERS[@]}" 2>/dev/null || true; cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
 
 cat >"$DIR/append.sql" <<SQL
 \set s random(1, $STREAMS)
