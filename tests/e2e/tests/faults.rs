@@ -18,6 +18,12 @@ async fn create_json_stream(sidecar: &Sidecar, path: &str) -> String {
     next_offset(&r)
 }
 
+/// The whole stream from the start, as one catch-up read.
+async fn read_all(sidecar: &Sidecar, path: &str) -> String {
+    let url = format!("{}?offset=-1", sidecar.stream(path));
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The messages of a JSON array body, each re-serialised compactly.
 fn json_messages(body: &str) -> Vec<String> {
     let values: Vec<serde_json::Value> = serde_json::from_str(body).expect("a JSON array");
@@ -332,14 +338,7 @@ async fn group_commit_gives_each_concurrent_append_its_own_outcome() {
             (0..SEQS).flat_map(|_| if p % 3 == 0 { vec![400, 200] } else { vec![200] }).collect();
         assert_eq!(statuses, expected, "producer {p}: each append its own outcome");
     }
-    let body = http()
-        .get(format!("{}?offset=-1", sidecar.stream(&path)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = read_all(&sidecar, &path).await;
     let values: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(values.len(), PRODUCERS * SEQS, "every append exactly once");
     for p in 0..PRODUCERS {
@@ -401,14 +400,7 @@ async fn a_stream_locked_by_sql_delays_only_its_own_appends_in_order() {
     for t in waiting {
         assert_eq!(t.await.unwrap(), 200, "every producer append in order, none a gap");
     }
-    let body = http()
-        .get(format!("{}?offset=-1", sidecar.stream(&locked)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = read_all(&sidecar, &locked).await;
     assert_eq!(
         json_messages(&body),
         vec![
@@ -442,13 +434,6 @@ async fn an_append_that_waits_past_lock_timeout_gets_503_and_changes_nothing() {
     assert!(r.headers().contains_key("retry-after"));
     tx.rollback().await.unwrap();
 
-    let body = http()
-        .get(format!("{}?offset=-1", sidecar.stream(&path)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = read_all(&sidecar, &path).await;
     assert_eq!(body, "[]", "neither the rolled-back nor the timed-out append is there");
 }
