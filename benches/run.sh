@@ -5,7 +5,7 @@
 # Everything on loopback; results in benches/results/latest.{json,md}.
 # See benches/README.md.
 #   bash benches/run.sh
-# Environment: REPEATS (3), APPEND_SECONDS (5), LATENCY_SECONDS (5),
+# Environment: REPEATS (5), APPEND_SECONDS (5), LATENCY_SECONDS (5),
 #   FANOUT_SECONDS (10), FANOUT_10K (1: also 10,000 SSE clients), WAKE_WAITERS (10000),
 #   CATCHUP_MIB (64), SQL_SECONDS (5), SQL_REPEATS (2), TARGETS ("ours node-mem node-file"),
 #   SKIP_BUILD (0), DS_BENCH_PORT (54450; uses 4 ports from there).
@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 BENCH="$ROOT/benches"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/bench-target}"
-REPEATS="${REPEATS:-3}"
+REPEATS="${REPEATS:-5}"
 APPEND_SECONDS="${APPEND_SECONDS:-5}"
 LATENCY_SECONDS="${LATENCY_SECONDS:-5}"
 FANOUT_SECONDS="${FANOUT_SECONDS:-10}"
