@@ -5,7 +5,7 @@
 //! writes leave as one statement per table. N appends cost a handful of
 //! statements instead of four each, which is what makes group commit pay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ds_core::content_type::{self, Mode};
 use ds_core::json::Purpose;
@@ -23,9 +23,8 @@ use crate::storage::{self, StreamRow, StreamUpdate};
 /// bodies never holds more than this (plus one body) in extra memory.
 const FLUSH_BYTES: usize = 8 << 20;
 
-/// One locked stream as the requests see it.
+/// One locked stream as the requests see it (keyed by its path).
 struct Locked {
-    path: String,
     row: StreamRow,
     /// Written by at least one request: its row is updated at the end.
     changed: bool,
@@ -77,18 +76,18 @@ pub fn execute_all(
     let skip_locked = wait == LockWait::SkipLocked;
     let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, skip_locked)?
         .into_iter()
-        .map(|(path, row)| (path.clone(), Locked { path, row, changed: false }))
+        .map(|(path, row)| (path, Locked { row, changed: false }))
         .collect();
     if skip_locked {
         // A path not locked either does not exist or is someone else's now.
         let missing: Vec<&str> =
             paths.iter().copied().filter(|p| !streams.contains_key(*p)).collect();
         if !missing.is_empty() {
-            for busy in storage::existing_paths(client, &missing)? {
-                for (req, slot) in requests.iter().zip(results.iter_mut()) {
-                    if slot.is_none() && req.path == busy {
-                        *slot = Some(AppendResult::new(AppendOutcome::Busy));
-                    }
+            let busy: HashSet<String> =
+                storage::existing_paths(client, &missing)?.into_iter().collect();
+            for (req, slot) in requests.iter().zip(results.iter_mut()) {
+                if slot.is_none() && busy.contains(req.path) {
+                    *slot = Some(AppendResult::new(AppendOutcome::Busy));
                 }
             }
         }
@@ -114,11 +113,11 @@ pub fn execute_all(
     }
     pending.flush(client)?;
 
-    let changed: Vec<&Locked> = streams.values().filter(|s| s.changed).collect();
+    let changed: Vec<(&String, &Locked)> = streams.iter().filter(|(_, s)| s.changed).collect();
     if !changed.is_empty() {
         let updates: Vec<StreamUpdate<'_>> = changed
             .iter()
-            .map(|s| StreamUpdate {
+            .map(|(_, s)| StreamUpdate {
                 stream_id: s.row.stream_id,
                 tail: s.row.tail,
                 closed: s.row.closed,
@@ -131,8 +130,8 @@ pub fn execute_all(
     if !dirty_producers.is_empty() {
         storage::save_producers(client, dirty_producers)?;
     }
-    for s in changed {
-        doorbell::stream_advanced(client, s.row.stream_id, &s.path, s.row.tail, s.row.closed)?;
+    for (path, s) in changed {
+        doorbell::stream_advanced(client, s.row.stream_id, path, s.row.tail, s.row.closed)?;
     }
     Ok(results.into_iter().map(|r| r.expect("every request was decided")).collect())
 }
