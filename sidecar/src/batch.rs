@@ -14,18 +14,30 @@
 //! such stream that sends them one by one, allowed to wait (bounded by the
 //! connection's `lock_timeout`). While a stream has a detour, its later
 //! requests follow the same detour, so per-stream order holds.
+//!
+//! A batch carries at most `max_batch` requests and `max_batch_bytes` of
+//! bodies: a request that would go over starts the next batch (a single
+//! request over the budget goes alone).
+//!
+//! With authentication each request carries its role: the batch passes
+//! them as `as_roles` (the extension checks request i as role i; a refusal
+//! is that request's outcome `forbidden`), and a detour runs its request
+//! as the role. An extension without `as_roles` rejects the batch call
+//! (42883); its requests are then all sent as detours, which still run as
+//! their roles.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use ds_core::outcome::AppendOutcome;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::db::{AppendRequest, Appended, Db, DbError};
+use crate::metrics::Metrics;
 use crate::protocol::headers::Producer;
 
 /// Most streams with a detour at once, per lane.
@@ -42,6 +54,8 @@ pub struct QueuedAppend {
     pub stream_seq: Option<String>,
     pub producer: Option<Producer>,
     pub close: bool,
+    /// The role the request runs as (`None`: the sidecar's own).
+    pub role: Option<Arc<str>>,
 }
 
 impl QueuedAppend {
@@ -80,22 +94,44 @@ pub struct Batcher {
     lanes: Vec<mpsc::Sender<Job>>,
 }
 
+/// How lanes form their batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most requests in one batch.
+    pub max_batch: usize,
+    /// Most body bytes in one batch.
+    pub max_batch_bytes: usize,
+    /// Queue length of each lane.
+    pub queue: usize,
+    /// Most detoured appends using a connection at once.
+    pub detour_connections: usize,
+}
+
 impl Batcher {
-    /// Starts `lanes` lane tasks, each with a queue of `queue` requests.
-    /// At most `detour_connections` detoured appends use a connection at once.
+    /// Starts `lanes` lane tasks. `with_roles`: requests carry roles (pass
+    /// them as `as_roles`).
     pub fn start(
         db: Db,
         lanes: usize,
-        max_batch: usize,
-        queue: usize,
-        detour_connections: usize,
+        limits: Limits,
+        with_roles: bool,
+        metrics: Arc<Metrics>,
     ) -> Batcher {
-        let permits = Arc::new(Semaphore::new(detour_connections.max(1)));
+        let permits = Arc::new(Semaphore::new(limits.detour_connections.max(1)));
+        let no_as_roles = Arc::new(AtomicBool::new(false));
         let lanes = (0..lanes.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel(queue.max(1));
-                let detours = Detours::new(db.clone(), permits.clone());
-                tokio::spawn(run_lane(db.clone(), rx, max_batch.max(1), detours));
+                let (tx, rx) = mpsc::channel(limits.queue.max(1));
+                let lane = Lane {
+                    db: db.clone(),
+                    detours: Detours::new(db.clone(), permits.clone()),
+                    max_batch: limits.max_batch.max(1),
+                    max_batch_bytes: limits.max_batch_bytes.max(1),
+                    with_roles,
+                    no_as_roles: no_as_roles.clone(),
+                    metrics: metrics.clone(),
+                };
+                tokio::spawn(lane.run(rx));
                 tx
             })
             .collect();
@@ -116,31 +152,107 @@ impl Batcher {
     }
 }
 
-async fn run_lane(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, mut detours: Detours) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+/// Takes the next batch from `rx`, starting with `carry` (a request left
+/// over from the previous batch) or the next request to arrive: whatever
+/// is queued, up to `max_batch` requests and `max_bytes` of bodies. The
+/// request that would go over the byte budget is returned as the next
+/// carry. `None` when the queue is closed and empty.
+async fn take_batch(
+    rx: &mut mpsc::Receiver<Job>,
+    carry: &mut Option<Job>,
+    max_batch: usize,
+    max_bytes: usize,
+) -> Option<Vec<Job>> {
+    let first = match carry.take() {
+        Some(job) => job,
+        None => rx.recv().await?,
+    };
+    let mut bytes = first.append.data.len();
+    let mut jobs = vec![first];
+    while jobs.len() < max_batch {
+        let Ok(job) = rx.try_recv() else { break };
+        if bytes + job.append.data.len() > max_bytes {
+            *carry = Some(job);
+            break;
         }
-        detours.reap();
-        let jobs: Vec<Job> = jobs.into_iter().filter_map(|job| detours.follow(job)).collect();
-        if jobs.is_empty() {
-            continue;
+        bytes += job.append.data.len();
+        jobs.push(job);
+    }
+    Some(jobs)
+}
+
+struct Lane {
+    db: Db,
+    detours: Detours,
+    max_batch: usize,
+    max_batch_bytes: usize,
+    with_roles: bool,
+    /// The extension has no `as_roles` (shared by the lanes).
+    no_as_roles: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lane {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut carry = None;
+        while let Some(jobs) =
+            take_batch(&mut rx, &mut carry, self.max_batch, self.max_batch_bytes).await
+        {
+            self.detours.reap();
+            let jobs: Vec<Job> =
+                jobs.into_iter().filter_map(|job| self.detours.follow(job)).collect();
+            if jobs.is_empty() {
+                continue;
+            }
+            if self.with_roles && self.no_as_roles.load(Ordering::Relaxed) {
+                for job in jobs {
+                    self.detours.push(job);
+                }
+                continue;
+            }
+            self.commit(jobs).await;
+        }
+    }
+
+    async fn commit(&mut self, jobs: Vec<Job>) {
+        let bytes: usize = jobs.iter().map(|j| j.append.data.len()).sum();
+        self.metrics.append_batch_bytes.observe(bytes as f64);
+        let biggest = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if biggest > self.metrics.append_batch_bytes_max.get() {
+            self.metrics.append_batch_bytes_max.set(biggest);
         }
         let appends: Vec<AppendRequest<'_>> = jobs.iter().map(|j| j.append.request()).collect();
-        let outcome = db.try_append_batch(&appends).await;
+        let roles: Option<Vec<Option<&str>>> =
+            self.with_roles.then(|| jobs.iter().map(|j| j.append.role.as_deref()).collect());
+        let outcome = self.db.try_append_batch(&appends, roles.as_deref()).await;
         drop(appends);
+        drop(roles);
         match outcome {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {
                     if AppendOutcome::from_name(&result.outcome) == Some(AppendOutcome::Busy) {
-                        detours.push(job);
+                        self.detours.push(job);
                     } else {
                         let _ = job.reply.send(Ok(Ok(result)));
                     }
+                }
+            }
+            // The extension predates `as_roles`: every request goes one by
+            // one, as its role (correct, slower).
+            Err(e)
+                if self.with_roles
+                    && e.sqlstate()
+                        == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) =>
+            {
+                if !self.no_as_roles.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "ds.try_append_batch has no as_roles (an extension without access \
+                         control): appends are sent one by one, each as its role"
+                    );
+                }
+                for job in jobs {
+                    self.detours.push(job);
                 }
             }
             // Rolled back (e.g. out of disk): nothing was applied, so each
@@ -148,7 +260,7 @@ async fn run_lane(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, mut det
             Err(e) if e.rolled_back() => {
                 tracing::warn!(error = %e, batch = jobs.len(), "append batch rolled back; retrying one by one");
                 for job in jobs {
-                    detours.push(job);
+                    self.detours.push(job);
                 }
             }
             // Unknown whether it committed (connection lost): report, never
@@ -234,10 +346,50 @@ async fn run_detour(
 ) {
     while let Some(job) = rx.recv().await {
         let answer = match permits.acquire().await {
-            Ok(_permit) => Ok(db.try_append(&job.append.request()).await),
+            Ok(_permit) => {
+                Ok(db.try_append(job.append.role.as_deref(), &job.append.request()).await)
+            }
             Err(_) => Err(QueueError::Stopped),
         };
         let _ = job.reply.send(answer);
         unfinished.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(bytes: usize) -> (Job, oneshot::Receiver<Answer>) {
+        let (reply, rx) = oneshot::channel();
+        let append = QueuedAppend {
+            path: "p".into(),
+            data: Bytes::from(vec![b'x'; bytes]),
+            content_type: None,
+            stream_seq: None,
+            producer: None,
+            close: false,
+            role: None,
+        };
+        (Job { append, reply }, rx)
+    }
+
+    #[tokio::test]
+    async fn batches_respect_count_and_byte_budgets() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let mut answers = Vec::new();
+        for bytes in [40, 40, 40, 10, 200, 5, 5, 5, 5, 5] {
+            let (j, a) = job(bytes);
+            answers.push(a);
+            tx.try_send(j).unwrap();
+        }
+        drop(tx);
+        let mut carry = None;
+        let mut sizes = Vec::new();
+        while let Some(batch) = take_batch(&mut rx, &mut carry, 3, 100).await {
+            sizes.push(batch.iter().map(|j| j.append.data.len()).collect::<Vec<_>>());
+        }
+        // 40+40 fit, the third 40 would make 120 > 100; the 200 goes alone.
+        assert_eq!(sizes, vec![vec![40, 40], vec![40, 10], vec![200], vec![5, 5, 5], vec![5, 5]]);
     }
 }

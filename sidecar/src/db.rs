@@ -3,16 +3,25 @@
 //! Architecture invariant: the sidecar only ever calls `ds.*` functions; it
 //! never reads or writes the extension's tables. Each HTTP request is one
 //! SQL call on a pooled connection that is returned before any waiting.
+//!
+//! A request with a role (`--auth jwt`) runs as that role: `BEGIN`,
+//! `SELECT pg_catalog.set_config('role', $1, true)`, the `ds.*` call and
+//! `COMMIT`, pipelined (one round trip). The setting is transaction-local,
+//! so the pooled connection is back to the sidecar's own role afterwards,
+//! whatever happened. Without a role (`--auth none`) the call runs alone,
+//! exactly as before. The extension decides what the role may do.
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use thiserror::Error;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
+use crate::config::Config;
 use crate::protocol::headers::{Fork, Producer};
 
 /// A failed database call.
@@ -30,13 +39,33 @@ pub enum DbError {
     /// A group-commit batch failed in a way that may or may not have committed.
     #[error("append batch failed: {0}")]
     Batch(String),
+    /// The request could not be run as its role: the role does not exist,
+    /// or the sidecar's login role may not become it.
+    #[error("cannot act as role {role:?}: {source}")]
+    Role {
+        /// The role named by the token.
+        role: String,
+        /// What `set_config('role', ...)` answered.
+        source: tokio_postgres::Error,
+    },
 }
 
 impl DbError {
     /// Whether the failed statement certainly rolled back (Postgres reported
     /// an error for it), as opposed to a lost connection.
     pub fn rolled_back(&self) -> bool {
-        matches!(self, DbError::Postgres(e) if e.as_db_error().is_some())
+        match self {
+            DbError::Postgres(e) | DbError::Role { source: e, .. } => e.as_db_error().is_some(),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE Postgres reported, if any.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Postgres(e) | DbError::Role { source: e, .. } => e.code(),
+            _ => None,
+        }
     }
 }
 
@@ -145,6 +174,13 @@ const TRY_APPEND: &str = "SELECT outcome, next_offset, closed, producer_epoch, p
 const TRY_APPEND_BATCH: &str = "SELECT idx, outcome, next_offset, closed, producer_epoch, \
      producer_seq, expected_seq, received_seq, sqlstate, detail \
      FROM ds.try_append_batch($1, $2, $3, $4, $5, $6, $7, $8, skip_locked => true) ORDER BY idx";
+/// The batch with each request checked as its own role (`as_roles`).
+const TRY_APPEND_BATCH_AS: &str = "SELECT idx, outcome, next_offset, closed, producer_epoch, \
+     producer_seq, expected_seq, received_seq, sqlstate, detail \
+     FROM ds.try_append_batch($1, $2, $3, $4, $5, $6, $7, $8, skip_locked => true, \
+     as_roles => $9) ORDER BY idx";
+/// Run the rest of the transaction as `$1`.
+const SET_ROLE: &str = "SELECT pg_catalog.set_config('role', $1, true)";
 const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
      FROM ds.read_chunk($1, $2, $3)";
 const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
@@ -199,29 +235,76 @@ pub struct AppendRequest<'a> {
     pub close: bool,
 }
 
+/// The connection settings of the sidecar's pooled connections, from
+/// `--database-url` plus the sidecar's own session settings, passed as
+/// startup options: they win over server, database and role defaults (an
+/// `ALTER ROLE ... SET synchronous_commit = off` cannot make an
+/// acknowledged append vanish).
+pub fn connection_config(config: &Config) -> Result<tokio_postgres::Config, UrlError> {
+    connection_config_named(config, "ds-sidecar")
+}
+
+/// [`connection_config`] for the LISTEN connection.
+pub fn listen_config(config: &Config) -> Result<tokio_postgres::Config, UrlError> {
+    connection_config_named(config, "ds-sidecar-listen")
+}
+
+fn connection_config_named(
+    config: &Config,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, UrlError> {
+    let mut pg = tokio_postgres::Config::from_str(&config.database_url)?;
+    let options = pg.get_options().unwrap_or_default().to_owned();
+    pg.options(
+        format!(
+            "{options} -c lock_timeout={} -c statement_timeout={} -c synchronous_commit={}",
+            config.lock_timeout_ms, config.statement_timeout_ms, config.synchronous_commit
+        )
+        .trim_start(),
+    );
+    if pg.get_application_name().is_none() {
+        pg.application_name(application_name);
+    }
+    if pg.get_connect_timeout().is_none() && config.connect_timeout_ms > 0 {
+        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+    }
+    Ok(pg)
+}
+
 /// The pool plus typed calls to the SQL API.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    login_role: Option<String>,
 }
 
 impl Db {
-    /// Builds the pool (connections are opened lazily).
-    /// `lock_timeout_ms` bounds every wait for a row lock (0: no bound).
-    pub fn new(database_url: &str, max_size: usize, lock_timeout_ms: u64) -> Result<Db, UrlError> {
-        let mut pg = tokio_postgres::Config::from_str(database_url)?;
-        let options = pg.get_options().unwrap_or_default().to_owned();
-        pg.options(format!("{options} -c lock_timeout={lock_timeout_ms}").trim_start());
+    /// Builds the pool (connections are opened lazily) with the session
+    /// settings of [`connection_config`]; a request waits at most
+    /// `--pool-timeout-ms` for a connection.
+    pub fn new(config: &Config) -> Result<Db, UrlError> {
+        let pg = connection_config(config)?;
+        let login_role = pg.get_user().map(str::to_owned);
         let manager = Manager::from_config(
             pg,
             NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
+        let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let pool = Pool::builder(manager)
-            .max_size(max_size.max(1))
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(ms(config.pool_timeout_ms))
+            .create_timeout(ms(config.connect_timeout_ms))
+            .recycle_timeout(ms(config.connect_timeout_ms))
             .build()
-            .expect("a pool with a runtime-less manager always builds");
-        Ok(Db { pool })
+            .expect("a pool with a runtime always builds");
+        Ok(Db { pool, login_role })
+    }
+
+    /// The role named in `--database-url`, if any.
+    pub fn login_role(&self) -> Option<&str> {
+        self.login_role.as_deref()
     }
 
     async fn query(
@@ -229,9 +312,37 @@ impl Db {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        self.query_as(None, sql, params).await
+    }
+
+    /// Runs `sql` as `role` (see the module docs); as the sidecar itself
+    /// when `role` is `None`.
+    async fn query_as(
+        &self,
+        role: Option<&str>,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query(&stmt, params).await?)
+        let Some(role) = role else { return Ok(client.query(&stmt, params).await?) };
+        let set_role = client.prepare_cached(SET_ROLE).await?;
+        let role_param: [&(dyn ToSql + Sync); 1] = [&role];
+        // All four are handed to the connection at the first poll, in this
+        // order, so they travel as one pipeline. If any fails, the ones after
+        // it fail too and COMMIT rolls back: the connection always ends
+        // outside a transaction, as the sidecar's own role.
+        let (begin, set, rows, commit) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&set_role, &role_param),
+            client.query(&stmt, params),
+            client.batch_execute("COMMIT"),
+        );
+        begin?;
+        set.map_err(|source| DbError::Role { role: role.to_owned(), source })?;
+        let rows = rows?;
+        commit?;
+        Ok(rows)
     }
 
     /// `SELECT 1`, for `/health`.
@@ -241,10 +352,15 @@ impl Db {
         Ok(())
     }
 
-    /// `ds.create`.
-    pub async fn create(&self, r: &CreateRequest<'_>) -> Result<Created, DbError> {
+    /// `ds.create`, as `role`.
+    pub async fn create(
+        &self,
+        role: Option<&str>,
+        r: &CreateRequest<'_>,
+    ) -> Result<Created, DbError> {
         let rows = self
-            .query(
+            .query_as(
+                role,
                 CREATE,
                 &[&r.path, &r.content_type, &r.ttl_seconds, &r.expires_at, &r.closed, &r.body],
             )
@@ -252,11 +368,17 @@ impl Db {
         Created::from_rows(&rows, "ds.create")
     }
 
-    /// `ds.fork` (§4.2): same result as `ds.create`.
-    pub async fn fork(&self, r: &CreateRequest<'_>, fork: &Fork) -> Result<Created, DbError> {
+    /// `ds.fork` (§4.2), as `role`: same result as `ds.create`.
+    pub async fn fork(
+        &self,
+        role: Option<&str>,
+        r: &CreateRequest<'_>,
+        fork: &Fork,
+    ) -> Result<Created, DbError> {
         let content_type = (!r.content_type.is_empty()).then_some(r.content_type);
         let rows = self
-            .query(
+            .query_as(
+                role,
                 FORK,
                 &[
                     &r.path,
@@ -274,13 +396,18 @@ impl Db {
         Created::from_rows(&rows, "ds.fork")
     }
 
-    /// `ds.try_append`: protocol outcomes come back as data.
-    pub async fn try_append(&self, r: &AppendRequest<'_>) -> Result<Appended, DbError> {
+    /// `ds.try_append`, as `role`: protocol outcomes come back as data.
+    pub async fn try_append(
+        &self,
+        role: Option<&str>,
+        r: &AppendRequest<'_>,
+    ) -> Result<Appended, DbError> {
         let producer_id = r.producer.map(|p| p.id.as_str());
         let epoch = r.producer.map(|p| p.epoch);
         let seq = r.producer.map(|p| p.seq);
         let rows = self
-            .query(
+            .query_as(
+                role,
                 TRY_APPEND,
                 &[
                     &r.path,
@@ -299,10 +426,13 @@ impl Db {
     }
 
     /// `ds.try_append_batch`: the requests in ONE transaction, one outcome
-    /// each, in order.
+    /// each, in order. With `roles`, request i is checked as `roles[i]`
+    /// (`as_roles`); without, as the sidecar itself (the call of `--auth
+    /// none`, unchanged).
     pub async fn try_append_batch(
         &self,
         rs: &[AppendRequest<'_>],
+        roles: Option<&[Option<&str>]>,
     ) -> Result<Vec<Appended>, DbError> {
         let paths: Vec<&str> = rs.iter().map(|r| r.path).collect();
         let datas: Vec<&[u8]> = rs.iter().map(|r| r.data).collect();
@@ -312,26 +442,37 @@ impl Db {
         let epochs: Vec<Option<i64>> = rs.iter().map(|r| r.producer.map(|p| p.epoch)).collect();
         let pseqs: Vec<Option<i64>> = rs.iter().map(|r| r.producer.map(|p| p.seq)).collect();
         let closes: Vec<bool> = rs.iter().map(|r| r.close).collect();
-        let rows = self
-            .query(
-                TRY_APPEND_BATCH,
-                &[&paths, &datas, &types, &seqs, &ids, &epochs, &pseqs, &closes],
-            )
-            .await?;
+        let rows = match roles {
+            None => {
+                self.query(
+                    TRY_APPEND_BATCH,
+                    &[&paths, &datas, &types, &seqs, &ids, &epochs, &pseqs, &closes],
+                )
+                .await?
+            }
+            Some(roles) => {
+                self.query(
+                    TRY_APPEND_BATCH_AS,
+                    &[&paths, &datas, &types, &seqs, &ids, &epochs, &pseqs, &closes, &roles],
+                )
+                .await?
+            }
+        };
         if rows.len() != rs.len() {
             return Err(DbError::Shape("ds.try_append_batch"));
         }
         rows.iter().map(|row| Appended::from_row(row, 1)).collect()
     }
 
-    /// `ds.read_chunk`; `from` is `-1`, `now` or a server offset.
+    /// `ds.read_chunk`, as `role`; `from` is `-1`, `now` or a server offset.
     pub async fn read_chunk(
         &self,
+        role: Option<&str>,
         path: &str,
         from: &str,
         max_bytes: Option<i64>,
     ) -> Result<Chunk, DbError> {
-        let rows = self.query(READ_CHUNK, &[&path, &from, &max_bytes]).await?;
+        let rows = self.query_as(role, READ_CHUNK, &[&path, &from, &max_bytes]).await?;
         let row = rows.first().ok_or(DbError::Shape("ds.read_chunk"))?;
         Ok(Chunk {
             body: Bytes::from(row.try_get::<_, Vec<u8>>(0)?),
@@ -344,9 +485,9 @@ impl Db {
         })
     }
 
-    /// `ds.head`; `None` when the stream does not exist.
-    pub async fn head(&self, path: &str) -> Result<Option<Head>, DbError> {
-        let rows = self.query(HEAD, &[&path]).await?;
+    /// `ds.head`, as `role`; `None` when the stream does not exist.
+    pub async fn head(&self, role: Option<&str>, path: &str) -> Result<Option<Head>, DbError> {
+        let rows = self.query_as(role, HEAD, &[&path]).await?;
         let Some(row) = rows.first() else { return Ok(None) };
         Ok(Some(Head {
             stream_id: row.try_get(0)?,
@@ -358,10 +499,18 @@ impl Db {
         }))
     }
 
-    /// `ds.delete`.
-    pub async fn delete(&self, path: &str) -> Result<(), DbError> {
-        self.query(DELETE, &[&path]).await?;
+    /// `ds.delete`, as `role`.
+    pub async fn delete(&self, role: Option<&str>, path: &str) -> Result<(), DbError> {
+        self.query_as(role, DELETE, &[&path]).await?;
         Ok(())
+    }
+
+    /// `SHOW <setting>` on a pooled connection (for checks of the session
+    /// settings).
+    pub async fn show(&self, setting: &'static str) -> Result<String, DbError> {
+        let client = self.pool.get().await?;
+        let row = client.query_one("SELECT pg_catalog.current_setting($1)", &[&setting]).await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Pool status for metrics: (size, available).

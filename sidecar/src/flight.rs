@@ -11,6 +11,14 @@
 //! saw when it decided to read. Every wake-up follows the commit it
 //! announces, so such a read sees everything the waiter was woken for;
 //! anything committed later announces itself with a later wake-up.
+//!
+//! With authentication, a shared read runs as the role of the waiter that
+//! started it and its result goes to waiters of other roles too. That is
+//! sound because every waiter's own request was authorized by a read of its
+//! own before it waited (`live.rs`): a waiter only ever gets data of a
+//! stream it was allowed to read. A revoke takes effect on the next request
+//! (a connected SSE client lasts at most `--sse-max-duration-ms`, and never
+//! past its token's `exp`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +62,7 @@ impl Flights {
         &self,
         db: &Db,
         hub: &TailHub,
+        role: Option<&str>,
         path: &str,
         from: &str,
         max: Option<i64>,
@@ -74,7 +83,7 @@ impl Flights {
                             id,
                             seq: hub.seq(),
                             started: Instant::now(),
-                            result: self.start(db, &key, id),
+                            result: self.start(db, role, &key, id),
                         });
                         map.insert(key, Arc::clone(&flight));
                         flight
@@ -85,17 +94,24 @@ impl Flights {
         match flight {
             Some(f) => match f.result.clone().await {
                 Some(chunk) => Ok(chunk),
-                None => db.read_chunk(path, from, max).await,
+                None => db.read_chunk(role, path, from, max).await,
             },
-            None => db.read_chunk(path, from, max).await,
+            None => db.read_chunk(role, path, from, max).await,
         }
     }
 
     /// The shared read; when done it removes its own entry, whoever drives it.
-    fn start(&self, db: &Db, key: &Key, id: u64) -> Shared<BoxFuture<'static, Option<Chunk>>> {
+    fn start(
+        &self,
+        db: &Db,
+        role: Option<&str>,
+        key: &Key,
+        id: u64,
+    ) -> Shared<BoxFuture<'static, Option<Chunk>>> {
         let (db, key, inflight) = (db.clone(), key.clone(), Arc::clone(&self.inflight));
+        let role = role.map(str::to_owned);
         async move {
-            let result = db.read_chunk(&key.0, &key.1, key.2).await.ok();
+            let result = db.read_chunk(role.as_deref(), &key.0, &key.1, key.2).await.ok();
             let mut map = inflight.lock().unwrap_or_else(PoisonError::into_inner);
             // A newer flight for the same chunk may have replaced this one.
             if map.get(&key).is_some_and(|f| f.id == id) {

@@ -5,12 +5,14 @@
 //! sidecar owns header syntax, live modes (long-poll, SSE), cursors, ETags,
 //! caching and security headers, limits, health and metrics.
 //!
-//! Modules: [`config`] (flags), [`protocol`] (pure header/cursor/SSE code),
-//! [`http`] (routes and the error mapping), [`db`] (pool and SQL calls),
-//! [`tail`] (the LISTEN fan-out), [`metrics`].
+//! Modules: [`config`] (flags), [`auth`] (who a request acts as),
+//! [`protocol`] (pure header/cursor/SSE code), [`http`] (routes and the
+//! error mapping), [`db`] (pool and SQL calls), [`tail`] (the LISTEN
+//! fan-out), [`ratelimit`], [`server`] (connection limits), [`metrics`].
 // Unsafe code only where a module says why (`memory`).
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod db;
@@ -19,6 +21,8 @@ pub mod http;
 mod memory;
 pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
+pub mod server;
 pub mod tail;
 
 use std::sync::Arc;
@@ -29,6 +33,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+use crate::config::AuthMode;
+use crate::http::cors::Origins;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -51,26 +58,50 @@ pub struct AppState {
     pub batcher: Arc<batch::Batcher>,
     /// Shared reads of woken live waiters.
     pub flights: Arc<flight::Flights>,
+    /// Who requests act as.
+    pub auth: Arc<auth::Authenticator>,
+    /// Request rate limits (`None`: off).
+    pub limiter: Option<Arc<ratelimit::Limiter>>,
+    /// Cross-origin access.
+    pub cors: Origins,
 }
 
 impl AppState {
     /// Builds the state (the pool connects lazily).
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<AppState, RunError> {
-        let db = db::Db::new(&config.database_url, config.pool_size, config.lock_timeout_ms)?;
+        let db = db::Db::new(&config)?;
+        let auth = auth::Authenticator::from_config(&config, db.login_role().map(str::to_owned))
+            .map_err(RunError::Config)?;
+        let cors = Origins::parse(&config.cors_origins).map_err(RunError::Config)?;
+        let metrics = Arc::new(metrics::Metrics::default());
         // Half the pool at most for appends that wait for a locked stream.
         let batcher = batch::Batcher::start(
             db.clone(),
             config.append_lanes,
-            config.max_append_batch,
-            1024,
-            config.pool_size / 2,
+            batch::Limits {
+                max_batch: config.max_append_batch,
+                max_batch_bytes: config.max_append_batch_bytes,
+                queue: 1024,
+                detour_connections: config.pool_size / 2,
+            },
+            auth.enabled(),
+            Arc::clone(&metrics),
         );
+        let limiter = ratelimit::Limiter::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+            config.rate_limit_max_keys,
+        )
+        .map(Arc::new);
         Ok(AppState {
             db,
             batcher: Arc::new(batcher),
             flights: Arc::new(flight::Flights::default()),
             hub: Arc::new(tail::TailHub::new(config.max_waiters_per_stream)),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics,
+            auth: Arc::new(auth),
+            limiter,
+            cors,
             shutdown,
             long_poll_slots: Arc::new(Semaphore::new(config.max_long_poll_waiters)),
             sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
@@ -85,21 +116,41 @@ pub enum RunError {
     /// Bad database URL.
     #[error(transparent)]
     Url(#[from] db::UrlError),
+    /// An unusable configuration (keys, origins, exposure).
+    #[error("{0}")]
+    Config(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests (live requests end early because they watch the same token).
+/// Serves on `listener` (and `/metrics` on `metrics_listener`) until
+/// `shutdown` is cancelled, then drains in-flight requests (live requests
+/// end early because they watch the same token).
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    config.check_exposure().map_err(RunError::Config)?;
     let state = AppState::new(config, shutdown.clone())?;
+    let addr = listener.local_addr()?;
+    match state.config.auth {
+        AuthMode::Jwt => {
+            tracing::info!(%addr, "authentication: jwt (each request runs as its token's role)")
+        }
+        AuthMode::None if state.config.allow_anonymous && !addr.ip().is_loopback() => {
+            tracing::warn!(
+                %addr,
+                "authentication: none on a non-loopback address (--allow-anonymous): anyone who can \
+                 reach this port can read and write every stream the sidecar's database role can"
+            )
+        }
+        AuthMode::None => tracing::info!(%addr, "authentication: none (loopback only)"),
+    }
     let listen_task = tokio::spawn(tail::listen(
-        state.config.database_url.clone(),
+        db::listen_config(&state.config)?,
         Arc::clone(&state.hub),
         Arc::clone(&state.metrics),
         shutdown.clone(),
@@ -114,13 +165,37 @@ pub async fn run(
         }
     };
     let trim_task = tokio::spawn(memory::trim_after_bursts(live, shutdown.clone()));
-    tracing::info!(addr = %listener.local_addr()?, "ds-sidecar listening");
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::app(state));
-    let served =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let limiter_task = state
+        .limiter
+        .clone()
+        .map(|l| tokio::spawn(ratelimit::Limiter::housekeeping(l, shutdown.clone())));
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            Some(tokio::spawn(server::serve_metrics(
+                l,
+                http::metrics_app(state.clone()),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(%addr, "ds-sidecar listening");
+    let limits = server::Limits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(state.config.header_read_timeout_ms),
+    };
+    let metrics = Arc::clone(&state.metrics);
+    let served = server::serve(listener, http::app(state), limits, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = listen_task.await;
     let _ = trim_task.await;
+    if let Some(t) = limiter_task {
+        let _ = t.await;
+    }
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     served?;
     Ok(())
 }

@@ -19,6 +19,11 @@ async fn main() -> std::process::ExitCode {
         logs.init();
     }
 
+    if let Err(e) = config.check_exposure() {
+        tracing::error!("{e}");
+        eprintln!("ds-sidecar: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -26,12 +31,23 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let metrics_listener = match config.metrics_listen.0 {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for metrics (--metrics-listen; `off` disables it)");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal(shutdown.clone()));
-    match ds_sidecar::run(config, listener, shutdown).await {
+    match ds_sidecar::run(config, listener, metrics_listener, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "ds-sidecar stopped");
+            eprintln!("ds-sidecar: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -68,6 +68,18 @@ pub struct Metrics {
     pub pool_size: Gauge<i64, AtomicI64>,
     /// Pool connections idle.
     pub pool_available: Gauge<i64, AtomicI64>,
+    /// Body bytes of each group-commit batch.
+    pub append_batch_bytes: Histogram,
+    /// The largest batch so far, in body bytes.
+    pub append_batch_bytes_max: Gauge<i64, AtomicI64>,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Connections closed at once because `--max-connections` were open.
+    pub connections_refused: Counter,
+    /// Requests answered 429.
+    pub rate_limited: Counter,
+    /// Requests answered 401.
+    pub unauthenticated: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +97,13 @@ impl Default for Metrics {
             listen_connected: Gauge::default(),
             pool_size: Gauge::default(),
             pool_available: Gauge::default(),
+            // 1 KiB .. 256 MiB.
+            append_batch_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 10)),
+            append_batch_bytes_max: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            rate_limited: Counter::default(),
+            unauthenticated: Counter::default(),
             registry: Registry::with_prefix("ds_sidecar"),
         };
         m.registry.register(
@@ -139,6 +158,24 @@ impl Default for Metrics {
             "Idle database connections in the pool",
             m.pool_available.clone(),
         );
+        m.registry.register(
+            "append_batch_bytes",
+            "Body bytes of each group-commit batch",
+            m.append_batch_bytes.clone(),
+        );
+        m.registry.register(
+            "append_batch_bytes_max",
+            "Body bytes of the largest group-commit batch so far",
+            m.append_batch_bytes_max.clone(),
+        );
+        m.registry.register("connections", "Open client connections", m.connections.clone());
+        m.registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            m.connections_refused.clone(),
+        );
+        m.registry.register("rate_limited", "Requests answered 429", m.rate_limited.clone());
+        m.registry.register("unauthenticated", "Requests answered 401", m.unauthenticated.clone());
         m
     }
 }

@@ -6,8 +6,11 @@
 //! subscribers is bounded by the long-poll and SSE limits, so the map is
 //! bounded too. A global generation counter wakes everybody at once.
 //!
-//! [`listen`] holds one dedicated (unpooled) connection doing
-//! `LISTEN durable_streams`. A notification only says "this path may have
+//! [`listen`] holds one dedicated (unpooled) connection that LISTENs on the
+//! channel named by `ds.notify_channel()` (a private channel: tenants can
+//! neither LISTEN to it nor NOTIFY on it), asked again at every
+//! (re)connect; an extension without that function announces on the public
+//! `durable_streams`. A notification only says "this path may have
 //! changed": waiters always re-read with `ds.read_chunk`. Notifications sent
 //! while the connection is down are lost, so after every (re)connect every
 //! waiter is woken to re-check the database.
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -188,7 +192,7 @@ impl Drop for Subscription {
 
 /// Runs the LISTEN connection until `shutdown`, reconnecting with backoff.
 pub async fn listen(
-    database_url: String,
+    database: tokio_postgres::Config,
     hub: Arc<TailHub>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -199,7 +203,7 @@ pub async fn listen(
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = listen_once(&database_url, &hub, &metrics) => r,
+            r = listen_once(&database, &hub, &metrics) => r,
             () = shutdown.cancelled() => return,
         };
         metrics.listen_connected.set(0);
@@ -221,24 +225,59 @@ pub async fn listen(
     }
 }
 
+/// `name` as a quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The channel to LISTEN on: `ds.notify_channel()`, or the public channel
+/// of an extension without that function.
+async fn channel(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    match client.query_one("SELECT ds.notify_channel()", &[]).await {
+        Ok(row) => row.try_get(0),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+            tracing::warn!(
+                channel = CHANNEL,
+                "ds.notify_channel() does not exist (an extension without private \
+                 notifications): listening on the public channel"
+            );
+            Ok(CHANNEL.to_owned())
+        }
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::error!(
+                error = %e,
+                "the sidecar may not call ds.notify_channel(): run `GRANT EXECUTE ON FUNCTION \
+                 ds.notify_channel() TO <the sidecar's role>`; live reads only see changes \
+                 after their timeout until then (retrying)"
+            );
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn listen_once(
-    database_url: &str,
+    database: &tokio_postgres::Config,
     hub: &Arc<TailHub>,
     metrics: &Metrics,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let (client, mut connection) = database.connect(NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let sql = format!("LISTEN {CHANNEL}");
-    let listen = client.batch_execute(&sql);
-    tokio::pin!(listen);
+    // The connection must be driven while the channel is asked for.
+    let setup = async {
+        let channel = channel(&client).await?;
+        client.batch_execute(&format!("LISTEN {}", quote_ident(&channel))).await?;
+        Ok::<_, tokio_postgres::Error>(channel)
+    };
+    tokio::pin!(setup);
     let mut listening = false;
     loop {
         tokio::select! {
-            r = &mut listen, if !listening => {
-                r?;
+            r = &mut setup, if !listening => {
+                let channel = r?;
                 listening = true;
                 metrics.listen_connected.set(1);
-                tracing::info!(channel = CHANNEL, "listening for stream changes");
+                tracing::info!(%channel, "listening for stream changes");
                 // Anything committed before LISTEN took effect was not announced.
                 hub.wake_all();
             }
@@ -321,6 +360,12 @@ mod tests {
         hub.wake_committed("a", Offset(4), false);
         hub.wake_from_payload("0000000000000000_0000000000000009 a");
         assert!(woken(&mut a), "a later tail");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("durable_streams"), "\"durable_streams\"");
+        assert_eq!(quote_ident("a\"b; NOTIFY x"), "\"a\"\"b; NOTIFY x\"");
     }
 
     #[test]

@@ -25,6 +25,12 @@ fn text(status: StatusCode, headers: Headers, body: String) -> Response {
     (status, h.0, body).into_response()
 }
 
+/// Outcome names the extension reports beyond `ds_core`'s list (access
+/// control and quotas); matched by name so the sidecar works with and
+/// without them.
+const FORBIDDEN: &str = "forbidden";
+const QUOTA_EXCEEDED: &str = "quota_exceeded";
+
 /// The response for an append or close request that produced `row`.
 /// `close_only` marks a request without a body: it never answers 200, even
 /// with producer headers, since no data was appended.
@@ -33,8 +39,31 @@ pub fn respond(
     producer: Option<&Producer>,
     close_only: bool,
 ) -> Result<Response, ApiError> {
-    let outcome = AppendOutcome::from_name(&row.outcome)
-        .ok_or_else(|| ApiError::Internal(format!("unknown append outcome {:?}", row.outcome)))?;
+    let outcome = match (AppendOutcome::from_name(&row.outcome), row.outcome.as_str()) {
+        (Some(o), _) => o,
+        (None, FORBIDDEN) => {
+            let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("42501"));
+            return Err(match ApiError::from_sqlstate(&code, message(row, "permission denied")) {
+                e @ ApiError::Forbidden => e,
+                _ => ApiError::Forbidden,
+            });
+        }
+        (None, QUOTA_EXCEEDED) => {
+            let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("53400"));
+            return Err(match ApiError::from_sqlstate(&code, message(row, "quota exceeded")) {
+                e @ ApiError::InsufficientStorage(_) => e,
+                _ => ApiError::InsufficientStorage(message(row, "quota exceeded")),
+            });
+        }
+        // An outcome this sidecar does not know: its SQLSTATE, if it has a
+        // client-error one, decides; otherwise a 500 (never a panic).
+        (None, other) => {
+            return Err(match row.sqlstate.as_deref().map(SqlState::from_code) {
+                Some(code) => ApiError::from_sqlstate(&code, message(row, "append refused")),
+                None => ApiError::Internal(format!("unknown append outcome {other:?}")),
+            });
+        }
+    };
     let mut h = Headers::default();
     let next_offset = |h: &mut Headers| {
         if let Some(o) = &row.next_offset {
@@ -216,5 +245,25 @@ mod tests {
         bad.sqlstate = Some("54000".into());
         assert_eq!(respond(&bad, None, false).unwrap_err().status(), 413);
         assert!(matches!(respond(&row("bogus"), None, false), Err(ApiError::Internal(_))));
+    }
+
+    #[test]
+    fn access_control_and_quota_outcomes() {
+        let mut forbidden = row("forbidden");
+        forbidden.sqlstate = Some("42501".into());
+        forbidden.detail = Some("permission denied: append on a/b".into());
+        let e = respond(&forbidden, None, false).unwrap_err();
+        assert!(matches!(e, ApiError::Forbidden));
+        assert!(!e.to_string().contains("a/b"), "the 403 body is generic");
+        let mut quota = row("quota_exceeded");
+        quota.sqlstate = Some("53400".into());
+        quota.detail = Some("quota of tenant_a exceeded".into());
+        let e = respond(&quota, None, false).unwrap_err();
+        assert_eq!(e.status(), 507);
+        assert!(e.to_string().contains("quota of tenant_a exceeded"));
+        // Unknown outcomes with a client-error SQLSTATE map by it.
+        let mut later = row("something_new");
+        later.sqlstate = Some("22023".into());
+        assert_eq!(respond(&later, None, false).unwrap_err().status(), 400);
     }
 }

@@ -9,8 +9,15 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
 
+use crate::auth::AuthError;
 use crate::db::DbError;
 use crate::protocol::headers::{HeaderError, STREAM_CLOSED};
+
+/// The realm of `WWW-Authenticate` challenges.
+pub const REALM: &str = "durable_streams";
+
+/// The body of every 403: the same whether or not the stream exists.
+pub const FORBIDDEN_BODY: &str = "forbidden: this token's role may not do that on this stream";
 
 /// Every way a request can fail.
 #[derive(Debug, Error)]
@@ -33,6 +40,23 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// No valid credentials (401 + `WWW-Authenticate`); the text is the
+    /// `error_description` of an invalid token, `None` when none was sent.
+    #[error("authentication required")]
+    Unauthorized(Option<&'static str>),
+    /// The request's role may not do this (403). The body never says
+    /// whether the stream exists.
+    #[error("{FORBIDDEN_BODY}")]
+    Forbidden,
+    /// Over the rate limit (429 + `Retry-After` in whole seconds).
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until a request would be allowed, rounded up.
+        retry_after_secs: u64,
+    },
+    /// A storage quota is exhausted, or the server is out of disk (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A bounded resource (waiters, SSE clients) is full (503 + Retry-After).
     #[error("{0}")]
     Busy(&'static str),
@@ -44,8 +68,6 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// The HTTP status of an SQLSTATE raised by the SQL API; `None` for codes
-/// that are not client errors.
 /// Errors after which the same request may well succeed.
 fn is_transient(code: &SqlState) -> bool {
     *code == SqlState::LOCK_NOT_AVAILABLE
@@ -54,6 +76,8 @@ fn is_transient(code: &SqlState) -> bool {
         || *code == SqlState::QUERY_CANCELED
 }
 
+/// The HTTP status of an SQLSTATE raised by the SQL API; `None` for codes
+/// that are not client errors.
 pub fn status_for_sqlstate(code: &SqlState) -> Option<StatusCode> {
     let status = match code {
         c if *c == SqlState::UNDEFINED_OBJECT => StatusCode::NOT_FOUND,
@@ -62,6 +86,11 @@ pub fn status_for_sqlstate(code: &SqlState) -> Option<StatusCode> {
         c if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => StatusCode::CONFLICT,
         c if *c == SqlState::DATATYPE_MISMATCH => StatusCode::CONFLICT,
         c if *c == SqlState::PROGRAM_LIMIT_EXCEEDED => StatusCode::PAYLOAD_TOO_LARGE,
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => StatusCode::FORBIDDEN,
+        // 53400: a quota of the extension; 53100: Postgres out of disk.
+        c if *c == SqlState::CONFIGURATION_LIMIT_EXCEEDED || *c == SqlState::DISK_FULL => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
         c if *c == SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION
             || *c == SqlState::INVALID_PARAMETER_VALUE
             || *c == SqlState::INVALID_TEXT_REPRESENTATION
@@ -92,6 +121,20 @@ impl ApiError {
             }
             Some(StatusCode::CONFLICT) => ApiError::Conflict(message),
             Some(StatusCode::PAYLOAD_TOO_LARGE) => ApiError::PayloadTooLarge(message),
+            Some(StatusCode::FORBIDDEN) => {
+                tracing::debug!(%message, "permission denied");
+                ApiError::Forbidden
+            }
+            Some(StatusCode::INSUFFICIENT_STORAGE) if *code == SqlState::DISK_FULL => {
+                // Postgres' message names files; the client gets none of it.
+                tracing::error!(%message, "database out of disk");
+                ApiError::InsufficientStorage(
+                    "insufficient storage: the server is out of space".into(),
+                )
+            }
+            Some(StatusCode::INSUFFICIENT_STORAGE) => {
+                ApiError::InsufficientStorage(format!("insufficient storage: {message}"))
+            }
             Some(_) => ApiError::BadRequest(message),
             None => ApiError::Internal(format!("SQLSTATE {}: {message}", code.code())),
         }
@@ -105,6 +148,10 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Conflict(_) | ApiError::StreamClosed(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,7 +172,48 @@ impl From<DbError> for ApiError {
             // Unknown whether it committed: 503, the client may retry (with
             // producer headers a retry is deduplicated).
             DbError::Pool(_) | DbError::Batch(_) => ApiError::Unavailable(e),
+            // The role does not exist, or the sidecar may not become it.
+            DbError::Role { role, source } => match source.as_db_error() {
+                Some(db) => {
+                    tracing::warn!(
+                        %role,
+                        sqlstate = db.code().code(),
+                        reason = db.message(),
+                        "cannot run a request as the token's role (does it exist, and is the \
+                         sidecar's login role a member of it?)"
+                    );
+                    ApiError::Forbidden
+                }
+                None => ApiError::Unavailable(e),
+            },
             DbError::Shape(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::Missing => ApiError::Unauthorized(None),
+            AuthError::Invalid(why) => ApiError::Unauthorized(Some(why)),
+            AuthError::TwoTokens => ApiError::BadRequest(
+                "send the token in the Authorization header or the token parameter, not both"
+                    .into(),
+            ),
+            AuthError::OwnRole => ApiError::Forbidden,
+        }
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3): no `error`
+/// attribute when the request had no token.
+pub fn challenge(description: Option<&str>) -> String {
+    match description {
+        None => format!("Bearer realm=\"{REALM}\""),
+        Some(d) => {
+            let d: String =
+                d.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+            format!("Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{d}\"")
         }
     }
 }
@@ -159,6 +247,14 @@ impl IntoResponse for ApiError {
             ApiError::Busy(_) | ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ApiError::Unauthorized(description) => {
+                if let Ok(v) = HeaderValue::from_str(&challenge(description)) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                response.headers_mut().insert(header::RETRY_AFTER, retry_after_secs.max(1).into());
+            }
             _ => {}
         }
         response
@@ -185,8 +281,43 @@ mod tests {
         check("54000", Some(413));
         check("55000", Some(409));
         check("42804", Some(409));
+        check("42501", Some(403));
+        check("53400", Some(507));
+        check("53100", Some(507));
         check("XX000", None);
         check("40001", None);
+    }
+
+    #[test]
+    fn security_statuses() {
+        let r = ApiError::Unauthorized(None).into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"durable_streams\"");
+        let r = ApiError::from(AuthError::Invalid("token expired")).into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"durable_streams\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+        assert_eq!(challenge(Some("a\"b\\c\n")), challenge(Some("abc")));
+        assert_eq!(ApiError::from(AuthError::TwoTokens).status(), 400);
+        assert_eq!(ApiError::from(AuthError::OwnRole).status(), 403);
+        let forbidden =
+            ApiError::from_sqlstate(&SqlState::INSUFFICIENT_PRIVILEGE, "no read on a/b".into());
+        assert!(matches!(forbidden, ApiError::Forbidden));
+        let r = ApiError::TooManyRequests { retry_after_secs: 3 }.into_response();
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()[header::RETRY_AFTER]),
+            (429, &"3".parse::<HeaderValue>().unwrap())
+        );
+        let quota =
+            ApiError::from_sqlstate(&SqlState::CONFIGURATION_LIMIT_EXCEEDED, "quota of a/".into());
+        assert_eq!(quota.status(), 507);
+        assert!(quota.to_string().contains("quota of a/"));
+        let disk =
+            ApiError::from_sqlstate(&SqlState::DISK_FULL, "could not extend base/1/2".into());
+        assert_eq!(disk.status(), 507);
+        assert!(!disk.to_string().contains("base/1/2"));
     }
 
     #[test]

@@ -2,20 +2,33 @@
 //!
 //! Both subscribe to the tail hub *before* reading, then re-read with
 //! `ds.read_chunk` after every wake-up: a notification is only a hint. No
-//! database connection is held while waiting. Both stop waiting at shutdown.
+//! database connection is held while waiting. Both stop waiting at shutdown,
+//! and when the request's token expires.
+//!
+//! With authentication, a waiter's first read is always its own (as its
+//! role), so a waiter that may not read the stream gets its 403 and never
+//! joins a read shared with others (`flight.rs`).
+//!
+//! An SSE client's queue is bounded in frames and in bytes
+//! (`--sse-max-queued-bytes`): a client that does not drain it within
+//! `--sse-send-timeout-ms` is dropped and counted (`sse_slow_dropped`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, sleep_until};
 
 use super::streams::{chunk_response, has_data, sql_from, start_offset};
 use super::{ApiError, Headers, NO_STORE};
 use crate::AppState;
-use crate::db::Chunk;
+use crate::auth::Principal;
+use crate::db::{Chunk, DbError};
 use crate::metrics::GaugeGuard;
 use crate::protocol::cursor;
 use crate::protocol::headers::{
@@ -27,10 +40,10 @@ use crate::tail::Subscription;
 
 fn slot(
     state: &AppState,
-    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    slots: &Arc<tokio::sync::Semaphore>,
     what: &'static str,
 ) -> Result<OwnedSemaphorePermit, ApiError> {
-    std::sync::Arc::clone(slots).try_acquire_owned().map_err(|_| {
+    Arc::clone(slots).try_acquire_owned().map_err(|_| {
         state.metrics.rejected_busy.inc();
         ApiError::Busy(what)
     })
@@ -57,26 +70,50 @@ fn tail_response(next_offset: &str, closed: bool, cursor: Option<String>) -> Res
     (StatusCode::NO_CONTENT, h.0).into_response()
 }
 
+/// `wait`, shortened to the time the caller's token has left.
+fn until_expiry(caller: &Principal, wait: Duration) -> Instant {
+    Instant::now() + caller.remaining().map_or(wait, |left| left.min(wait))
+}
+
+/// One live read: shared with other waiters ([`crate::flight`]), except a
+/// waiter's first read with authentication, which must be its own.
+async fn live_read(
+    state: &AppState,
+    caller: &Principal,
+    own: bool,
+    path: &str,
+    from: &str,
+) -> Result<Chunk, DbError> {
+    let max = state.config.read_chunk_bytes;
+    if own {
+        state.db.read_chunk(caller.role(), path, from, max).await
+    } else {
+        state.flights.read(&state.db, &state.hub, caller.role(), path, from, max).await
+    }
+}
+
 /// `live=long-poll`: answer at once when there is data (or EOF), otherwise
-/// wait for a wake-up until the timeout.
+/// wait for a wake-up until the timeout (or the token's expiry).
 pub(super) async fn long_poll(
     state: AppState,
+    caller: Principal,
     path: String,
     params: ReadParams,
 ) -> Result<Response, ApiError> {
     let _permit = slot(&state, &state.long_poll_slots, "too many long-poll waiters")?;
     let _waiting = GaugeGuard::new(&state.metrics.long_poll_waiters);
     let mut sub = subscribe(&state, &path)?;
-    let deadline = Instant::now() + state.config.long_poll_timeout();
-    let max = state.config.read_chunk_bytes;
+    let deadline = until_expiry(&caller, state.config.long_poll_timeout());
     let mut from = sql_from(&params).to_owned();
     let mut start = start_offset(params.from);
+    let mut own = caller.role.is_some();
     loop {
         // Boxed for the same reason as in `SseSession::run`.
-        let chunk = Box::pin(state.flights.read(&state.db, &state.hub, &path, &from, max)).await?;
+        let chunk = Box::pin(live_read(&state, &caller, own, &path, &from)).await?;
+        own = false;
         let cursor = cursor::generate(params.cursor.as_deref());
         if has_data(start.as_deref(), &chunk) {
-            return Ok(chunk_response(chunk, &from, true, Some(cursor), None));
+            return Ok(chunk_response(chunk, &from, true, Some(cursor), None, state.cacheable()));
         }
         if chunk.closed {
             return Ok(tail_response(&chunk.next_offset, true, None));
@@ -92,25 +129,44 @@ pub(super) async fn long_poll(
 }
 
 /// `live=sse`: a `text/event-stream` of data and control events, ended
-/// after EOF, after the maximum duration, at shutdown or on disconnect.
+/// after EOF, after the maximum duration (or the token's expiry), at
+/// shutdown or on disconnect.
 pub(super) async fn sse(
     state: AppState,
+    caller: Principal,
     path: String,
     params: ReadParams,
 ) -> Result<Response, ApiError> {
     let permit = slot(&state, &state.sse_slots, "too many SSE clients")?;
     let sub = subscribe(&state, &path)?;
-    // The first read happens before the response starts, so a missing stream
-    // is a plain 404.
-    let first =
-        state.db.read_chunk(&path, sql_from(&params), state.config.read_chunk_bytes).await?;
+    // The first read is the client's own and happens before the response
+    // starts, so a missing stream is a plain 404 and a refused one a 403.
+    let first = live_read(&state, &caller, true, &path, sql_from(&params)).await?;
     let encoding = Encoding::for_content_type(&first.content_type);
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-    let session = SseSession { state, path, params, encoding, sub, tx, _permit: permit };
+    let queue = Arc::new(Queued::new(state.config.sse_max_queued_bytes));
+    let deadline = until_expiry(&caller, state.config.sse_max_duration());
+    let session = SseSession {
+        state,
+        caller,
+        path,
+        params,
+        encoding,
+        sub,
+        tx,
+        queue: Arc::clone(&queue),
+        deadline,
+        _permit: permit,
+    };
     tokio::spawn(session.run(first));
 
     let body = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx).map(|b| b.map(Ok::<_, Infallible>))
+        rx.poll_recv(cx).map(|b| {
+            b.map(|b| {
+                queue.taken(b.len());
+                Ok::<_, Infallible>(b)
+            })
+        })
     });
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, "text/event-stream")
@@ -125,21 +181,52 @@ pub(super) async fn sse(
 /// Data events up to this size share one write with their control event.
 const INLINE_DATA_EVENT: usize = 4096;
 
+/// Bytes queued for one SSE client and not yet taken by hyper.
+struct Queued {
+    bytes: AtomicUsize,
+    max: usize,
+    drained: Notify,
+}
+
+impl Queued {
+    fn new(max: usize) -> Queued {
+        Queued { bytes: AtomicUsize::new(0), max: max.max(1), drained: Notify::new() }
+    }
+
+    /// Reserves room for `len` bytes if it fits (a lone frame always fits).
+    fn try_reserve(&self, len: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q + len <= self.max).then_some(q + len)
+            })
+            .is_ok()
+    }
+
+    /// The body took a frame of `len` bytes.
+    fn taken(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        self.drained.notify_one();
+    }
+}
+
 struct SseSession {
     state: AppState,
+    caller: Principal,
     path: String,
     params: ReadParams,
     encoding: Encoding,
     sub: Subscription,
     tx: mpsc::Sender<Bytes>,
+    queue: Arc<Queued>,
+    /// The maximum duration, or the token's expiry if sooner.
+    deadline: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
 impl SseSession {
     async fn run(mut self, first: Chunk) {
         let _client = GaugeGuard::new(&self.state.metrics.sse_clients);
-        let deadline = Instant::now() + self.state.config.sse_max_duration();
-        let max = self.state.config.read_chunk_bytes;
+        let deadline = self.deadline;
         let mut start = start_offset(self.params.from);
         let mut chunk = first;
         let mut announce = true;
@@ -167,12 +254,12 @@ impl SseSession {
             }
             // Boxed: the read's future is large and only lives while reading,
             // whereas the session's own future is held by every idle client.
-            let next = Box::pin(self.state.flights.read(
-                &self.state.db,
-                &self.state.hub,
+            let next = Box::pin(live_read(
+                &self.state,
+                &self.caller,
+                false,
                 &self.path,
                 &chunk.next_offset,
-                max,
             ));
             chunk = match next.await {
                 Ok(c) => c,
@@ -223,10 +310,26 @@ impl SseSession {
         self.send(Bytes::from(frame)).await
     }
 
-    /// Queues one frame for the client. A client that does not take it in
-    /// time is dropped: it would otherwise hold its slot (and a bounded but
-    /// idle buffer) forever. The timer is only armed when the queue is full.
+    /// Queues one frame for the client. A client that does not make room
+    /// for it in time (in frames and in bytes) is dropped: it would
+    /// otherwise hold its slot (and a bounded but idle buffer) forever. The
+    /// timer is only armed when the queue is full.
     async fn send(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if !self.queue.try_reserve(len) {
+            let room = async {
+                loop {
+                    let drained = self.queue.drained.notified();
+                    if self.queue.try_reserve(len) {
+                        return;
+                    }
+                    drained.await;
+                }
+            };
+            if tokio::time::timeout(self.state.config.sse_send_timeout(), room).await.is_err() {
+                return self.drop_slow();
+            }
+        }
         let frame = match self.tx.try_send(frame) {
             Ok(()) => return true,
             Err(mpsc::error::TrySendError::Closed(_)) => return false,
@@ -235,11 +338,13 @@ impl SseSession {
         match tokio::time::timeout(self.state.config.sse_send_timeout(), self.tx.send(frame)).await
         {
             Ok(sent) => sent.is_ok(),
-            Err(_) => {
-                tracing::info!(path = %self.path, "dropping an SSE client that stopped reading");
-                self.state.metrics.sse_slow_dropped.inc();
-                false
-            }
+            Err(_) => self.drop_slow(),
         }
+    }
+
+    fn drop_slow(&self) -> bool {
+        tracing::info!(path = %self.path, "dropping an SSE client that stopped reading");
+        self.state.metrics.sse_slow_dropped.inc();
+        false
     }
 }

@@ -1,10 +1,15 @@
 //! HTTP routes, middleware and response helpers.
 //!
-//! Streams live under `/v1/stream/{*path}`; `/health` and `/metrics` are
-//! operational endpoints. Every response carries the browser security
-//! headers of §12.7 and CORS headers exposing the protocol headers.
+//! Streams live under `/v1/stream/{*path}`, behind authentication and the
+//! rate limit; `/health` (unauthenticated, says only ok / not ok) is on the
+//! same port, `/metrics` on its own listener ([`metrics_app`]). Every
+//! response carries the browser security headers of §12.7, including
+//! `Content-Security-Policy: sandbox` (stream content is served with the
+//! stream's own content type and must never run script on this origin);
+//! CORS headers only for `--cors-origins`.
 
 pub mod append;
+pub mod cors;
 pub mod error;
 mod live;
 mod ops;
@@ -13,25 +18,25 @@ mod streams;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{self, HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::util::option_layer;
 use tower::{Service, ServiceBuilder};
 use tower_http::compression::CompressionLayer;
-use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
+use crate::auth::{AuthError, Principal};
 use crate::metrics::{LatencyLabels, RequestLabels};
-use crate::protocol::headers::{EXPOSED_HEADERS, REQUEST_HEADERS};
+use crate::ratelimit::address_key;
 
 pub use error::ApiError;
 
@@ -50,19 +55,7 @@ pub fn app(
 + Send
 + Sync
 + 'static {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::HEAD,
-            Method::OPTIONS,
-        ])
-        .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
-        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
-        .max_age(Duration::from_secs(86_400));
+    let cors = state.cors.layer();
     let router = Router::new()
         .route(
             "/v1/stream/{*path}",
@@ -73,8 +66,8 @@ pub fn app(
                 .delete(streams::delete)
                 .options(streams::options),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state.clone());
     ServiceBuilder::new()
@@ -83,9 +76,50 @@ pub fn app(
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn_with_state(state, observe))
-        .layer(cors)
+        .layer(option_layer(cors))
         .layer(CompressionLayer::new())
         .service(router)
+}
+
+/// The app of the metrics listener: `GET /metrics` only.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new().route("/metrics", get(ops::metrics)).with_state(state)
+}
+
+/// Authenticates a stream request and applies the rate limit; the
+/// request's [`Principal`] goes into its extensions for the handlers.
+async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let authorization = match req.headers().get(header::AUTHORIZATION).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => Some(""), // not text: malformed
+    };
+    let principal = match state.auth.authenticate(authorization, req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => {
+            if matches!(e, AuthError::Missing | AuthError::Invalid(_)) {
+                state.metrics.unauthenticated.inc();
+            }
+            return ApiError::from(e).into_response();
+        }
+    };
+    if let Some(limiter) = &state.limiter {
+        let key = match (&principal.subject, &principal.role) {
+            (Some(sub), _) => format!("sub:{sub}"),
+            (None, Some(role)) => format!("role:{role}"),
+            (None, None) => match req.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+                Some(ConnectInfo(addr)) => address_key(addr.ip()),
+                None => "ip:unknown".to_owned(),
+            },
+        };
+        if let Err(limited) = limiter.check(&key) {
+            state.metrics.rate_limited.inc();
+            return ApiError::TooManyRequests { retry_after_secs: limited.retry_after_secs() }
+                .into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 /// Request ids for requests that come without one: a random prefix drawn
@@ -131,7 +165,6 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let route = match req.uri().path() {
         p if p.starts_with(STREAM_PREFIX) => "stream",
         "/health" => "health",
-        "/metrics" => "metrics",
         _ => "other",
     };
     let started = std::time::Instant::now();
@@ -147,6 +180,9 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("cross-origin"),
     );
+    // Stream bodies are served with the stream's content type (text/html
+    // included): opened directly, they must not run script on our origin.
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     let labels = RequestLabels { route, method, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();
     response
@@ -181,5 +217,18 @@ impl Headers {
 
 /// Cache-Control of cacheable reads (§10.1).
 pub const CACHEABLE: &str = "public, max-age=60, stale-while-revalidate=300";
+/// Cache-Control of cacheable reads with authentication: only the client's
+/// own cache may keep them (a shared cache would serve them to anyone).
+pub const CACHEABLE_PRIVATE: &str = "private, max-age=60, stale-while-revalidate=300";
+
+impl AppState {
+    /// The Cache-Control of cacheable reads under this configuration.
+    pub fn cacheable(&self) -> &'static str {
+        if self.auth.enabled() { CACHEABLE_PRIVATE } else { CACHEABLE }
+    }
+}
+
+/// The principal of a request (inserted by the guard).
+pub(crate) type Caller = axum::Extension<Principal>;
 /// Cache-Control of responses that must not be cached.
 pub const NO_STORE: &str = "no-store";

@@ -1,4 +1,5 @@
-//! Operational endpoints: `/health` and `/metrics`.
+//! Operational endpoints: `/health` (main port, unauthenticated, says
+//! nothing but ok / not ok) and `/metrics` (its own listener).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -12,7 +13,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, "not ok\n").into_response()
         }
     }
 }

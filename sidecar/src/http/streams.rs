@@ -1,6 +1,7 @@
 //! Handlers of `/v1/stream/{*path}`: create, append/close, metadata,
 //! delete and catch-up reads. Live reads are in `live.rs`.
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
@@ -9,8 +10,9 @@ use ds_core::content_type::OCTET_STREAM;
 use ds_core::outcome::AppendOutcome;
 use ds_core::{Offset, ReadFrom};
 
-use super::{ApiError, CACHEABLE, Headers, NO_STORE, append as append_response, live};
+use super::{ApiError, Caller, Headers, NO_STORE, append as append_response, live};
 use crate::AppState;
+use crate::auth::Principal;
 use crate::batch::{QueueError, QueuedAppend};
 use crate::db::{Chunk, CreateRequest};
 use crate::metrics::OutcomeLabels;
@@ -55,6 +57,7 @@ fn location(headers: &HeaderMap, uri: &Uri, state: &AppState) -> String {
 /// `PUT`: create a stream (201) or confirm an identical one (200).
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(path): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -83,8 +86,8 @@ pub(super) async fn create(
         body: (!body.is_empty()).then_some(&body[..]),
     };
     let created = match &fork {
-        Some(f) => state.db.fork(&request, f).await?,
-        None => state.db.create(&request).await?,
+        Some(f) => state.db.fork(caller.role(), &request, f).await?,
+        None => state.db.create(caller.role(), &request).await?,
     };
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, &created.content_type)
@@ -103,6 +106,7 @@ pub(super) async fn create(
 /// `POST`: append, append-and-close, or close.
 pub(super) async fn append(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -133,6 +137,7 @@ pub(super) async fn append(
         stream_seq: header_str(&headers, &STREAM_SEQ, "Stream-Seq")?.map(str::to_owned),
         producer: producer.clone(),
         close,
+        role: caller.role.clone(),
     };
     let row = match state.batcher.append(queued).await {
         Ok(result) => result?,
@@ -153,9 +158,10 @@ pub(super) async fn append(
 /// `HEAD`: metadata, never cached.
 pub(super) async fn head(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    let meta = state.db.head(&path).await?.ok_or(ApiError::NotFound)?;
+    let meta = state.db.head(caller.role(), &path).await?.ok_or(ApiError::NotFound)?;
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, &meta.content_type)
         .set(STREAM_NEXT_OFFSET, &meta.next_offset)
@@ -174,9 +180,10 @@ pub(super) async fn head(
 /// `DELETE`: remove the stream; live readers see 404 on their next read.
 pub(super) async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.db.delete(&path).await?;
+    state.db.delete(caller.role(), &path).await?;
     state.hub.wake(&path);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -189,15 +196,18 @@ pub(super) async fn options() -> StatusCode {
 /// `GET`: catch-up, long-poll or SSE.
 pub(super) async fn read(
     State(state): State<AppState>,
+    Extension(caller): Caller,
     Path(path): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // `token` (if any) was taken by the guard; ReadParams ignores it, and
+    // neither ETags nor Location ever include the query string.
     let params = ReadParams::parse(&query).map_err(ApiError::BadRequest)?;
     match params.live {
-        Live::No => catch_up(&state, &path, &params, &headers).await,
-        Live::LongPoll => live::long_poll(state, path, params).await,
-        Live::Sse => live::sse(state, path, params).await,
+        Live::No => catch_up(&state, &caller, &path, &params, &headers).await,
+        Live::LongPoll => live::long_poll(state, caller, path, params).await,
+        Live::Sse => live::sse(state, caller, path, params).await,
     }
 }
 
@@ -230,6 +240,7 @@ pub(super) fn chunk_response(
     with_data: bool,
     cursor: Option<String>,
     if_none_match: Option<&str>,
+    cacheable_control: &'static str,
 ) -> Response {
     let tag = etag::format(chunk.stream_id, etag_start, &chunk.next_offset, chunk.closed);
     let mut h = Headers::default();
@@ -237,7 +248,7 @@ pub(super) fn chunk_response(
     // A data chunk never changes, and neither does the EOF of a closed
     // stream; an empty read at the open tail would hide later appends.
     let cacheable = with_data || chunk.closed;
-    h.set(header::CACHE_CONTROL, if cacheable { CACHEABLE } else { NO_STORE });
+    h.set(header::CACHE_CONTROL, if cacheable { cacheable_control } else { NO_STORE });
     if if_none_match.is_some_and(|inm| etag::if_none_match(inm, &tag)) {
         return (StatusCode::NOT_MODIFIED, h.0).into_response();
     }
@@ -253,11 +264,15 @@ pub(super) fn chunk_response(
 
 async fn catch_up(
     state: &AppState,
+    caller: &Principal,
     path: &str,
     params: &ReadParams,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let chunk = state.db.read_chunk(path, sql_from(params), state.config.read_chunk_bytes).await?;
+    let chunk = state
+        .db
+        .read_chunk(caller.role(), path, sql_from(params), state.config.read_chunk_bytes)
+        .await?;
     if params.from == ReadFrom::Now {
         // §8: the tail position, no data, never cached, no ETag.
         let mut h = Headers::default();
@@ -271,5 +286,5 @@ async fn catch_up(
     let start = start_offset(params.from);
     let with_data = has_data(start.as_deref(), &chunk);
     let inm = header_str(headers, &header::IF_NONE_MATCH, "If-None-Match")?;
-    Ok(chunk_response(chunk, &params.offset, with_data, None, inm))
+    Ok(chunk_response(chunk, &params.offset, with_data, None, inm, state.cacheable()))
 }
