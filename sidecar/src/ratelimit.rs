@@ -36,7 +36,15 @@ pub struct Limiter {
     max_keys: usize,
     /// Overflow uses, to warn about them once in a while.
     overflowed: AtomicU64,
+    /// When the map was last swept because it was full (ms since `born`):
+    /// at most one sweep per [`SWEEP_EVERY`], so a flood cannot make every
+    /// request scan the whole map.
+    last_sweep: AtomicU64,
+    born: std::time::Instant,
 }
+
+/// Least time between two sweeps of a full map.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 impl Limiter {
     /// A limiter allowing `per_second` requests per key with bursts of
@@ -52,13 +60,24 @@ impl Limiter {
             clock,
             max_keys: max_keys.max(1),
             overflowed: AtomicU64::new(0),
+            last_sweep: AtomicU64::new(0),
+            born: std::time::Instant::now(),
         })
     }
 
     /// Counts one request of `key`.
     pub fn check(&self, key: &str) -> Result<(), Limited> {
         if self.keyed.len() >= self.max_keys {
-            self.keyed.retain_recent();
+            let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64
+                && self
+                    .last_sweep
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.keyed.retain_recent();
+            }
             if self.keyed.len() >= self.max_keys {
                 if self.overflowed.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
                     tracing::warn!(
@@ -161,8 +180,10 @@ mod tests {
             clock: DefaultClock::default(),
             max_keys: 1000,
             overflowed: AtomicU64::new(0),
+            last_sweep: AtomicU64::new(0),
+            born: std::time::Instant::now(),
         };
-        for i in 0..50_000 {
+        for i in 0..20_000 {
             let _ = l.check(&format!("key-{i}"));
         }
         assert!(l.len() <= 1000, "{} keys remembered", l.len());

@@ -34,24 +34,76 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap()
 }
 
+/// A free TCP port on 127.0.0.1 (right now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The test database URL with another user.
+pub fn database_url_as(user: &str) -> String {
+    let url = database_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("postgresql://{user}@{host}")
+}
+
+/// The HS256 secret of test sidecars started with [`JWT_FLAGS`].
+pub const JWT_SECRET: &str = "e2e-secret-0123456789abcdef-0123456789";
+
+/// Flags of a sidecar with `--auth jwt` and the test secret.
+pub const JWT_FLAGS: [&str; 4] = ["--auth", "jwt", "--jwt-secret", JWT_SECRET];
+
+/// An HS256 token for `role` that expires in `exp_in` seconds (negative:
+/// expired), signed with [`JWT_SECRET`].
+pub fn token(role: &str, exp_in: i64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims =
+        serde_json::json!({"role": role, "sub": format!("e2e-{role}"), "exp": now + exp_in});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A running sidecar process, killed on drop.
 pub struct Sidecar {
     pub port: u16,
+    /// Port of the `/metrics` listener (`None` when it is off).
+    pub metrics_port: Option<u16>,
     child: Child,
 }
 
 impl Sidecar {
     /// Starts a sidecar on a free port with extra flags; waits for /health.
     pub async fn start(extra: &[&str]) -> Sidecar {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Sidecar::start_on(port, extra).await
+        Sidecar::start_on(free_port(), extra).await
     }
 
     /// Starts a sidecar on `port` (e.g. to restart one in place).
     pub async fn start_on(port: u16, extra: &[&str]) -> Sidecar {
+        Sidecar::start_with(&database_url(), port, extra).await
+    }
+
+    /// Starts a sidecar against `database_url` on `port`. Unless `extra`
+    /// says otherwise, `/metrics` listens on a free port of its own.
+    pub async fn start_with(database_url: &str, port: u16, extra: &[&str]) -> Sidecar {
         let bin = std::env::var("DS_SIDECAR_BIN").expect("DS_SIDECAR_BIN (run `make test`)");
+        let mut metrics_port = None;
+        let mut args = vec![
+            "--database-url".to_owned(),
+            database_url.to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ];
+        if !extra.contains(&"--metrics-listen") {
+            let p = free_port();
+            metrics_port = Some(p);
+            args.extend(["--metrics-listen".to_owned(), format!("127.0.0.1:{p}")]);
+        }
         let child = Command::new(bin)
-            .args(["--database-url", &database_url(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -59,7 +111,7 @@ impl Sidecar {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn ds-sidecar");
-        let sidecar = Sidecar { port, child };
+        let sidecar = Sidecar { port, metrics_port, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http().get(sidecar.url("/health")).send().await.ok().map(|r| r.status().as_u16())
             != Some(200)
@@ -78,6 +130,28 @@ impl Sidecar {
     /// URL of a stream.
     pub fn stream(&self, stream_path: &str) -> String {
         self.url(&format!("/v1/stream/{stream_path}"))
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let port = self.metrics_port.expect("metrics listener");
+        http()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of an unlabelled metric (`name` as exposed, e.g.
+    /// `ds_sidecar_rate_limited_total`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
     /// Kills the process at once (no graceful shutdown) and waits for it.
