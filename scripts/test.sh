@@ -67,26 +67,63 @@ DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_TEST_SERVER_DIR="$TEST_DIR" \
     cargo test -q -p ds-it -- --test-threads=1
 
-log "conformance suite (@durable-streams/server-conformance-tests, tests/conformance)"
 cargo build -q -p ds-sidecar
-SIDECAR_PORT="$(free_port)"
-SIDECAR_LOG="$TEST_DIR/sidecar.log"
-./target/debug/ds-sidecar --database-url "postgresql://postgres@127.0.0.1:$PORT/ds_it" \
-    --listen "127.0.0.1:$SIDECAR_PORT" --long-poll-timeout-ms 3000 >"$SIDECAR_LOG" 2>&1 &
-SIDECAR_PID=$!
-wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
-(
-    cd tests/conformance
-    [ -d node_modules/@durable-streams/server-conformance-tests ] || npm ci --no-audit --no-fund --loglevel=error
-    DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" DS_LONG_POLL_TIMEOUT_MS=3000 \
-        npx vitest run --reporter=json --outputFile="$TEST_DIR/conformance.json" >"$TEST_DIR/conformance.out" 2>&1 || true
-    [ -s "$TEST_DIR/conformance.json" ] || { tail -50 "$TEST_DIR/conformance.out"; exit 1; }
-    node check-results.mjs "$TEST_DIR/conformance.json"
-    echo "official TypeScript client (@durable-streams/client) smoke test"
-    DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" npx vitest run --config vitest.client.config.mjs
-) || { tail -30 "$SIDECAR_LOG"; exit 1; }
-kill "$SIDECAR_PID"
-wait "$SIDECAR_PID" || true
+CONFORMANCE_DB="postgresql://postgres@127.0.0.1:$PORT/ds_it"
+# run_conformance LABEL [sidecar flags...]: a sidecar with those flags, the
+# official suite (checked against expected-failures.txt) and the official
+# TypeScript client's smoke test against it (DS_TOKEN, if set, is sent by
+# both), then the sidecar is stopped. The suite checks a CORS preflight from
+# https://example.com, so that origin is allowed.
+run_conformance() {
+    local label="$1"
+    shift
+    SIDECAR_PORT="$(free_port)"
+    SIDECAR_LOG="$TEST_DIR/sidecar-$label.log"
+    ./target/debug/ds-sidecar --database-url "$CONFORMANCE_DB" \
+        --listen "127.0.0.1:$SIDECAR_PORT" --long-poll-timeout-ms 3000 \
+        --cors-origins https://example.com --metrics-listen off "$@" >"$SIDECAR_LOG" 2>&1 &
+    SIDECAR_PID=$!
+    wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
+    (
+        cd tests/conformance
+        [ -d node_modules/@durable-streams/server-conformance-tests ] || npm ci --no-audit --no-fund --loglevel=error
+        DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" DS_LONG_POLL_TIMEOUT_MS=3000 \
+            npx vitest run --reporter=json --outputFile="$TEST_DIR/conformance-$label.json" >"$TEST_DIR/conformance-$label.out" 2>&1 || true
+        [ -s "$TEST_DIR/conformance-$label.json" ] || { tail -50 "$TEST_DIR/conformance-$label.out"; exit 1; }
+        node check-results.mjs "$TEST_DIR/conformance-$label.json"
+        echo "official TypeScript client (@durable-streams/client) smoke test ($label)"
+        DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" npx vitest run --config vitest.client.config.mjs
+    ) || { tail -30 "$SIDECAR_LOG"; exit 1; }
+    kill "$SIDECAR_PID"
+    wait "$SIDECAR_PID" || true
+    SIDECAR_PID=
+}
+
+log "conformance suite (@durable-streams/server-conformance-tests, tests/conformance), --auth none"
+run_conformance anonymous
+
+log "conformance suite again with --auth jwt: every request carries a token of a granted role"
+# A role the sidecar (superuser here) acts as, allowed every ds.* function
+# and, with path grants, every path.
+psql_at "$PORT" ds_it -q <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ds_conformance') THEN
+    CREATE ROLE ds_conformance NOLOGIN;
+  END IF;
+END $$;
+GRANT USAGE ON SCHEMA ds TO ds_conformance;
+SELECT format('GRANT EXECUTE ON FUNCTION %s TO ds_conformance',
+              string_agg(p.oid::regprocedure::text, ', '))
+FROM pg_proc p WHERE p.pronamespace = 'ds'::regnamespace \gexec
+SELECT 'SELECT ds.grant(''ds_conformance'', ''**'', ''all'')'
+WHERE EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'grant' AND pronamespace = 'ds'::regnamespace) \gexec
+SQL
+DS_JWT_SECRET="$(head -c 32 /dev/urandom | base64)"
+export DS_JWT_SECRET
+DS_TOKEN="$(./target/debug/ds-token --role ds_conformance --sub conformance --expires-in 3600)"
+export DS_TOKEN
+run_conformance jwt --auth jwt
+unset DS_TOKEN DS_JWT_SECRET
 
 log "end-to-end fault tests (tests/e2e: sidecar + cluster)"
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
