@@ -8,3 +8,4 @@ test:
 	@bash scripts/test.sh
 bench:
 	@bash benches/run.sh
+	@SKIP_BUILD=1 bash benches/auth.sh

@@ -30,8 +30,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(base: &str, target: &str, server_pid: Option<u32>) -> Res<Self> {
+    /// `token`: sent as `Authorization: Bearer` with every request.
+    pub fn new(base: &str, target: &str, server_pid: Option<u32>, token: Option<&str>) -> Res<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(usize::MAX)

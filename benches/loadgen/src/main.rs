@@ -36,6 +36,9 @@ struct Cli {
     /// Hard limit on the whole scenario.
     #[arg(long, default_value_t = 180)]
     max_seconds: u64,
+    /// Bearer token sent with every request (a sidecar with --auth jwt).
+    #[arg(long, env = "DS_BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -103,7 +106,7 @@ fn main() -> Res<()> {
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()?;
-    let ctx = Arc::new(Ctx::new(&cli.base, &cli.target, cli.server_pid)?);
+    let ctx = Arc::new(Ctx::new(&cli.base, &cli.target, cli.server_pid, cli.token.as_deref())?);
     let limit = Duration::from_secs(cli.max_seconds);
     let lines = rt.block_on(async {
         match tokio::time::timeout(limit, run(ctx, cli.scenario)).await {
