@@ -31,7 +31,12 @@ pub struct Ctx {
 
 impl Ctx {
     /// `token`: sent as `Authorization: Bearer` with every request.
-    pub fn new(base: &str, target: &str, server_pid: Option<u32>, token: Option<&str>) -> Res<Self> {
+    pub fn new(
+        base: &str,
+        target: &str,
+        server_pid: Option<u32>,
+        token: Option<&str>,
+    ) -> Res<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?;

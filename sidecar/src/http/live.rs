@@ -348,3 +348,24 @@ impl SseSession {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sse_queue_is_bounded_in_bytes() {
+        let q = Queued::new(100);
+        assert!(q.try_reserve(60));
+        assert!(q.try_reserve(40), "exactly full");
+        assert!(!q.try_reserve(1), "over the budget");
+        q.taken(60);
+        assert!(q.try_reserve(50));
+        assert!(!q.try_reserve(20));
+        q.taken(40);
+        q.taken(50);
+        // A frame larger than the whole budget fits only into an empty queue.
+        assert!(q.try_reserve(500));
+        assert!(!q.try_reserve(1));
+    }
+}

@@ -594,3 +594,33 @@ async fn tokens_never_appear_in_responses() {
     let body = r.text().await.unwrap();
     assert!(!body.contains(&t) && !body.contains(JWT_SECRET), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_stops_reading_is_dropped_by_bytes() {
+    let sidecar =
+        Sidecar::start(&["--sse-max-queued-bytes", "65536", "--sse-send-timeout-ms", "300"]).await;
+    let path = unique_path("sse-bytes");
+    let url = sidecar.stream(&path);
+    let r = http().put(&url).header("content-type", "application/octet-stream");
+    assert_eq!(status(r).await, 201);
+    // A client that asks for events and never reads them.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.port)).await.unwrap();
+    let request = format!("GET /v1/stream/{path}?offset=-1&live=sse HTTP/1.1\r\nHost: t\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut appended = 0;
+    while sidecar.metric("ds_sidecar_sse_slow_dropped_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the client was dropped ({appended} MiB appended)");
+        if appended < 64 {
+            let r = http()
+                .post(&url)
+                .header("content-type", "application/octet-stream")
+                .body(vec![b'x'; 1024 * 1024]);
+            assert_eq!(status(r).await, 204);
+            appended += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(socket);
+}
