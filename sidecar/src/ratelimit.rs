@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,6 @@ impl Limited {
 pub struct Limiter {
     keyed: DefaultKeyedRateLimiter<String>,
     overflow: DefaultDirectRateLimiter,
-    clock: DefaultClock,
     max_keys: usize,
     /// Overflow uses, to warn about them once in a while.
     overflowed: AtomicU64,
@@ -53,11 +52,9 @@ impl Limiter {
         let rate = NonZeroU32::new(per_second)?;
         let burst = burst.and_then(NonZeroU32::new).unwrap_or(rate);
         let quota = Quota::per_second(rate).allow_burst(burst);
-        let clock = DefaultClock::default();
         Some(Limiter {
             keyed: RateLimiter::keyed(quota),
             overflow: RateLimiter::direct(quota),
-            clock,
             max_keys: max_keys.max(1),
             overflowed: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
@@ -88,12 +85,12 @@ impl Limiter {
                 return self
                     .overflow
                     .check()
-                    .map_err(|n| Limited(n.wait_time_from(self.clock.now())));
+                    .map_err(|n| Limited(n.wait_time_from(self.overflow.clock().now())));
             }
         }
         self.keyed
             .check_key(&key.to_owned())
-            .map_err(|n| Limited(n.wait_time_from(self.clock.now())))
+            .map_err(|n| Limited(n.wait_time_from(self.keyed.clock().now())))
     }
 
     /// Forgets clients whose state is that of a fresh one.
@@ -177,7 +174,6 @@ mod tests {
         let l = Limiter {
             keyed: RateLimiter::keyed(slow),
             overflow: RateLimiter::direct(Quota::per_second(NonZeroU32::new(1_000_000).unwrap())),
-            clock: DefaultClock::default(),
             max_keys: 1000,
             overflowed: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
