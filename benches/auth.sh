@@ -3,7 +3,8 @@
 # `--auth none` and `--auth jwt` (every request carries a token; it runs as a
 # tenant role, SET LOCAL ROLE per request, and the extension checks its path
 # grant), under the append scenarios (64 writers on 64 streams and on 1
-# stream) and SSE fan-out. Rounds alternate the two; the table shows medians
+# stream), small catch-up reads (the cost of SET LOCAL ROLE per request) and
+# SSE fan-out. Rounds alternate the two; the table shows medians
 # and jwt/none ratios. Results: benches/results/auth.{jsonl,md}.
 #   bash benches/auth.sh     # ROUNDS=3 APPEND_SECONDS=5 FANOUT_CLIENTS=1000 FANOUT_SECONDS=10
 # Needs an extension with path grants (ds.grant) for the "path checks" half;
@@ -106,6 +107,7 @@ for r in $(seq 1 "$ROUNDS"); do
     for auth in none jwt; do
         lg "append 64w-64s" "$auth" append --writers 64 --streams 64 --seconds "$APPEND_SECONDS"
         lg "append 64w-1s" "$auth" append --writers 64 --streams 1 --seconds "$APPEND_SECONDS"
+        lg "read 64r-64s" "$auth" read --readers 64 --streams 64 --seconds "$APPEND_SECONDS"
         lg "fanout ${FANOUT_CLIENTS}c" "$auth" fanout --clients "$FANOUT_CLIENTS" --rate 10 \
             --seconds "$FANOUT_SECONDS"
     done
@@ -133,7 +135,8 @@ for r in rows:
     if k not in seen:
         seen.append(k)
 for scenario, variant in seen:
-    keys = [("throughput", "appends/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]
+    keys = [("throughput", "appends/s" if scenario == "append" else "reads/s"),
+            ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]
     if scenario == "fanout":
         keys = [("p50_ms", "delivery p50 ms"), ("p99_ms", "delivery p99 ms")]
     for key, label in keys:

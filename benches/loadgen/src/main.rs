@@ -9,6 +9,7 @@ mod append;
 mod catchup;
 mod common;
 mod live;
+mod reads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,15 @@ enum Scenario {
         /// Idempotent producer headers (Producer-Id per writer, epoch 0).
         #[arg(long)]
         producer: bool,
+    },
+    /// Closed-loop small catch-up reads (per-request cost of reads).
+    Read {
+        #[arg(long, default_value_t = 64)]
+        readers: usize,
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
     /// Append-to-receive latency, one writer every --interval-ms (scenario 4).
     Latency {
@@ -147,6 +157,9 @@ async fn run(ctx: Arc<Ctx>, scenario: Scenario) -> Res<Vec<Value>> {
                 producer,
             };
             vec![append::run(ctx, a).await?]
+        }
+        Scenario::Read { readers, streams, seconds } => {
+            vec![reads::run(ctx, readers, streams, secs(seconds)?).await?]
         }
         Scenario::Latency { interval_ms, seconds, long_poll_readers, sse_readers } => {
             let interval = Duration::from_millis(interval_ms.max(1));
