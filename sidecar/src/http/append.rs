@@ -113,7 +113,8 @@ pub fn respond(
         AppendOutcome::Busy => {
             return Err(ApiError::Busy("stream is locked by another transaction"));
         }
-        AppendOutcome::InvalidRequest => {
+        // Privilege and quota refusals carry their SQLSTATE (42501, 53400).
+        AppendOutcome::InvalidRequest | AppendOutcome::Forbidden | AppendOutcome::QuotaExceeded => {
             let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("XX000"));
             return Err(ApiError::from_sqlstate(&code, message(row, "invalid request")));
         }

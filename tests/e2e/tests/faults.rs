@@ -71,7 +71,7 @@ async fn listen_connection_loss_loses_no_append() {
     let killed: i64 = db
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE query = 'LISTEN durable_streams' AND datname = current_database() AND pid <> pg_backend_pid()",
+             WHERE query LIKE 'LISTEN %durable_streams%' AND datname = current_database() AND pid <> pg_backend_pid()",
             &[],
         )
         .await
