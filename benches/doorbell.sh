@@ -29,7 +29,8 @@ done
 # tail, so the queue (and every later NOTIFY) grows for the rest of the run.
 LISTENERS=()
 for db in bench bench_fallback; do
-    (echo "LISTEN durable_streams;"; for _ in $(seq 1 18000); do echo "SELECT 1;"; sleep 0.05; done) |
+    channel="$(psql_at "$PORT" "$db" -tAc "SELECT ds.notify_channel()")"
+    (echo "LISTEN \"$channel\";"; for _ in $(seq 1 18000); do echo "SELECT 1;"; sleep 0.05; done) |
         psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" >/dev/null 2>&1 &
     LISTENERS+=($!)
 done

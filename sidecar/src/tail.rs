@@ -23,7 +23,6 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use ds_core::Offset;
-pub use ds_core::notification::CHANNEL;
 use ds_core::notification::{self, Announcement};
 
 use crate::metrics::Metrics;
@@ -228,17 +227,22 @@ async fn listen_once(
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let sql = format!("LISTEN {CHANNEL}");
-    let listen = client.batch_execute(&sql);
+    // The channel is private to the installation (`ds.notify_channel()`),
+    // so that roles which may not read cannot listen or ring.
+    let listen = async {
+        let channel: String = client.query_one("SELECT ds.notify_channel()", &[]).await?.get(0);
+        client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\""))).await?;
+        Ok::<_, tokio_postgres::Error>(channel)
+    };
     tokio::pin!(listen);
     let mut listening = false;
     loop {
         tokio::select! {
             r = &mut listen, if !listening => {
-                r?;
+                let channel = r?;
                 listening = true;
                 metrics.listen_connected.set(1);
-                tracing::info!(channel = CHANNEL, "listening for stream changes");
+                tracing::info!(%channel, "listening for stream changes");
                 // Anything committed before LISTEN took effect was not announced.
                 hub.wake_all();
             }
