@@ -29,6 +29,7 @@ use pgrx::spi::SpiClient;
 
 use crate::error::{DsError, DsResult};
 use crate::gucs;
+use crate::storage;
 
 /// Roles whose grants one transaction keeps; a batch names at most a few
 /// hundred. Past this the cache starts over (correct, just slower).
@@ -106,8 +107,8 @@ fn extension_owner(client: &SpiClient<'_>) -> DsResult<Oid> {
     if let Some(owner) = with_cache(|c| c.owner) {
         return Ok(owner);
     }
-    let owner = client
-        .select(
+    let owner = storage::select(
+            client,
             "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'durable_streams'",
             Some(1),
             &[],
@@ -134,7 +135,8 @@ fn grants_of(client: &SpiClient<'_>, role: Oid) -> DsResult<Rc<Vec<Grant>>> {
     if let Some(g) = with_cache(|c| c.grants.get(&role).cloned()) {
         return Ok(g);
     }
-    let table = client.select(
+    let table = storage::select(
+        client,
         "SELECT pattern, privileges FROM ds.path_grants \
          WHERE pg_catalog.pg_has_role($1, grantee::pg_catalog.oid, 'USAGE')",
         None,

@@ -20,7 +20,7 @@ use pgrx::spi::SpiClient;
 
 use crate::acl;
 use crate::error::{DsError, DsResult};
-use crate::storage::StreamRow;
+use crate::storage::{self, StreamRow};
 
 /// One owner's limits and usage as this transaction sees them.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +45,8 @@ impl Quotas {
             return Ok(quotas);
         }
         let owners: Vec<Oid> = owners.to_vec();
-        let table = client.select(
+        let table = storage::select(
+            client,
             "SELECT q.role::pg_catalog.oid, q.max_bytes, q.max_streams, \
                     coalesce(u.bytes, 0), coalesce(u.streams, 0) \
              FROM ds.role_quotas q \
@@ -194,7 +195,7 @@ fn set_stream_quota(path: &str, max_bytes: Option<i64>) -> Result<(), ErrorRepor
     }
     Spi::connect_mut(|client| -> DsResult<()> {
         acl::check_path(client, path, Privilege::Admin)?;
-        let stream = crate::streams::live_stream(client, path, crate::storage::Lock::ForWrite)?;
+        let stream = crate::streams::live_stream(client, path, storage::Lock::ForWrite)?;
         client.update(
             "UPDATE ds.streams SET max_bytes = $2 WHERE stream_id OPERATOR(pg_catalog.=) $1",
             None,

@@ -49,8 +49,9 @@ mod plans {
     }
 }
 
-/// A read-only statement through its kept plan.
-fn select<'c>(
+/// A read-only statement through its kept plan (also for acl.rs and
+/// quota.rs, which run the SQL of their own tables).
+pub(crate) fn select<'c>(
     client: &SpiClient<'c>,
     sql: &str,
     limit: Option<RowLimit>,
