@@ -268,6 +268,16 @@ fn revoke(
     let grantee = grantee_oid(role)?;
     Spi::connect_mut(|client| -> DsResult<()> {
         require_admin(client, &parsed, pattern)?;
+        // A grant left with no privilege goes; otherwise it keeps the rest.
+        let keep = (!privileges.bits()).into();
+        client.update(
+            "DELETE FROM ds.path_grants \
+             WHERE grantee OPERATOR(pg_catalog.=) $1::pg_catalog.regrole \
+               AND pattern OPERATOR(pg_catalog.=) $2 \
+               AND (privileges OPERATOR(pg_catalog.&) $3) OPERATOR(pg_catalog.=) 0",
+            None,
+            &[grantee.into(), pattern.into(), keep],
+        )?;
         client.update(
             "UPDATE ds.path_grants \
              SET privileges = privileges OPERATOR(pg_catalog.&) $3 \
@@ -275,13 +285,6 @@ fn revoke(
                AND pattern OPERATOR(pg_catalog.=) $2",
             None,
             &[grantee.into(), pattern.into(), (!privileges.bits()).into()],
-        )?;
-        client.update(
-            "DELETE FROM ds.path_grants \
-             WHERE grantee OPERATOR(pg_catalog.=) $1::pg_catalog.regrole \
-               AND pattern OPERATOR(pg_catalog.=) $2 AND privileges OPERATOR(pg_catalog.=) 0",
-            None,
-            &[grantee.into(), pattern.into()],
         )?;
         Ok(())
     })?;

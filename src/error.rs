@@ -71,7 +71,8 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::EmptyAppend
         | CoreError::InvalidProducer(_)
         | CoreError::InvalidFork(_)
-        | CoreError::InvalidGrant(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+        | CoreError::InvalidGrant(_)
+        | CoreError::InvalidQuota(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }
 

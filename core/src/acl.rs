@@ -76,7 +76,8 @@ impl Privileges {
     /// lists the valid names.
     pub fn parse(text: &str) -> Result<Privileges> {
         let mut set = Privileges::NONE;
-        for word in text.split(',').map(str::trim) {
+        let valid = || NAMES.map(|(_, n)| n).join(", ");
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             if word.eq_ignore_ascii_case("all") {
                 set = Privileges::ALL;
                 continue;
@@ -84,13 +85,16 @@ impl Privileges {
             let Some((p, _)) = NAMES.iter().find(|(_, n)| word.eq_ignore_ascii_case(n)) else {
                 return Err(Error::InvalidGrant(format!(
                     "unknown privilege {word:?}: use a comma-separated list of {}, or all",
-                    NAMES.map(|(_, n)| n).join(", ")
+                    valid()
                 )));
             };
             set = set.with(*p);
         }
         if set == Privileges::NONE {
-            return Err(Error::InvalidGrant("no privilege given".into()));
+            return Err(Error::InvalidGrant(format!(
+                "no privilege given: use a comma-separated list of {}, or all",
+                valid()
+            )));
         }
         Ok(set)
     }

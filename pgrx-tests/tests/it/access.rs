@@ -15,6 +15,11 @@ use tokio_postgres::Client;
 
 use crate::{connect, connect_with_notifications, listen, sqlstate, unique_path};
 
+/// The server's message of a failed call.
+fn msg(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
+}
+
 /// Creates a tenant role with a unique name; returns the name.
 async fn tenant(admin: &Client, name: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
@@ -48,10 +53,7 @@ async fn reset(client: &Client) {
 async fn failure(client: &Client, sql: &str, path: &str) -> Option<(String, String)> {
     match client.execute(sql, &[&path]).await {
         Ok(_) => None,
-        Err(e) => {
-            let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
-            Some((sqlstate(&e), message))
-        }
+        Err(e) => Some((sqlstate(&e), msg(&e))),
     }
 }
 
@@ -105,7 +107,7 @@ async fn tenants_reach_only_their_own_paths() {
     let forked = format!("{pa}/fork");
     let e = client.execute("SELECT ds.fork($1, $2)", &[&forked, &theirs]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
-    assert!(e.to_string().contains("read privilege"), "{e}");
+    assert!(msg(&e).contains("read privilege"), "{e}");
     let e = client
         .execute("SELECT ds.fork($1, $2)", &[&format!("{pb}/fork"), &mine])
         .await
@@ -118,7 +120,7 @@ async fn tenants_reach_only_their_own_paths() {
         .execute("SELECT ds.fork($1, $2)", &[&format!("{pb}/f2"), &theirs])
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("fork privilege"), "{e}");
+    assert!(msg(&e).contains("fork privilege"), "{e}");
 
     // try_append reports the refusal as data.
     act_as(&client, &a).await;
@@ -355,12 +357,12 @@ async fn quotas_refuse_with_53400_and_append_nothing() {
     client.execute("SELECT ds.create($1, 'text/plain', body => 'abc')", &[&s2]).await.unwrap();
     let e = client.execute("SELECT ds.create($1)", &[&s3]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "53400", "{e}");
-    assert!(e.to_string().contains("already holds 2 streams"), "{e}");
+    assert!(msg(&e).contains("already holds 2 streams"), "{e}");
 
     client.execute("SELECT ds.append($1, '1234567'::text)", &[&s1]).await.unwrap();
     let e = client.execute("SELECT ds.append($1, 'x'::text)", &[&s1]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "53400", "{e}");
-    assert!(e.to_string().contains("over its quota of 10 bytes"), "{e}");
+    assert!(msg(&e).contains("over its quota of 10 bytes"), "{e}");
     let row = client
         .query_one("SELECT outcome, sqlstate FROM ds.try_append($1, 'x')", &[&s2])
         .await
@@ -387,7 +389,7 @@ async fn quotas_refuse_with_53400_and_append_nothing() {
     client.execute("SELECT ds.append($1, 'a'::text)", &[&s1]).await.unwrap();
     let e = client.execute("SELECT ds.append($1, 'b'::text)", &[&s1]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "53400");
-    assert!(e.to_string().contains("ds.set_stream_quota"), "{e}");
+    assert!(msg(&e).contains("ds.set_stream_quota"), "{e}");
     let e = client.execute("SELECT ds.set_stream_quota($1, -1)", &[&s1]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "22023");
 }

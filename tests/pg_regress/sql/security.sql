@@ -56,7 +56,13 @@ SELECT ds.grant('tenant_a', 'tenant-a/room-*', 'read');
 SELECT ds.grant('tenant_a', 'tenant-a/*', 'read, write');
 SELECT ds.grant('tenant_a', 'tenant-a/*', '');
 SELECT ds.grant('no_such_role', 'tenant-a/*', 'read');
+SELECT ds.revoke('tenant_a', 'tenant-a/**/room-*');
+SELECT ds.revoke('tenant_a', 'tenant-a/**', 'read, nothing');
+SELECT ds.revoke('no_such_role', 'tenant-a/**');
 SELECT ds.set_quota('tenant_a', -1, NULL);
+SELECT ds.set_quota('no_such_role', 1, 1);
+SELECT ds.set_stream_quota('tenant-a/orders', -1);
+SELECT ds.set_stream_quota('tenant-a/missing', 1);
 -- Off, path checks leave EXECUTE alone to decide (superusers only).
 SET ds.path_checks = off;
 SET ROLE tenant_b;
