@@ -17,6 +17,9 @@ log "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p durable_streams --all-targets --features pg_test -- -D warnings
 
+log "README SQL is run by the goldens"
+python3 "$ROOT/scripts/check-readme-sql.py"
+
 log "unit tests (core, sidecar)"
 cargo test -q -p ds-core -p ds-sidecar
 

@@ -36,6 +36,12 @@ CREATE TABLE ds.streams (
     fork_count         integer NOT NULL DEFAULT 0 CHECK (fork_count >= 0),
     -- Deleted while forks still read it: 410 for direct use, path blocked.
     soft_deleted       boolean NOT NULL DEFAULT false,
+    -- The role that created the stream: whose storage quota it counts
+    -- against (ds.set_quota). NULL for streams the extension itself made.
+    owner_role         oid,
+    -- Most bytes of its own (beyond what a fork inherits) the stream may
+    -- hold (ds.set_stream_quota); NULL: no per-stream limit.
+    max_bytes          bigint CHECK (max_bytes >= 0),
     CHECK (ttl_seconds IS NULL OR expires_at IS NULL),
     CHECK ((fork_source IS NULL) = (fork_pos IS NULL))
 ) WITH (fillfactor = 50);
@@ -76,11 +82,48 @@ CREATE TABLE ds.producers (
     PRIMARY KEY (stream_id, producer_id)
 ) WITH (fillfactor = 70);
 
+-- Access control: per-path grants (ds.grant / ds.revoke, the ds.grants
+-- view). `pattern` is a glob over stream paths (ds_core::acl), `privileges`
+-- a bit mask of ds_core::acl::Privilege. regrole so that dumps carry role
+-- names, not OIDs.
+CREATE TABLE ds.path_grants (
+    grantee    pg_catalog.regrole NOT NULL,
+    pattern    text    NOT NULL,
+    privileges integer NOT NULL CHECK (privileges > 0),
+    granted_by pg_catalog.regrole,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (grantee, pattern)
+);
+
+-- Storage quotas per owner role (ds.set_quota): bytes of all the streams a
+-- role created, and how many streams it may hold. NULL: unlimited.
+CREATE TABLE ds.role_quotas (
+    role        pg_catalog.regrole PRIMARY KEY,
+    max_bytes   bigint CHECK (max_bytes >= 0),
+    max_streams bigint CHECK (max_streams >= 0)
+);
+CREATE INDEX streams_owner_role ON ds.streams (owner_role) WHERE owner_role IS NOT NULL;
+
+-- Private settings of this installation. `notify_channel` is the channel
+-- the doorbell announces on: a random name, so that only roles allowed to
+-- call ds.notify_channel() can LISTEN to paths and tails, and nobody else
+-- can NOTIFY the sidecar's waiters. Not dumped: a restore gets a new one.
+CREATE TABLE ds.settings (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+INSERT INTO ds.settings
+VALUES ('notify_channel',
+        'durable_streams_' || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''));
+
 -- Stream data is user data: include it in pg_dump.
 SELECT pg_catalog.pg_extension_config_dump('ds.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.streams_stream_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.producers', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.segments', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.path_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.role_quotas', '');
 
-REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers FROM PUBLIC;
+REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers, ds.path_grants,
+              ds.role_quotas, ds.settings FROM PUBLIC;

@@ -1,6 +1,7 @@
 //! Appending and closing: `ds.try_append` (outcomes as data, for the sidecar)
 //! and the simple `ds.append` overloads and `ds.close` (errors raised).
 
+use ds_core::acl::Privilege;
 use ds_core::content_type::{self, Mode};
 use ds_core::json::{self, Purpose};
 use ds_core::outcome::AppendOutcome;
@@ -10,6 +11,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::acl;
 use crate::apply::{self, LockWait};
 use crate::error::{DsError, DsResult, core_sqlstate, sqlstate_text};
 use crate::gucs;
@@ -24,6 +26,8 @@ pub struct AppendRequest<'a> {
     pub stream_seq: Option<&'a str>,
     pub producer: Option<ProducerClaim>,
     pub close: bool,
+    /// The role whose `append` privilege counts; `None`: the caller.
+    pub as_role: Option<pg_sys::Oid>,
 }
 
 /// The full result of a request; `outcome` says which fields are set.
@@ -60,6 +64,24 @@ impl AppendResult {
             sqlstate: Some(sqlstate_text(core_sqlstate(e))),
             detail: Some(e.to_string()),
             ..Self::new(AppendOutcome::InvalidRequest)
+        }
+    }
+
+    /// A request refused for lack of privilege; `detail` says why.
+    pub(crate) fn forbidden(detail: String) -> Self {
+        AppendResult {
+            sqlstate: Some(sqlstate_text(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE)),
+            detail: Some(detail),
+            ..Self::new(AppendOutcome::Forbidden)
+        }
+    }
+
+    /// A request that would pass a storage quota; `detail` says which.
+    pub(crate) fn quota_exceeded(detail: String) -> Self {
+        AppendResult {
+            sqlstate: Some(sqlstate_text(PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)),
+            detail: Some(detail),
+            ..Self::new(AppendOutcome::QuotaExceeded)
         }
     }
 
@@ -104,6 +126,8 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
         AppendOutcome::StreamClosed => {
             Err(DsError::Closed { path: path.to_owned(), final_offset: offset() })
         }
+        AppendOutcome::Forbidden => Err(acl::denied(acl::caller(), path, Privilege::Append)),
+        AppendOutcome::QuotaExceeded => Err(DsError::QuotaExceeded(r.detail.unwrap_or_default())),
         AppendOutcome::InvalidRequest => Err(DsError::Internal(format!(
             "unmapped invalid request: {}",
             r.detail.unwrap_or_default()
@@ -120,6 +144,7 @@ fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
         return Err(CoreError::EmptyAppend.into());
     }
     Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Append)?;
         if let Some(s) = storage::find_stream(client, path, Lock::None)?
             .filter(|s| !s.expired && !s.soft_deleted)
         {
@@ -142,6 +167,7 @@ fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
                 stream_seq: None,
                 producer: None,
                 close: false,
+                as_role: None,
             },
         )?;
         into_offset(path, r)
@@ -177,6 +203,7 @@ fn append_jsonb(path: &str, data: pgrx::JsonB) -> Result<String, ErrorReport> {
 fn close(path: &str) -> Result<String, ErrorReport> {
     limits::validate_path(path).map_err(DsError::from)?;
     let r = Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Append)?;
         execute(
             client,
             AppendRequest {
@@ -186,6 +213,7 @@ fn close(path: &str) -> Result<String, ErrorReport> {
                 stream_seq: None,
                 producer: None,
                 close: true,
+                as_role: None,
             },
         )
     })?;
@@ -226,7 +254,18 @@ fn try_append(
     let r = match ProducerClaim::from_parts(producer_id, producer_epoch, producer_seq) {
         Err(e) => AppendResult::invalid(&e),
         Ok(producer) => Spi::connect_mut(|client| {
-            execute(client, AppendRequest { path, data, content_type, stream_seq, producer, close })
+            execute(
+                client,
+                AppendRequest {
+                    path,
+                    data,
+                    content_type,
+                    stream_seq,
+                    producer,
+                    close,
+                    as_role: None,
+                },
+            )
         })?,
     };
     Ok(TableIterator::once(r.into_row()))
@@ -267,6 +306,10 @@ impl AppendResult {
 /// have the same length. The streams are locked in path order by one
 /// statement; with `skip_locked`, the requests to a stream another
 /// transaction holds get outcome `busy` (nothing done) instead of waiting.
+/// `as_roles[i]`, when given, is the role whose privileges request `i` is
+/// checked with (the sidecar's group commit carries requests of many
+/// tokens); the caller must be allowed to `SET ROLE` to it, or the request
+/// is `forbidden`.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -280,6 +323,7 @@ fn try_append_batch(
     producer_seqs: Vec<Option<i64>>,
     closes: Vec<Option<bool>>,
     skip_locked: default!(bool, false),
+    as_roles: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> Result<
     TableIterator<
         'static,
@@ -309,7 +353,8 @@ fn try_append_batch(
         producer_seqs.len(),
         closes.len(),
     ];
-    if lengths.iter().any(|&l| l != n) {
+    let as_roles = as_roles.unwrap_or_else(|| vec![None; n]);
+    if lengths.iter().chain([&as_roles.len()]).any(|&l| l != n) {
         return Err(DsError::Invalid(CoreError::InvalidProducer(
             "try_append_batch needs arrays of equal length".into(),
         ))
@@ -320,23 +365,39 @@ fn try_append_batch(
     let mut claims = Vec::with_capacity(n);
     let mut requests = Vec::with_capacity(n);
     let mut positions = Vec::with_capacity(n);
+    let me = acl::caller();
     for i in 0..n {
-        match ProducerClaim::from_parts(
-            producer_ids[i].as_deref(),
-            producer_epochs[i],
-            producer_seqs[i],
+        let path = paths[i].as_deref().unwrap_or("");
+        let as_role = match as_roles[i].as_deref().map(|name| (name, acl::role_oid(name))) {
+            None => Ok(None),
+            Some((_, Some(role))) if acl::may_become(me, role) => Ok(Some(role)),
+            Some((name, Some(_))) => Err(format!(
+                "role {:?} may not act as role {name:?} (grant it membership, as for SET ROLE)",
+                acl::role_name(me)
+            )),
+            Some((name, None)) => Err(format!("role {name:?} does not exist")),
+        };
+        match (
+            as_role,
+            ProducerClaim::from_parts(
+                producer_ids[i].as_deref(),
+                producer_epochs[i],
+                producer_seqs[i],
+            ),
         ) {
-            Err(e) => claims.push(Some(AppendResult::invalid(&e))),
-            Ok(producer) => {
+            (Err(detail), _) => claims.push(Some(AppendResult::forbidden(detail))),
+            (_, Err(e)) => claims.push(Some(AppendResult::invalid(&e))),
+            (Ok(as_role), Ok(producer)) => {
                 claims.push(None);
                 positions.push(i);
                 requests.push(AppendRequest {
-                    path: paths[i].as_deref().unwrap_or(""),
+                    path,
                     data: datas[i].unwrap_or(&[]),
                     content_type: content_types[i].as_deref(),
                     stream_seq: stream_seqs[i].as_deref(),
                     producer,
                     close: closes[i].unwrap_or(false),
+                    as_role,
                 });
             }
         }

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use ds_core::acl::Privilege;
 use ds_core::content_type::{self, Mode};
 use ds_core::json::Purpose;
 use ds_core::outcome::{AppendOutcome, stream_seq_allows};
@@ -14,9 +15,11 @@ use ds_core::producer::{Decision, ProducerState, decide};
 use ds_core::{Error as CoreError, limits};
 use pgrx::spi::SpiClient;
 
+use crate::acl;
 use crate::append::{AppendRequest, AppendResult, messages_for};
 use crate::doorbell;
 use crate::error::DsResult;
+use crate::quota::Quotas;
 use crate::storage::{self, StreamRow, StreamUpdate};
 
 /// Pending message bytes that trigger an early INSERT, so a batch of large
@@ -68,6 +71,7 @@ pub fn execute_all(
     wait: LockWait,
 ) -> DsResult<Vec<AppendResult>> {
     let mut results: Vec<Option<AppendResult>> = requests.iter().map(precheck).collect();
+    check_privileges(client, requests, &mut results)?;
 
     let mut paths: Vec<&str> =
         requests.iter().zip(&results).filter(|(_, r)| r.is_none()).map(|(q, _)| q.path).collect();
@@ -93,6 +97,10 @@ pub fn execute_all(
         }
     }
 
+    let mut owners: Vec<_> = streams.values().filter_map(|s| s.row.owner_role).collect();
+    owners.sort_unstable_by_key(|o| o.to_u32());
+    owners.dedup();
+    let mut quotas = Quotas::load(client, &owners)?;
     let mut producers = load_producers(client, requests, &results, &streams)?;
     let mut dirty_producers: HashMap<(i64, String), ProducerState> = HashMap::new();
     let mut pending = PendingMessages::default();
@@ -105,7 +113,14 @@ pub fn execute_all(
             *slot = Some(AppendResult::new(AppendOutcome::NotFound));
             continue;
         };
-        let result = decide_one(stream, req, &mut producers, &mut dirty_producers, &mut pending);
+        let result = decide_one(
+            stream,
+            req,
+            &mut quotas,
+            &mut producers,
+            &mut dirty_producers,
+            &mut pending,
+        );
         *slot = Some(result);
         if pending.bytes >= FLUSH_BYTES {
             pending.flush(client)?;
@@ -153,6 +168,23 @@ fn precheck(req: &AppendRequest<'_>) -> Option<AppendResult> {
     None
 }
 
+/// Refuses the requests whose role lacks `append` on their path.
+fn check_privileges(
+    client: &SpiClient<'_>,
+    requests: &[AppendRequest<'_>],
+    results: &mut [Option<AppendResult>],
+) -> DsResult<()> {
+    let me = acl::caller();
+    for (req, slot) in requests.iter().zip(results.iter_mut()) {
+        let role = req.as_role.unwrap_or(me);
+        if slot.is_none() && !acl::allows(client, role, req.path, Privilege::Append)? {
+            let detail = acl::denied(role, req.path, Privilege::Append).to_string();
+            *slot = Some(AppendResult::forbidden(detail));
+        }
+    }
+    Ok(())
+}
+
 /// Stored states of every producer the requests name, in one statement.
 fn load_producers(
     client: &mut SpiClient<'_>,
@@ -182,6 +214,7 @@ fn load_producers(
 fn decide_one(
     stream: &mut Locked,
     req: &AppendRequest<'_>,
+    quotas: &mut Quotas,
     producers: &mut HashMap<(i64, String), ProducerState>,
     dirty_producers: &mut HashMap<(i64, String), ProducerState>,
     pending: &mut PendingMessages,
@@ -254,6 +287,10 @@ fn decide_one(
         && !stream_seq_allows(row.last_stream_seq.as_deref(), seq)
     {
         return AppendResult::new(AppendOutcome::StreamSeqConflict).at(row.tail, false);
+    }
+    let bytes = messages.iter().map(|m| m.len() as i64).sum();
+    if let Err(detail) = quotas.charge_bytes(req.path, row, bytes) {
+        return AppendResult::quota_exceeded(detail).at(row.tail, false);
     }
 
     // Accepted: advance the in-memory row; the writes follow at the end.

@@ -32,6 +32,17 @@ pub enum DsError {
     /// A producer or Stream-Seq rule rejected the append (try_append reports these as data).
     #[error("append to {path:?} rejected: {outcome}")]
     Rejected { path: String, outcome: &'static str },
+    /// The acting role lacks a path privilege (see `acl.rs`).
+    #[error(
+        "permission denied: role {role:?} lacks the {privilege} privilege on stream path {path:?}"
+    )]
+    Forbidden { role: String, path: String, privilege: ds_core::acl::Privilege },
+    /// `ds.grant` / `ds.revoke` / `as_roles` named a role that does not exist.
+    #[error("role {0:?} does not exist")]
+    NoSuchRole(String),
+    /// An append or create would exceed a storage quota (see `quota.rs`).
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// An SPI call failed: a bug, never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,12 +70,14 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::EmptyJsonArray
         | CoreError::EmptyAppend
         | CoreError::InvalidProducer(_)
-        | CoreError::InvalidFork(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+        | CoreError::InvalidFork(_)
+        | CoreError::InvalidGrant(_)
+        | CoreError::InvalidQuota(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }
 
 impl DsError {
-    fn sqlstate(&self) -> Code {
+    pub fn sqlstate(&self) -> Code {
         match self {
             DsError::Invalid(e) => core_sqlstate(e),
             DsError::NotFound(_) => Code::ERRCODE_UNDEFINED_OBJECT,
@@ -73,6 +86,9 @@ impl DsError {
             DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
             DsError::Rejected { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            DsError::Forbidden { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            DsError::NoSuchRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
+            DsError::QuotaExceeded(_) => Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }

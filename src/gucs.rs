@@ -17,6 +17,11 @@ pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 102
 /// their own timeouts.
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Whether `ds.*` functions check path grants (`ds.grant`). Off restores
+/// the behaviour of releases without them: EXECUTE on a function is enough.
+/// Superuser-only, so no role can switch its own checks off.
+pub static PATH_CHECKS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Target size of one segment, in bytes (rotation packs full segments only).
 pub static SEGMENT_TARGET_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -71,6 +76,14 @@ pub fn init(preloading: bool) {
         c"Whether appends announce themselves to LISTENers (default on).",
         c"Turn off only to measure the cost of announcing; live readers then miss appends until they re-read.",
         &NOTIFY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"ds.path_checks",
+        c"Whether ds.* functions check the acting role's path grants (default on).",
+        c"Off: any role with EXECUTE on a function may use it on every stream, as before path grants existed.",
+        &PATH_CHECKS,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -152,6 +165,11 @@ fn define_worker_gucs() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+/// Whether path grants are checked.
+pub fn path_checks() -> bool {
+    PATH_CHECKS.get()
 }
 
 /// The configured maximum body size.

@@ -11,12 +11,14 @@
 
 use pgrx::prelude::*;
 
+mod acl;
 mod append;
 mod apply;
 mod doorbell;
 mod error;
 mod gucs;
 mod maintenance;
+mod quota;
 mod read;
 mod storage;
 mod streams;

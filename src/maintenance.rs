@@ -2,11 +2,13 @@
 //! log into segments (`ds.rotate`), expiry, producer-state retention, and
 //! `ds.stats` to see their effect.
 
+use ds_core::acl::Privilege;
 use ds_core::notification::Announcement;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::acl;
 use crate::error::DsResult;
 use crate::gucs;
 use crate::storage::{self, Lock, Rotated};
@@ -31,6 +33,7 @@ fn rotate(
     ErrorReport,
 > {
     let done = Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Admin)?;
         let s = live_stream(client, path, Lock::None)?;
         rotate_stream(client, s.stream_id)
     })?;
@@ -134,10 +137,23 @@ fn stats() -> Result<
             None,
             &[],
         )?;
+        // Only the streams the caller may read; pathless ones (kept for
+        // forks) only for those who pass every check.
+        let me = acl::caller();
+        let everything = acl::exempt(client, me)?;
         let mut out = Vec::new();
         for r in table {
+            let path: Option<String> = r.get(1)?;
+            let visible = everything
+                || match &path {
+                    Some(p) => acl::allows(client, me, p, Privilege::Read)?,
+                    None => false,
+                };
+            if !visible {
+                continue;
+            }
             out.push((
-                r.get(1)?,
+                path,
                 r.get(2)?.unwrap_or(0),
                 ds_core::Offset::from_i64(r.get(3)?.unwrap_or(0)).to_string(),
                 r.get(4)?.unwrap_or(0),

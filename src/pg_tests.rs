@@ -313,7 +313,7 @@ mod tests {
         ));
     }
 
-    /// The grants the README prescribes are enough, and no more than needed.
+    /// EXECUTE plus path grants are enough, and no more than needed.
     #[pg_test]
     fn readme_grants_give_readers_and_writers_what_they_need() {
         Spi::run("SELECT ds.create('g', 'text/plain')").unwrap();
@@ -325,7 +325,9 @@ mod tests {
              GRANT EXECUTE ON FUNCTION ds.create(text, text, bigint, timestamptz, boolean, bytea), \
                  ds.append(text, bytea), ds.append(text, text), ds.append(text, jsonb), \
                  ds.try_append(text, bytea, text, text, text, bigint, bigint, boolean), \
-                 ds.close(text), ds.delete(text) TO ds_test_writer",
+                 ds.close(text), ds.delete(text) TO ds_test_writer; \
+             SELECT ds.grant('ds_test_writer', 'g', 'append'); \
+             SELECT ds.grant('ds_test_reader', 'g', 'read')",
         )
         .unwrap();
         define_sqlstate_of();

@@ -6,12 +6,14 @@
 //! below that tail is committed and visible: a read sees a gap-free prefix
 //! even when it straddles other commits.
 
+use ds_core::acl::Privilege;
 use ds_core::content_type::{self, Mode};
 use ds_core::{Offset, ReadFrom, json};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::acl;
 use crate::error::DsResult;
 use crate::gucs;
 use crate::storage::{self, Lock, StoredMessage, StreamRow};
@@ -26,6 +28,7 @@ fn open_for_read(
     path: &str,
     from: Option<&str>,
 ) -> DsResult<(StreamRow, Offset)> {
+    acl::check_path(client, path, Privilege::Read)?;
     let from = ReadFrom::parse(from)?;
     let stream = live_stream(client, path, Lock::None)?;
     if stream.ttl_seconds.is_some() {

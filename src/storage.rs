@@ -49,8 +49,9 @@ mod plans {
     }
 }
 
-/// A read-only statement through its kept plan.
-fn select<'c>(
+/// A read-only statement through its kept plan (also for acl.rs and
+/// quota.rs, which run the SQL of their own tables).
+pub(crate) fn select<'c>(
     client: &SpiClient<'c>,
     sql: &str,
     limit: Option<RowLimit>,
@@ -87,6 +88,17 @@ pub struct StreamRow {
     pub fork: Option<ForkOrigin>,
     pub fork_count: i32,
     pub soft_deleted: bool,
+    /// The role that created it (whose quota its bytes count against).
+    pub owner_role: Option<pgrx::pg_sys::Oid>,
+    /// Its own byte limit (`ds.set_stream_quota`).
+    pub max_bytes: Option<i64>,
+}
+
+impl StreamRow {
+    /// Bytes the stream holds of its own (a fork's inherited part excluded).
+    pub fn own_bytes(&self) -> i64 {
+        self.tail.as_i64() - self.fork.as_ref().map_or(0, |f| f.pos.as_i64())
+    }
 }
 
 /// Where a fork's inherited data comes from.
@@ -114,7 +126,8 @@ const STREAM_COLUMNS: &str = "stream_id, content_type, ttl_seconds, expires_at, 
      closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, \
      coalesce(expires_at <= now() \
               OR last_access + ttl_seconds * interval '1 second' <= now(), false), \
-     fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, soft_deleted";
+     fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, soft_deleted, \
+     owner_role, max_bytes";
 
 /// Looks a stream up by path; expired streams are returned with `expired`.
 pub fn find_stream(
@@ -198,7 +211,7 @@ pub fn lock_streams(
     };
     let mut rows = Vec::with_capacity(paths.len());
     for row in table {
-        let path: String = row.get(19)?.expect("path = ANY(...) is not NULL");
+        let path: String = row.get(21)?.expect("path = ANY(...) is not NULL");
         rows.push((path, stream_row(&row)?));
     }
     Ok(rows)
@@ -256,6 +269,8 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         fork,
         fork_count: row.get(17)?.expect("fork_count is NOT NULL"),
         soft_deleted: row.get(18)?.expect("soft_deleted is NOT NULL"),
+        owner_role: row.get(19)?,
+        max_bytes: row.get(20)?,
     })
 }
 
@@ -267,6 +282,8 @@ pub struct NewStream<'a> {
     pub expires_at: Option<TimestampWithTimeZone>,
     pub closed: bool,
     pub fork: Option<ForkOrigin>,
+    /// The creating role (see `StreamRow::owner_role`).
+    pub owner_role: pgrx::pg_sys::Oid,
 }
 
 /// Inserts a stream unless the path is taken; returns its id if inserted.
@@ -276,8 +293,9 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
     let table = update(
         client,
         "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
-             fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0)) \
+             fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
+             owner_role) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0), $11) \
          ON CONFLICT (path) DO NOTHING RETURNING stream_id",
         Some(1),
         &[
@@ -291,6 +309,7 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
             f.map(|f| f.offset.as_i64()).into(),
             f.map(|f| f.sub_offset).into(),
             f.map(|f| f.pos.as_i64()).into(),
+            s.owner_role.into(),
         ],
     )?;
     Ok(table.into_iter().next().map(|r| r.get::<i64>(1)).transpose()?.flatten())
@@ -747,11 +766,13 @@ pub fn stream_paths(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(i64, S
     Ok(paths)
 }
 
-/// Sends a notification on the documented channel; delivered at commit.
+/// Sends a notification on this installation's private channel (see
+/// `ds.settings` and `ds.notify_channel()`); delivered at commit.
 pub fn notify(client: &mut SpiClient<'_>, payload: &str) -> DsResult<()> {
     update(
         client,
-        "SELECT pg_catalog.pg_notify($1, $2)",
+        "SELECT pg_catalog.pg_notify(coalesce((SELECT value FROM ds.settings \
+                WHERE key OPERATOR(pg_catalog.=) 'notify_channel'), $1), $2)",
         None,
         &[ds_core::notification::CHANNEL.into(), payload.into()],
     )?;

@@ -1,6 +1,7 @@
 //! Stream lifecycle: `ds.create` (PUT semantics, §5.1), `ds.fork` (§4.2),
 //! `ds.head`, `ds.delete` (with soft delete and cascading cleanup of forks).
 
+use ds_core::acl::Privilege;
 use ds_core::content_type::{self, Mode, OCTET_STREAM};
 use ds_core::json::Purpose;
 use ds_core::notification::Announcement;
@@ -10,8 +11,10 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::acl;
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
+use crate::quota::Quotas;
 use crate::read::visible_messages;
 use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
 
@@ -126,6 +129,12 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
     limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
 
     Spi::connect_mut(|client| {
+        let me = acl::caller();
+        acl::require(client, me, req.path, Privilege::Create)?;
+        if let Some(f) = &req.fork {
+            acl::require(client, me, req.path, Privilege::Fork)?;
+            acl::require(client, me, f.source, Privilege::Read)?;
+        }
         // Two rounds at most: an expired stream at the path is retired first.
         for _ in 0..2 {
             if let Some(existing) = storage::find_stream(client, req.path, Lock::ForWrite)? {
@@ -154,6 +163,10 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
             };
             let mode = content_type::mode(&wanted.content_type)?;
             let messages = messages_for(mode, &wanted.content_type, body, Purpose::Create)?;
+            let bytes = messages.iter().map(|m| m.len() as i64).sum();
+            Quotas::load(client, &[wanted.owner_role])?
+                .charge_stream(wanted.owner_role, bytes)
+                .map_err(DsError::QuotaExceeded)?;
             let Some(stream_id) = storage::insert_stream(client, &wanted)? else {
                 continue; // created concurrently: compare with it in the next round
             };
@@ -192,6 +205,7 @@ fn plain_stream<'a>(req: &CreateRequest<'a>) -> DsResult<NewStream<'a>> {
         expires_at: req.expires_at,
         closed: req.closed,
         fork: None,
+        owner_role: acl::caller(),
     })
 }
 
@@ -247,6 +261,7 @@ fn fork_stream<'a>(
         expires_at,
         closed: req.closed,
         fork: Some(origin),
+        owner_role: acl::caller(),
     };
     Ok((wanted, source.stream_id))
 }
@@ -384,7 +399,10 @@ fn head(
     >,
     ErrorReport,
 > {
-    let s = Spi::connect_mut(|client| live_stream(client, path, Lock::None))?;
+    let s = Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Read)?;
+        live_stream(client, path, Lock::None)
+    })?;
     Ok(TableIterator::once((
         s.stream_id,
         s.content_type,
@@ -402,6 +420,7 @@ fn head(
 #[search_path(pg_catalog, pg_temp)]
 fn delete(path: &str) -> Result<(), ErrorReport> {
     Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Delete)?;
         let s = live_stream(client, path, Lock::ForWrite)?;
         retire_stream(client, s, false)?;
         storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())

@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use crate::error::DsResult;
 use crate::{maintenance, storage};
 
-use ds_core::notification::{self, Announcement, CHANNEL, MAX_PAYLOAD};
+use ds_core::notification::{self, Announcement, MAX_PAYLOAD};
 
 use crate::{doorbell, gucs};
 
@@ -72,7 +72,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     });
     doorbell::register_worker();
     log!(
-        "durable_streams doorbell: announcing appends in database \"{database}\" on channel {CHANNEL}"
+        "durable_streams doorbell: announcing appends in database \"{database}\" on the channel ds.notify_channel() names"
     );
     // Hints may have been lost while no worker ran: the first ring says "*".
     let mut announce_everything = true;

@@ -45,6 +45,12 @@ pub enum Error {
     /// A stored segment whose framing is broken (never a client mistake).
     #[error("corrupt segment: bad frame at byte {0}")]
     CorruptSegment(usize),
+    /// A grant pattern or privilege list that cannot be used.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(String),
+    /// A quota limit that cannot be used.
+    #[error("invalid quota: {0}")]
+    InvalidQuota(String),
     /// Producer id/epoch/seq incomplete or out of range.
     #[error("invalid producer arguments: {0}")]
     InvalidProducer(String),

@@ -6,6 +6,7 @@
 //! with plain `cargo test`.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod content_type;
 pub mod error;
 pub mod json;

@@ -1,7 +1,9 @@
 //! The notification format: channel and payload that LISTENing clients
 //! (SQL users, the sidecar) rely on.
 //!
-//! Channel [`CHANNEL`]. A payload is one or more lines separated by `\n`:
+//! The channel is private to an installation: `ds.notify_channel()` names
+//! it (a random name beginning with [`CHANNEL`]), so that only roles allowed
+//! to call that function can listen to paths and tails. A payload is one or more lines separated by `\n`:
 //! `<tail offset> <path>` when the stream advanced, `! <tail offset> <path>`
 //! when it advanced or closed and is now closed, `- <path>` when it was
 //! deleted, and `*` when anything may have changed (the sender lost track,
@@ -11,7 +13,8 @@
 
 use crate::offset::Offset;
 
-/// The channel: `LISTEN durable_streams`.
+/// The prefix of every installation's channel, and the channel used when an
+/// installation has none recorded.
 pub const CHANNEL: &str = "durable_streams";
 
 /// Longest payload senders produce (Postgres allows < 8000 bytes).

@@ -30,12 +30,18 @@ pub enum AppendOutcome {
     Gone,
     /// Rejected: the request itself is malformed; see `detail`.
     InvalidRequest,
+    /// Rejected: the role the request runs as lacks the `append` privilege
+    /// on the path (SQLSTATE 42501; `detail` names role, path, privilege).
+    Forbidden,
+    /// Rejected: the append would take the stream or its owner over a
+    /// storage quota (SQLSTATE 53400; `detail` says which).
+    QuotaExceeded,
     /// Not attempted: asked not to wait, and another transaction holds the
     /// stream's row lock. Nothing changed; send it again.
     Busy,
 }
 
-const NAMES: [(AppendOutcome, &str); 13] = [
+const NAMES: [(AppendOutcome, &str); 15] = [
     (AppendOutcome::Ok, "ok"),
     (AppendOutcome::Duplicate, "duplicate"),
     (AppendOutcome::AlreadyClosed, "already_closed"),
@@ -49,6 +55,8 @@ const NAMES: [(AppendOutcome, &str); 13] = [
     (AppendOutcome::Gone, "gone"),
     (AppendOutcome::InvalidRequest, "invalid_request"),
     (AppendOutcome::Busy, "busy"),
+    (AppendOutcome::Forbidden, "forbidden"),
+    (AppendOutcome::QuotaExceeded, "quota_exceeded"),
 ];
 
 impl AppendOutcome {

@@ -27,8 +27,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use ds_core::Offset;
-pub use ds_core::notification::CHANNEL;
-use ds_core::notification::{self, Announcement};
+use ds_core::notification::{self, Announcement, CHANNEL};
 
 use crate::metrics::Metrics;
 

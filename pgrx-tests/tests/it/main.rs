@@ -2,6 +2,7 @@
 //! over real connections (tokio-postgres). `scripts/test.sh` starts a fresh
 //! cluster and sets `DS_TEST_DATABASE_URL`; each test uses its own streams.
 
+mod access;
 mod concurrency;
 mod forks;
 mod notify;
@@ -61,6 +62,15 @@ pub async fn connect_to_checked() -> Result<(Client, ()), tokio_postgres::Error>
 
 pub async fn connect() -> Client {
     connect_with_notifications().await.0
+}
+
+/// LISTENs on the installation's private notification channel
+/// (`ds.notify_channel()`); returns its name.
+pub async fn listen(client: &Client) -> String {
+    let channel: String =
+        client.query_one("SELECT ds.notify_channel()", &[]).await.expect("notify_channel").get(0);
+    client.batch_execute(&format!("LISTEN \"{channel}\"")).await.expect("LISTEN");
+    channel
 }
 
 /// A stream path no other test (or earlier run) uses.

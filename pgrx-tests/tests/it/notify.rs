@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, timeout};
 
 use crate::{
-    Note, connect, connect_to, connect_with_notifications, database_url, off, unique_path,
+    Note, connect, connect_to, connect_with_notifications, database_url, listen, off, unique_path,
 };
 
 /// Waits for the next announcement about `path`; returns it and the sender's pid.
@@ -24,7 +24,7 @@ async fn next_for(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Some((channel, payload, pid))) = timeout(left, rx.recv()).await else { return None };
-        if channel != CHANNEL {
+        if !channel.starts_with(CHANNEL) {
             continue;
         }
         for a in parse(&payload) {
@@ -68,7 +68,7 @@ async fn worker_pid(client: &tokio_postgres::Client) -> i32 {
 async fn append_close_and_delete_notify_at_commit() {
     let path = unique_path("notify");
     let (listener, mut rx) = connect_with_notifications().await;
-    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    listen(&listener).await;
     let mut writer = connect().await;
     let worker = worker_pid(&writer).await;
     writer.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
@@ -105,7 +105,7 @@ async fn append_close_and_delete_notify_at_commit() {
 async fn one_transaction_over_many_streams_rings_once() {
     let paths: Vec<String> = (0..30).map(|i| unique_path(&format!("bell{i:02}"))).collect();
     let (listener, mut rx) = connect_with_notifications().await;
-    listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    listen(&listener).await;
     let mut writer = connect().await;
     let worker = worker_pid(&writer).await;
     for p in &paths {
@@ -158,7 +158,7 @@ async fn databases_the_worker_does_not_serve_fall_back_to_pg_notify() {
         database_url().rsplit_once('/').map(|(base, _)| format!("{base}/ds_it_fallback")).unwrap();
     let (client, mut rx) = connect_to(&url).await;
     client.batch_execute("CREATE EXTENSION IF NOT EXISTS durable_streams").await.unwrap();
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.unwrap();
+    listen(&client).await;
     let path = unique_path("fallback");
     client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
     client.execute("SELECT ds.append($1, 'abc'::bytea)", &[&path]).await.unwrap();

@@ -86,7 +86,7 @@ async fn worker_rotates_cold_data_and_reaps_expired_streams() {
 
     // Expiry: the reaper deletes the stream and wakes LISTENers.
     let (listener, mut rx) = connect_with_notifications().await;
-    listener.batch_execute("LISTEN durable_streams").await.unwrap();
+    crate::listen(&listener).await;
     let doomed = unique_path("reaped");
     admin.execute("SELECT ds.create($1, ttl_seconds => 1)", &[&doomed]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

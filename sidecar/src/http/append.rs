@@ -25,12 +25,6 @@ fn text(status: StatusCode, headers: Headers, body: String) -> Response {
     (status, h.0, body).into_response()
 }
 
-/// Outcome names the extension reports beyond `ds_core`'s list (access
-/// control and quotas); matched by name so the sidecar works with and
-/// without them.
-const FORBIDDEN: &str = "forbidden";
-const QUOTA_EXCEEDED: &str = "quota_exceeded";
-
 /// The response for an append or close request that produced `row`.
 /// `close_only` marks a request without a body: it never answers 200, even
 /// with producer headers, since no data was appended.
@@ -39,30 +33,14 @@ pub fn respond(
     producer: Option<&Producer>,
     close_only: bool,
 ) -> Result<Response, ApiError> {
-    let outcome = match (AppendOutcome::from_name(&row.outcome), row.outcome.as_str()) {
-        (Some(o), _) => o,
-        (None, FORBIDDEN) => {
-            let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("42501"));
-            return Err(match ApiError::from_sqlstate(&code, message(row, "permission denied")) {
-                e @ ApiError::Forbidden => e,
-                _ => ApiError::Forbidden,
-            });
-        }
-        (None, QUOTA_EXCEEDED) => {
-            let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("53400"));
-            return Err(match ApiError::from_sqlstate(&code, message(row, "quota exceeded")) {
-                e @ ApiError::InsufficientStorage(_) => e,
-                _ => ApiError::InsufficientStorage(message(row, "quota exceeded")),
-            });
-        }
-        // An outcome this sidecar does not know: its SQLSTATE, if it has a
-        // client-error one, decides; otherwise a 500 (never a panic).
-        (None, other) => {
-            return Err(match row.sqlstate.as_deref().map(SqlState::from_code) {
-                Some(code) => ApiError::from_sqlstate(&code, message(row, "append refused")),
-                None => ApiError::Internal(format!("unknown append outcome {other:?}")),
-            });
-        }
+    let Some(outcome) = AppendOutcome::from_name(&row.outcome) else {
+        // An outcome this sidecar does not know (a newer extension): its
+        // SQLSTATE, if it is a client error's, decides; otherwise a 500
+        // (never a panic).
+        return Err(match row.sqlstate.as_deref().map(SqlState::from_code) {
+            Some(code) => ApiError::from_sqlstate(&code, message(row, "append refused")),
+            None => ApiError::Internal(format!("unknown append outcome {:?}", row.outcome)),
+        });
     };
     let mut h = Headers::default();
     let next_offset = |h: &mut Headers| {
@@ -145,6 +123,20 @@ pub fn respond(
         AppendOutcome::InvalidRequest => {
             let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("XX000"));
             return Err(ApiError::from_sqlstate(&code, message(row, "invalid request")));
+        }
+        // The same 403 whatever the detail says (it names the path): the
+        // answer never tells whether the stream exists.
+        AppendOutcome::Forbidden => {
+            tracing::debug!(detail = ?row.detail, "append forbidden");
+            return Err(ApiError::Forbidden);
+        }
+        // 507 with the limit named (SQLSTATE 53400).
+        AppendOutcome::QuotaExceeded => {
+            let code = SqlState::from_code(row.sqlstate.as_deref().unwrap_or("53400"));
+            return Err(match ApiError::from_sqlstate(&code, message(row, "quota exceeded")) {
+                e @ ApiError::InsufficientStorage(_) => e,
+                _ => ApiError::InsufficientStorage(message(row, "quota exceeded")),
+            });
         }
     };
     Ok(response)
