@@ -95,7 +95,8 @@ ensure_database "$PG_PORT" "$DB"
 # 10,000-client scenarios need a little headroom for their own writer.
 "$SIDECAR" --database-url "postgresql://postgres@127.0.0.1:$PG_PORT/$DB" \
     --listen "127.0.0.1:$SIDECAR_PORT" --max-sse-clients 12000 \
-    --max-long-poll-waiters 12000 --max-waiters-per-stream 12000 >"$WORK/sidecar.log" 2>&1 &
+    --max-long-poll-waiters 12000 --max-waiters-per-stream 12000 --metrics-listen off \
+    >"$WORK/sidecar.log" 2>&1 &
 SIDECAR_PID=$!
 PIDS+=("$SIDECAR_PID")
 wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"

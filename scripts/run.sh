@@ -37,6 +37,7 @@ cat <<MSG
 HTTP:  curl -i -X PUT -H 'Content-Type: application/json' http://$LISTEN/v1/stream/hello-http
        curl -i -X POST -H 'Content-Type: application/json' -d '{"hi":1}' http://$LISTEN/v1/stream/hello-http
        curl -i "http://$LISTEN/v1/stream/hello-http?offset=-1"
+       curl http://127.0.0.1:9437/metrics
 Ctrl-C stops the sidecar and the cluster.
 
 MSG
