@@ -7,13 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ds_e2e::{Sidecar, http, sql, unique_path};
 
-/// `ds_sidecar_notifications_total` from the sidecar's metrics.
+/// `ds_sidecar_notifications_total` from the sidecar's metrics listener.
 async fn notifications(sidecar: &Sidecar) -> u64 {
-    let text = http().get(sidecar.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("ds_sidecar_notifications_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no notifications counter in:\n{text}"))
+    sidecar.metric("ds_sidecar_notifications_total").await as u64
 }
 
 #[tokio::test]
