@@ -12,6 +12,11 @@ pub const MAX_PRODUCER_NUMBER: i64 = (1 << 53) - 1;
 /// Longest accepted producer id, in bytes.
 pub const MAX_PRODUCER_ID_BYTES: usize = 256;
 
+/// Longest sliding TTL, and furthest `expires_at` from now: 100 years of
+/// 365.25 days, in seconds. Far below where `last_access + ttl` overflows a
+/// timestamp (2^53 seconds does), so expiry arithmetic never fails.
+pub const MAX_TTL_SECONDS: i64 = 3_155_760_000;
+
 /// Checks that `path` can name a stream.
 pub fn validate_path(path: &str) -> Result<()> {
     if path.is_empty() {
@@ -36,8 +41,22 @@ pub fn validate_path(path: &str) -> Result<()> {
 pub fn validate_ttl(ttl_seconds: Option<i64>, has_expires_at: bool) -> Result<()> {
     match ttl_seconds {
         Some(ttl) if ttl < 0 => Err(Error::InvalidTtl(ttl)),
+        Some(ttl) if ttl > MAX_TTL_SECONDS => Err(Error::TtlTooLarge(ttl)),
         Some(_) if has_expires_at => Err(Error::TtlWithExpiresAt),
         _ => Ok(()),
+    }
+}
+
+/// Checks an absolute expiry, given as microseconds on any fixed scale with
+/// `now_micros` on the same scale: at most [`MAX_TTL_SECONDS`] from now.
+/// `i64::MAX` (Postgres' `infinity`) is rejected; the past is accepted (the
+/// stream is then expired at once).
+pub fn validate_expires_at(expires_at_micros: i64, now_micros: i64) -> Result<()> {
+    let ahead = i128::from(expires_at_micros) - i128::from(now_micros);
+    if ahead > i128::from(MAX_TTL_SECONDS) * 1_000_000 {
+        Err(Error::ExpiresAtTooLate)
+    } else {
+        Ok(())
     }
 }
 
@@ -68,6 +87,24 @@ mod tests {
         assert!(validate_ttl(Some(0), false).is_ok());
         assert_eq!(validate_ttl(Some(-1), false), Err(Error::InvalidTtl(-1)));
         assert_eq!(validate_ttl(Some(5), true), Err(Error::TtlWithExpiresAt));
+        assert!(validate_ttl(Some(MAX_TTL_SECONDS), false).is_ok());
+        assert_eq!(
+            validate_ttl(Some(MAX_TTL_SECONDS + 1), false),
+            Err(Error::TtlTooLarge(MAX_TTL_SECONDS + 1))
+        );
+        assert_eq!(validate_ttl(Some(1 << 53), false), Err(Error::TtlTooLarge(1 << 53)));
+        assert!(Error::TtlTooLarge(1 << 53).to_string().contains("maximum of 3155760000 seconds"));
+    }
+
+    #[test]
+    fn expires_at() {
+        let now = 800_000_000_000_000;
+        let max = MAX_TTL_SECONDS * 1_000_000;
+        assert!(validate_expires_at(now, now).is_ok());
+        assert!(validate_expires_at(i64::MIN, now).is_ok(), "-infinity: expired at once");
+        assert!(validate_expires_at(now + max, now).is_ok());
+        assert_eq!(validate_expires_at(now + max + 1, now), Err(Error::ExpiresAtTooLate));
+        assert_eq!(validate_expires_at(i64::MAX, now), Err(Error::ExpiresAtTooLate));
     }
 
     #[test]
