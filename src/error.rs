@@ -32,6 +32,9 @@ pub enum DsError {
     /// A producer or Stream-Seq rule rejected the append (try_append reports these as data).
     #[error("append to {path:?} rejected: {outcome}")]
     Rejected { path: String, outcome: &'static str },
+    /// A per-call resource limit (a GUC) was exceeded (HTTP 413).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An SPI call failed: a bug, never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -47,14 +50,18 @@ impl From<pgrx::spi::Error> for DsError {
 pub fn core_sqlstate(e: &CoreError) -> Code {
     match e {
         CoreError::InvalidPath(_) => Code::ERRCODE_INVALID_NAME,
-        CoreError::InvalidOffset(_) | CoreError::InvalidJson(_) => {
+        CoreError::InvalidOffset(_) | CoreError::InvalidJson(_) | CoreError::JsonTooDeep { .. } => {
             Code::ERRCODE_INVALID_TEXT_REPRESENTATION
         }
         CoreError::InvalidUtf8(_) => Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-        CoreError::BodyTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        CoreError::BodyTooLarge { .. } | CoreError::TooManyMessages { .. } => {
+            Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED
+        }
         CoreError::CorruptSegment(_) => Code::ERRCODE_DATA_CORRUPTED,
         CoreError::InvalidContentType(_)
         | CoreError::InvalidTtl(_)
+        | CoreError::TtlTooLarge(_)
+        | CoreError::ExpiresAtTooLate
         | CoreError::TtlWithExpiresAt
         | CoreError::EmptyJsonArray
         | CoreError::EmptyAppend
@@ -73,6 +80,7 @@ impl DsError {
             DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
             DsError::Rejected { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -12,6 +12,7 @@ use pgrx::spi::SpiClient;
 
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
+use crate::gucs;
 use crate::read::visible_messages;
 use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
 
@@ -124,6 +125,11 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
         content_type::essence(ct)?;
     }
     limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
+    if let Some(at) = req.expires_at {
+        // SAFETY: reads the start time of the current transaction (now()).
+        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        limits::validate_expires_at(pg_sys::TimestampTz::from(at), now)?;
+    }
 
     Spi::connect_mut(|client| {
         // Two rounds at most: an expired stream at the path is retired first.
@@ -263,11 +269,28 @@ fn sub_offset_position(
         return Ok(anchor);
     }
     let mode = content_type::mode(&source.content_type)?;
-    let budget = (source.tail.as_i64() - anchor.as_i64()).max(1);
+    let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
+    // The scan is bounded like a read: in messages and in bytes.
+    let max_messages = gucs::max_messages();
+    if mode == Mode::Json && sub_len > max_messages {
+        return Err(DsError::LimitExceeded(format!(
+            "fork sub-offset {sub} exceeds the maximum of {max_messages} messages \
+             (ds.max_messages_per_append)"
+        )));
+    }
+    let rest = source.tail.as_i64() - anchor.as_i64();
+    let budget = rest.clamp(1, gucs::read_chunk_max_bytes());
     let rows = if mode == Mode::Json { sub + 1 } else { 1 };
     let messages = visible_messages(client, source, anchor, budget, Some(rows))?;
-    let overshoot = |what: String| Err(CoreError::InvalidFork(what).into());
-    let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
+    let overshoot = |what: String| -> DsResult<Offset> {
+        if budget < rest {
+            return Err(DsError::LimitExceeded(format!(
+                "fork sub-offset {sub} needs a scan of more than {budget} bytes \
+                 (ds.read_chunk_max_bytes)"
+            )));
+        }
+        Err(CoreError::InvalidFork(what).into())
+    };
     if mode == Mode::Json {
         return match messages.get(sub_len) {
             Some((start, _)) => Ok(*start),
