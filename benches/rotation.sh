@@ -15,7 +15,7 @@ trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 install_extension --release
-cluster_start "$DIR" "$PORT" bench
+DS_TUNE_MALLOC=on cluster_start "$DIR" "$PORT" bench
 ensure_database "$PORT" bench
 # Keep the worker out of the way: rotation is driven explicitly below.
 psql_at "$PORT" bench -qc "ALTER SYSTEM SET ds.rotation_interval_ms = 3600000" -c "SELECT pg_reload_conf()"

@@ -78,10 +78,10 @@ pub fn rotation_candidates(
                 "SELECT stream_id FROM ds.streams s \
              WHERE s.stream_id OPERATOR(pg_catalog.>) $3 \
                AND s.stream_id OPERATOR(pg_catalog.<=) $4 \
-               AND s.tail_pos OPERATOR(pg_catalog.-) \
-                   coalesce((SELECT pg_catalog.min(start_pos) FROM ds.messages m \
-                             WHERE m.stream_id OPERATOR(pg_catalog.=) s.stream_id), s.tail_pos) \
-                   OPERATOR(pg_catalog.>=) $1 OPERATOR(pg_catalog.+) $2 \
+               AND (s.tail_pos OPERATOR(pg_catalog.-) \
+                    coalesce((SELECT pg_catalog.min(start_pos) FROM ds.messages m \
+                              WHERE m.stream_id OPERATOR(pg_catalog.=) s.stream_id), s.tail_pos)) \
+                   OPERATOR(pg_catalog.>=) ($1 OPERATOR(pg_catalog.+) $2) \
              ORDER BY stream_id LIMIT $5",
                 None,
                 &[s.hot_tail.into(), s.target.into(), after.into(), upto.into(), n.into()],
@@ -147,7 +147,7 @@ pub fn forget_idle_producers(client: &mut SpiClient<'_>) -> DsResult<u64> {
     }
     let t = client.update(
         "DELETE FROM ds.producers WHERE updated_at OPERATOR(pg_catalog.<) \
-           pg_catalog.now() OPERATOR(pg_catalog.-) $1 OPERATOR(pg_catalog.*) interval '1 second'",
+           (pg_catalog.now() OPERATOR(pg_catalog.-) ($1 OPERATOR(pg_catalog.*) interval '1 second'))",
         None,
         &[i64::from(ttl).into()],
     )?;

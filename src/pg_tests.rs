@@ -830,7 +830,8 @@ mod tests {
             .unwrap();
         Spi::run("SET ds.max_messages_per_append = 5").unwrap();
         assert_eq!(
-            sqlstate("SELECT ds.fork('fdst', 'fsrc', '0000000000000000_0000000000000000', 7)").as_deref(),
+            sqlstate("SELECT ds.fork('fdst', 'fsrc', '0000000000000000_0000000000000000', 7)")
+                .as_deref(),
             Some("54000"),
             "more messages than one call may handle"
         );
@@ -843,7 +844,11 @@ mod tests {
             Spi::run(&format!("SELECT ds.append('fwide', '[\"{}\"]'::text)", "y".repeat(600)))
                 .unwrap();
         }
-        assert_eq!(sqlstate("SELECT ds.fork('fw2', 'fwide', '0000000000000000_0000000000000000', 3)").as_deref(), Some("54000"));
+        assert_eq!(
+            sqlstate("SELECT ds.fork('fw2', 'fwide', '0000000000000000_0000000000000000', 3)")
+                .as_deref(),
+            Some("54000")
+        );
     }
 
     #[pg_test]

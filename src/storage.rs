@@ -6,7 +6,9 @@
 //! tables, functions and operators (`OPERATOR(pg_catalog.=)`) are all named
 //! with their schema, so no object a database owner creates elsewhere (say,
 //! `public.*(bigint, interval)`) is ever resolved instead, whatever
-//! search_path a caller has. Nothing here decides protocol rules; callers do.
+//! search_path a caller has. Every `OPERATOR(...)` has the same precedence
+//! and associates left, so chained ones are parenthesised. Nothing here
+//! decides protocol rules; callers do.
 
 use std::collections::HashMap;
 
@@ -122,8 +124,9 @@ pub enum Lock {
 pub static EXPIRED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "coalesce(expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() \
-                  OR last_access OPERATOR(pg_catalog.<=) pg_catalog.now() OPERATOR(pg_catalog.-) \
-                     least(ttl_seconds, {max}) OPERATOR(pg_catalog.*) interval '1 second', false)",
+                  OR last_access OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) \
+                     (least(ttl_seconds, {max}) OPERATOR(pg_catalog.*) interval '1 second')), \
+                  false)",
         max = ds_core::limits::MAX_TTL_SECONDS
     )
 });
@@ -618,7 +621,7 @@ pub fn read_messages(
               WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \
                 AND start_pos OPERATOR(pg_catalog.>=) c.lo AND start_pos OPERATOR(pg_catalog.<) c.hi \
                 AND start_pos OPERATOR(pg_catalog.<) $5 \
-                AND start_pos OPERATOR(pg_catalog.<) $4 OPERATOR(pg_catalog.+) $6 \
+                AND start_pos OPERATOR(pg_catalog.<) ($4 OPERATOR(pg_catalog.+) $6) \
                 AND start_pos OPERATOR(pg_catalog.>=) coalesce( \
                       (SELECT pg_catalog.max(start_pos) FROM ds.messages \
                        WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \
@@ -708,7 +711,7 @@ pub fn rotate(
         "SELECT m.start_pos, m.data FROM ds.messages m \
          JOIN ds.streams s ON s.stream_id OPERATOR(pg_catalog.=) m.stream_id \
          WHERE m.stream_id OPERATOR(pg_catalog.=) $1 \
-           AND m.start_pos OPERATOR(pg_catalog.<) s.tail_pos OPERATOR(pg_catalog.-) $2 \
+           AND m.start_pos OPERATOR(pg_catalog.<) (s.tail_pos OPERATOR(pg_catalog.-) $2) \
          ORDER BY m.start_pos LIMIT $3 FOR UPDATE OF m",
         None,
         &[stream_id.into(), hot_tail.into(), max_rows.into()],
