@@ -443,7 +443,9 @@ pub fn insert_message_rows(
     update(
         client,
         "INSERT INTO ds.messages (stream_id, start_pos, data) \
-         SELECT * FROM pg_catalog.unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::bytea[]))",
         None,
         &[stream_ids.into(), starts.into(), datas.into()],
     )?;
@@ -496,8 +498,13 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
         "UPDATE ds.streams s SET tail_pos = u.tail, last_access = pg_catalog.now(), \
              closed = u.closed, closed_by_producer = u.by_id, closed_by_epoch = u.by_epoch, \
              closed_by_seq = u.by_seq, last_stream_seq = u.seq \
-         FROM pg_catalog.unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::text[], \
-                     $5::bigint[], $6::bigint[], $7::text[]) \
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::boolean[]), \
+                             pg_catalog.unnest($4::text[]), \
+                             pg_catalog.unnest($5::bigint[]), \
+                             pg_catalog.unnest($6::bigint[]), \
+                             pg_catalog.unnest($7::text[])) \
               AS u(id, tail, closed, by_id, by_epoch, by_seq, seq) \
          WHERE s.stream_id OPERATOR(pg_catalog.=) u.id",
         None,
@@ -539,7 +546,8 @@ pub fn find_producers(
     let table = select(
         client,
         "SELECT p.stream_id, p.producer_id, p.epoch, p.last_seq \
-         FROM pg_catalog.unnest($1::bigint[], $2::text[]) AS k(stream_id, producer_id) \
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::text[])) AS k(stream_id, producer_id) \
          JOIN ds.producers p ON p.stream_id OPERATOR(pg_catalog.=) k.stream_id \
                             AND p.producer_id OPERATOR(pg_catalog.=) k.producer_id",
         None,
@@ -578,7 +586,10 @@ pub fn save_producers(
     update(
         client,
         "INSERT INTO ds.producers (stream_id, producer_id, epoch, last_seq) \
-         SELECT * FROM pg_catalog.unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
+         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::text[]), \
+                             pg_catalog.unnest($3::bigint[]), \
+                             pg_catalog.unnest($4::bigint[])) \
          ON CONFLICT (stream_id, producer_id) \
          DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, \
                        updated_at = pg_catalog.now()",
@@ -615,7 +626,9 @@ pub fn read_messages(
     let table = select(
         client,
         "SELECT m.start_pos, m.data, c.hi, c.lo, m.packed \
-         FROM pg_catalog.unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(stream_id, lo, hi) \
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::bigint[])) AS c(stream_id, lo, hi) \
          CROSS JOIN LATERAL ( \
              (SELECT start_pos, data, false AS packed FROM ds.messages \
               WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \

@@ -126,9 +126,10 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
     }
     limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
     if let Some(at) = req.expires_at {
-        // SAFETY: reads the start time of the current transaction (now()).
-        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-        limits::validate_expires_at(pg_sys::TimestampTz::from(at), now)?;
+        /// Microseconds from the Unix epoch to Postgres' (2000-01-01).
+        const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+        let micros = pg_sys::TimestampTz::from(at).saturating_add(PG_EPOCH_UNIX_MICROS);
+        limits::validate_expires_at(micros)?;
     }
 
     Spi::connect_mut(|client| {

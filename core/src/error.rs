@@ -27,11 +27,8 @@ pub enum Error {
         max = crate::limits::MAX_TTL_SECONDS
     )]
     TtlTooLarge(i64),
-    /// `expires_at` further in the future than the longest TTL (or infinite).
-    #[error(
-        "expires_at is more than {max} seconds (100 years, the maximum TTL) in the future",
-        max = crate::limits::MAX_TTL_SECONDS
-    )]
+    /// `expires_at` infinite or after the last RFC 3339 instant.
+    #[error("expires_at must be a finite time no later than 9999-12-31T23:59:59Z")]
     ExpiresAtTooLate,
     /// Both a sliding TTL and an absolute expiry were given.
     #[error("give either ttl_seconds or expires_at, not both")]
