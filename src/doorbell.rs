@@ -18,21 +18,23 @@
 //! drops that subtransaction's entries, `RELEASE` hands them to the parent.
 //!
 //! Two-phase commit: at `PREPARE TRANSACTION` nothing is announced; the
-//! entries move to shared memory under the transaction's GID (learnt by a
-//! utility hook from the `PREPARE TRANSACTION` statement), and the backend
-//! that runs `COMMIT PREPARED` (any backend: the hook runs everywhere when
-//! preloaded) hands them to the worker once the commit is done; `ROLLBACK
-//! PREPARED` drops them. Entries that could not be kept (no room, GID
-//! unknown, or a prepared transaction older than this server start) make
-//! the next `COMMIT PREPARED` of an unknown GID announce `*`.
+//! entries move to shared memory under the transaction's id. The worker
+//! looks those ids up in the commit log whenever it wakes: a committed one's
+//! streams are announced, an aborted one's dropped. Every commit in a
+//! preloaded server sets the worker's latch while such entries exist, so a
+//! `COMMIT PREPARED` (from any session) is announced at once. Prepared
+//! transactions whose entries could not be kept (no room, or prepared before
+//! this server started) are "untracked": while there are any, the worker
+//! announces `*` whenever this database's number of prepared transactions
+//! drops. No utility hook is involved, so no statement's errors pass through
+//! this library.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{PGRXSharedMemory, PgLwLock};
+use pgrx::{PGRXSharedMemory, PgAtomic, PgLwLock};
 
 use crate::error::DsResult;
 use ds_core::notification::Announcement;
@@ -48,8 +50,6 @@ const PER_TRANSACTION: usize = 64;
 const ENTRIES_PER_TRANSACTION: usize = 1024;
 /// Stream entries of prepared transactions waiting for `COMMIT PREPARED`.
 const PREPARED_CAPACITY: usize = 128;
-/// Postgres' GIDSIZE: longest transaction identifier, with its NUL.
-const GID_SIZE: usize = 200;
 
 /// One stream's latest committed state, as announced.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -74,8 +74,8 @@ impl Advanced {
 struct PreparedEntry {
     used: bool,
     everything: bool,
-    gid_len: u8,
-    gid: [u8; GID_SIZE],
+    /// The prepared transaction's id.
+    xid: u32,
     advanced: Advanced,
 }
 
@@ -83,14 +83,9 @@ impl PreparedEntry {
     const EMPTY: PreparedEntry = PreparedEntry {
         used: false,
         everything: false,
-        gid_len: 0,
-        gid: [0; GID_SIZE],
+        xid: 0,
         advanced: Advanced { stream_id: 0, tail: 0, closed: false },
     };
-
-    fn is(&self, gid: &[u8]) -> bool {
-        self.used && &self.gid[..usize::from(self.gid_len)] == gid
-    }
 }
 
 /// Shared state between appending backends and the worker.
@@ -110,12 +105,11 @@ pub struct Pending {
     errors: i64,
     len: usize,
     streams: [Advanced; CAPACITY],
-    /// Prepared transactions' streams, by GID, until COMMIT/ROLLBACK PREPARED.
+    /// Prepared transactions' streams, by transaction id, until they end.
     prepared: [PreparedEntry; PREPARED_CAPACITY],
     /// Some prepared transaction's streams are not in `prepared` (no room,
-    /// GID unknown, or prepared before this server started): a COMMIT
-    /// PREPARED of a GID not found then announces "*". Starts set; the
-    /// worker clears it when its database has no prepared transaction.
+    /// or prepared before this server started). Starts set; the worker
+    /// clears it when its database has no prepared transaction.
     prepared_untracked: bool,
     /// Bumped whenever `prepared_untracked` is set (see `clear_untracked`).
     untracked_generation: u64,
@@ -148,6 +142,12 @@ unsafe impl PGRXSharedMemory for Pending {}
 // SAFETY: the name is unique to this extension; initialised in `_PG_init`.
 static PENDING: PgLwLock<Pending> = unsafe { PgLwLock::new(c"durable_streams_doorbell") };
 
+/// Used slots of `Pending::prepared`, readable without the lock: every
+/// commit checks it to wake the worker after a `COMMIT PREPARED`.
+static PREPARED_USED: PgAtomic<AtomicU32> =
+    // SAFETY: the name is unique to this extension; initialised in `_PG_init`.
+    unsafe { PgAtomic::new(c"durable_streams_prepared_used") };
+
 /// True in every process forked from a postmaster that preloaded us.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
@@ -164,8 +164,6 @@ struct Local {
     entries: Vec<Entry>,
     /// Too many streams: announce "*".
     overflow: bool,
-    /// GID of a `PREPARE TRANSACTION` being executed (from the utility hook).
-    prepare_gid: Option<Vec<u8>>,
 }
 
 impl Local {
@@ -191,7 +189,12 @@ thread_local! {
 /// Allocates the shared state; only from `_PG_init` during preload.
 pub fn init_shared_memory() {
     pgrx::pg_shmem_init!(PENDING);
+    pgrx::pg_shmem_init!(PREPARED_USED);
     PRELOADED.store(true, Ordering::Relaxed);
+    // Registered in the postmaster, so every backend has them: a commit
+    // must be able to wake the worker after a COMMIT PREPARED even in a
+    // session that never appended.
+    register_callbacks();
 }
 
 /// Announces that `stream_id` (at `path`) advanced to `tail` (and is now
@@ -281,6 +284,11 @@ unsafe extern "C-unwind" fn on_xact_event(
             let local = LOCAL.with(|cell| cell.take());
             if !local.entries.is_empty() || local.overflow {
                 ring(&Local::merged(local.entries), local.overflow);
+            } else if PRELOADED.load(Ordering::Relaxed)
+                && PREPARED_USED.get().load(Ordering::Relaxed) > 0
+            {
+                // Perhaps a COMMIT PREPARED: let the worker look.
+                wake_worker();
             }
         }
         XACT_EVENT_PREPARE => {
@@ -350,19 +358,30 @@ fn ring(streams: &[Advanced], overflow: bool) {
         }
         shared.worker_latch
     };
+    set_latch(latch);
+}
+
+fn set_latch(latch: usize) {
     if latch != 0 {
         // SAFETY: the worker registered its own latch, which lives in shared memory.
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
 }
 
-/// At PREPARE: keeps the transaction's streams in shared memory under its GID.
+fn wake_worker() {
+    let latch = PENDING.share().worker_latch;
+    set_latch(latch);
+}
+
+/// At PREPARE: keeps the transaction's streams in shared memory under its id.
 fn keep_prepared(local: Local) {
+    // SAFETY: plain read; at XACT_EVENT_PREPARE the transaction still has its id.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() };
     let mut shared = PENDING.exclusive();
-    let Some(gid) = local.prepare_gid.filter(|g| g.len() < GID_SIZE) else {
+    if xid == pg_sys::InvalidTransactionId {
         mark_untracked(&mut shared);
         return;
-    };
+    }
     let mut wanted: Vec<(bool, Advanced)> =
         Local::merged(local.entries).into_iter().map(|a| (false, a)).collect();
     if local.overflow {
@@ -373,15 +392,13 @@ fn keep_prepared(local: Local) {
         mark_untracked(&mut shared);
         return;
     }
+    let taken = wanted.len();
     let mut slots = shared.prepared.iter_mut().filter(|e| !e.used);
     for (everything, advanced) in wanted {
         let slot = slots.next().expect("counted above");
-        slot.used = true;
-        slot.everything = everything;
-        slot.gid_len = gid.len() as u8;
-        slot.gid[..gid.len()].copy_from_slice(&gid);
-        slot.advanced = advanced;
+        *slot = PreparedEntry { used: true, everything, xid: xid.into_inner(), advanced };
     }
+    PREPARED_USED.get().fetch_add(taken as u32, Ordering::Relaxed);
 }
 
 fn mark_untracked(shared: &mut Pending) {
@@ -389,40 +406,52 @@ fn mark_untracked(shared: &mut Pending) {
     shared.untracked_generation += 1;
 }
 
-/// Utility hook side, before `PREPARE TRANSACTION gid` runs: remembers the
-/// GID for the PREPARE callback.
-fn preparing(gid: &CStr) {
-    LOCAL.with(|cell| cell.borrow_mut().prepare_gid = Some(gid.to_bytes().to_vec()));
-}
-
-/// Utility hook side, after `COMMIT PREPARED gid` (`committed`) or `ROLLBACK
-/// PREPARED gid` succeeded: announces the prepared transaction's streams, or
-/// drops them.
-fn finished_prepared(gid: &CStr, committed: bool) {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return;
+/// Worker side: the streams of prepared transactions that committed since
+/// the last look (and whether one of them overflowed: announce `*`); the
+/// entries of those that ended either way are freed.
+pub fn take_finished_prepared() -> (Vec<Advanced>, bool) {
+    if PREPARED_USED.get().load(Ordering::Relaxed) == 0 {
+        return (Vec::new(), false);
     }
-    let gid = gid.to_bytes();
-    let (streams, everything) = {
-        let mut shared = PENDING.exclusive();
-        let mut streams = Vec::new();
-        let (mut found, mut everything) = (false, false);
-        for e in shared.prepared.iter_mut().filter(|e| e.is(gid)) {
-            found = true;
-            everything |= e.everything;
-            if !e.everything {
-                streams.push(e.advanced);
+    let mut xids: Vec<u32> =
+        PENDING.share().prepared.iter().filter(|e| e.used).map(|e| e.xid).collect();
+    xids.sort_unstable();
+    xids.dedup();
+    // Commit-log lookups without holding our lock.
+    let ended: Vec<(u32, bool)> = xids
+        .into_iter()
+        .filter_map(|xid| {
+            let id = pg_sys::TransactionId::from(xid);
+            // SAFETY: commit-log lookups of a transaction id we saw prepared.
+            unsafe {
+                if pg_sys::TransactionIdDidCommit(id) {
+                    Some((xid, true))
+                } else if pg_sys::TransactionIdDidAbort(id) {
+                    Some((xid, false))
+                } else {
+                    None
+                }
             }
-            *e = PreparedEntry::EMPTY;
+        })
+        .collect();
+    let (mut streams, mut everything, mut freed) = (Vec::new(), false, 0u32);
+    if !ended.is_empty() {
+        let mut shared = PENDING.exclusive();
+        for e in shared.prepared.iter_mut().filter(|e| e.used) {
+            if let Some(&(_, committed)) = ended.iter().find(|(x, _)| *x == e.xid) {
+                if committed {
+                    everything |= e.everything;
+                    if !e.everything {
+                        streams.push(e.advanced);
+                    }
+                }
+                *e = PreparedEntry::EMPTY;
+                freed += 1;
+            }
         }
-        if !found && shared.prepared_untracked {
-            everything = true;
-        }
-        (streams, everything)
-    };
-    if committed && (everything || !streams.is_empty()) && worker_serves_this_database() {
-        ring(&streams, everything);
     }
+    PREPARED_USED.get().fetch_sub(freed, Ordering::Relaxed);
+    (streams, everything)
 }
 
 /// Worker side: the generation of the untracked flag, to pass to
@@ -438,75 +467,6 @@ pub fn clear_untracked(generation: u64) {
     let mut shared = PENDING.exclusive();
     if shared.untracked_generation == generation {
         shared.prepared_untracked = false;
-    }
-}
-
-/// The utility hook that follows two-phase commit (installed when preloaded).
-static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
-
-/// Installs the utility hook; only from `_PG_init` during preload.
-pub fn install_utility_hook() {
-    // SAFETY: single-threaded postmaster start-up; the previous hook is chained.
-    unsafe {
-        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(utility_hook);
-    }
-}
-
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn utility_hook(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    use pg_sys::TransactionStmtKind::*;
-    // SAFETY: Postgres passes a valid statement; a TransactionStmt's gid is
-    // NULL or a NUL-terminated string living as long as the statement.
-    let two_phase = unsafe {
-        let stmt = (*pstmt).utilityStmt;
-        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt {
-            let t = stmt.cast::<pg_sys::TransactionStmt>();
-            let kind = (*t).kind;
-            let is_2pc = matches!(
-                kind,
-                TRANS_STMT_PREPARE | TRANS_STMT_COMMIT_PREPARED | TRANS_STMT_ROLLBACK_PREPARED
-            );
-            (is_2pc && !(*t).gid.is_null()).then(|| (kind, CStr::from_ptr((*t).gid).to_owned()))
-        } else {
-            None
-        }
-    };
-    if let Some((TRANS_STMT_PREPARE, gid)) = &two_phase {
-        preparing(gid);
-    }
-    // SAFETY: forwarding the arguments we were given, unchanged.
-    unsafe {
-        match PREV_UTILITY_HOOK {
-            Some(prev) => {
-                prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
-            }
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-    }
-    match &two_phase {
-        Some((TRANS_STMT_COMMIT_PREPARED, gid)) => finished_prepared(gid, true),
-        Some((TRANS_STMT_ROLLBACK_PREPARED, gid)) => finished_prepared(gid, false),
-        _ => {}
     }
 }
 

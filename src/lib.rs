@@ -37,7 +37,6 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         doorbell::init_shared_memory();
-        doorbell::install_utility_hook();
         worker::register();
     }
 }

@@ -105,13 +105,10 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     let mut paths = PathCache::default();
-    let mut prepared_checked: Option<Instant> = None;
+    let mut untracked = UntrackedPrepared::default();
     while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
         reload_if_asked("doorbell");
-        if prepared_checked.is_none_or(|t| t.elapsed() >= IDLE_WAKE) {
-            check_prepared_transactions();
-            prepared_checked = Some(Instant::now());
-        }
+        let untracked_ended = untracked.check();
         // Under load, ring at most once per MIN_RING_INTERVAL: the commits of
         // that interval share one notification, and the worker's own CPU stays
         // bounded. An idle stream's first append is announced at once.
@@ -119,7 +116,14 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         if since < MIN_RING_INTERVAL {
             std::thread::sleep(MIN_RING_INTERVAL - since);
         }
-        let (streams, overflow) = doorbell::take_pending();
+        let (mut streams, overflow) = doorbell::take_pending();
+        let (prepared, prepared_overflow) =
+            in_transaction("looking up prepared transactions", || {
+                Ok(doorbell::take_finished_prepared())
+            })
+            .unwrap_or_default();
+        streams.extend(prepared);
+        let overflow = overflow || prepared_overflow || untracked_ended;
         if streams.is_empty() && !overflow && !announce_everything {
             continue;
         }
@@ -137,20 +141,42 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     log!("durable_streams doorbell: exiting");
 }
 
-/// Clears the doorbell's "untracked prepared transactions" flag once this
-/// database has no prepared transaction left (so no unknown COMMIT PREPARED
-/// can come); until then a COMMIT PREPARED of an unknown GID announces "*".
-fn check_prepared_transactions() {
-    let Some(generation) = doorbell::untracked_generation() else { return };
-    let none = in_transaction("checking prepared transactions", || {
-        Ok(Spi::get_one::<bool>(
-            "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts \
-             WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database())",
-        )?
-        .unwrap_or(false))
-    });
-    if none == Some(true) {
-        doorbell::clear_untracked(generation);
+/// Prepared transactions whose streams the doorbell could not keep (see
+/// `doorbell`): while there are any, a drop in this database's number of
+/// prepared transactions means one of them may have committed, so the
+/// worker announces `*`. Looked at once per second at most.
+#[derive(Default)]
+struct UntrackedPrepared {
+    last_count: Option<i64>,
+    checked: Option<Instant>,
+}
+
+impl UntrackedPrepared {
+    /// Whether an untracked prepared transaction may have ended.
+    fn check(&mut self) -> bool {
+        let Some(generation) = doorbell::untracked_generation() else {
+            self.last_count = None;
+            return false;
+        };
+        if self.checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let count = in_transaction("counting prepared transactions", || {
+            Ok(Spi::get_one::<i64>(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts \
+                 WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+            )?
+            .unwrap_or(0))
+        });
+        let Some(count) = count else { return false };
+        let dropped = self.last_count.is_some_and(|last| count < last);
+        self.last_count = Some(count);
+        if count == 0 {
+            doorbell::clear_untracked(generation);
+            self.last_count = None;
+        }
+        dropped
     }
 }
 

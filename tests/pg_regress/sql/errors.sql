@@ -44,3 +44,6 @@ SELECT outcome, next_offset FROM ds.try_append('e', '1', 'text/plain');
 SELECT outcome FROM ds.try_append('nope', '1');
 -- Nothing was written by any of the failures above.
 SELECT path, content_type, tail_pos FROM ds.streams ORDER BY path;
+-- A statement's own errors keep their position and context: nothing of this
+-- library sits between Postgres and utility commands (no ProcessUtility hook).
+CREATE TABLE bad_type_here (a no_such_type);
