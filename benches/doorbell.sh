@@ -19,7 +19,7 @@ trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 install_extension --release
-cluster_start "$DIR" "$PORT" bench          # the workers serve database "bench"
+DS_TUNE_MALLOC=on cluster_start "$DIR" "$PORT" bench          # the workers serve database "bench"
 for db in bench bench_fallback; do
     ensure_database "$PORT" "$db"
     psql_at "$PORT" "$db" -qc "SELECT ds.create('s' || i) FROM generate_series(1, $STREAMS) i" >/dev/null

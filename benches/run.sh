@@ -89,7 +89,7 @@ mkdir -p "$WORK/node-file"
 node "$BENCH/node/start.mjs" "$NODE_FILE_PORT" "$WORK/node-file" >"$WORK/node-file.log" 2>&1 &
 NODE_FILE_PID=$!
 PIDS+=("$NODE_FILE_PID")
-cluster_start "$WORK/pg" "$PG_PORT" "$DB"
+DS_TUNE_MALLOC=on cluster_start "$WORK/pg" "$PG_PORT" "$DB"
 ensure_database "$PG_PORT" "$DB"
 # The per-stream and global waiter limits default to exactly 10,000; the
 # 10,000-client scenarios need a little headroom for their own writer.

@@ -46,9 +46,15 @@ fsync = on
 synchronous_commit = on
 CONF
     fi
-    sed -i "s/^port = .*//; s/^ds.database = .*//" "$dir/data/postgresql.conf"
+    sed -i "s/^port = .*//; s/^ds.database = .*//; s/^max_prepared_transactions = .*//" "$dir/data/postgresql.conf"
     echo "port = $port" >>"$dir/data/postgresql.conf"
     echo "ds.database = '$db'" >>"$dir/data/postgresql.conf"
+    # Two-phase commit is tested (pgrx-tests/tests/it/notify.rs).
+    echo "max_prepared_transactions = 10" >>"$dir/data/postgresql.conf"
+    # Opt-in allocator tuning for reading backends (README, Memory): on for
+    # `make run` and the benchmarks (DS_TUNE_MALLOC=on), off by default.
+    sed -i "s/^ds.tune_malloc = .*//" "$dir/data/postgresql.conf"
+    echo "ds.tune_malloc = ${DS_TUNE_MALLOC:-off}" >>"$dir/data/postgresql.conf"
     sed -i "s|^unix_socket_directories = .*||" "$dir/data/postgresql.conf"
     echo "unix_socket_directories = '$dir'" >>"$dir/data/postgresql.conf"
     if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then

@@ -14,7 +14,7 @@ URL="postgresql://postgres@127.0.0.1:$PORT/$DB"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 install_extension --release
-cluster_start "$DIR" "$PORT" "$DB"
+DS_TUNE_MALLOC=on cluster_start "$DIR" "$PORT" "$DB"
 ensure_database "$PORT" "$DB"
 
 cat <<MSG

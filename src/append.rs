@@ -102,7 +102,7 @@ pub fn messages_for(
     limits::validate_body_size(data.len(), gucs::max_append_bytes())?;
     match mode {
         _ if data.is_empty() => Ok(Vec::new()),
-        Mode::Json => json::split_messages(data, purpose),
+        Mode::Json => json::split_messages(data, purpose, gucs::json_limits()),
         Mode::Text if std::str::from_utf8(data).is_err() => {
             Err(CoreError::InvalidUtf8(content_type.to_owned()))
         }

@@ -25,6 +25,9 @@ use crate::storage::{self, StreamRow, StreamUpdate};
 /// Pending message bytes that trigger an early INSERT, so a batch of large
 /// bodies never holds more than this (plus one body) in extra memory.
 const FLUSH_BYTES: usize = 8 << 20;
+/// Pending messages that trigger an early INSERT: with tiny messages the
+/// per-row cost, not the bytes, is what grows.
+const FLUSH_ROWS: usize = 65_536;
 
 /// One locked stream as the requests see it (keyed by its path).
 struct Locked {
@@ -122,7 +125,7 @@ pub fn execute_all(
             &mut pending,
         );
         *slot = Some(result);
-        if pending.bytes >= FLUSH_BYTES {
+        if pending.bytes >= FLUSH_BYTES || pending.datas.len() >= FLUSH_ROWS {
             pending.flush(client)?;
         }
     }

@@ -12,13 +12,29 @@
 //!
 //! Without `shared_preload_libraries` (no shared memory), or when no worker
 //! serves this database, appends fall back to a plain `pg_notify` each.
+//!
+//! Subtransactions: each remembered stream is tagged with the subtransaction
+//! that advanced it; `ROLLBACK TO SAVEPOINT` (or a PL/pgSQL exception block)
+//! drops that subtransaction's entries, `RELEASE` hands them to the parent.
+//!
+//! Two-phase commit: at `PREPARE TRANSACTION` nothing is announced; the
+//! entries move to shared memory under the transaction's id. The worker
+//! looks those ids up in the commit log whenever it wakes: a committed one's
+//! streams are announced, an aborted one's dropped. Every commit in a
+//! preloaded server sets the worker's latch while such entries exist, so a
+//! `COMMIT PREPARED` (from any session) is announced at once. Prepared
+//! transactions whose entries could not be kept (no room, or prepared before
+//! this server started) are "untracked": while there are any, the worker
+//! announces `*` whenever this database's number of prepared transactions
+//! drops. No utility hook is involved, so no statement's errors pass through
+//! this library.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{PGRXSharedMemory, PgLwLock, PgXactCallbackEvent, register_xact_callback};
+use pgrx::{PGRXSharedMemory, PgAtomic, PgLwLock};
 
 use crate::error::DsResult;
 use ds_core::notification::Announcement;
@@ -29,6 +45,11 @@ use crate::storage;
 const CAPACITY: usize = 1024;
 /// Distinct streams one transaction remembers before it announces "*".
 const PER_TRANSACTION: usize = 64;
+/// Entries (stream x subtransaction) one transaction keeps before it
+/// announces "*" instead (bounds nested savepoints that each append).
+const ENTRIES_PER_TRANSACTION: usize = 1024;
+/// Stream entries of prepared transactions waiting for `COMMIT PREPARED`.
+const PREPARED_CAPACITY: usize = 128;
 
 /// One stream's latest committed state, as announced.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -45,6 +66,26 @@ impl Advanced {
         self.tail = self.tail.max(other.tail);
         self.closed |= other.closed;
     }
+}
+
+/// One stream a prepared transaction advanced (or, with `everything`, the
+/// marker of a prepared transaction that overflowed its per-transaction set).
+#[derive(Copy, Clone)]
+struct PreparedEntry {
+    used: bool,
+    everything: bool,
+    /// The prepared transaction's id.
+    xid: u32,
+    advanced: Advanced,
+}
+
+impl PreparedEntry {
+    const EMPTY: PreparedEntry = PreparedEntry {
+        used: false,
+        everything: false,
+        xid: 0,
+        advanced: Advanced { stream_id: 0, tail: 0, closed: false },
+    };
 }
 
 /// Shared state between appending backends and the worker.
@@ -64,6 +105,14 @@ pub struct Pending {
     errors: i64,
     len: usize,
     streams: [Advanced; CAPACITY],
+    /// Prepared transactions' streams, by transaction id, until they end.
+    prepared: [PreparedEntry; PREPARED_CAPACITY],
+    /// Some prepared transaction's streams are not in `prepared` (no room,
+    /// or prepared before this server started). Starts set; the worker
+    /// clears it when its database has no prepared transaction.
+    prepared_untracked: bool,
+    /// Bumped whenever `prepared_untracked` is set (see `clear_untracked`).
+    untracked_generation: u64,
 }
 
 impl Default for Pending {
@@ -79,6 +128,9 @@ impl Default for Pending {
             errors: 0,
             len: 0,
             streams: [Advanced { stream_id: 0, tail: 0, closed: false }; CAPACITY],
+            prepared: [PreparedEntry::EMPTY; PREPARED_CAPACITY],
+            prepared_untracked: true,
+            untracked_generation: 0,
         }
     }
 }
@@ -90,19 +142,59 @@ unsafe impl PGRXSharedMemory for Pending {}
 // SAFETY: the name is unique to this extension; initialised in `_PG_init`.
 static PENDING: PgLwLock<Pending> = unsafe { PgLwLock::new(c"durable_streams_doorbell") };
 
+/// Used slots of `Pending::prepared`, readable without the lock: every
+/// commit checks it to wake the worker after a `COMMIT PREPARED`.
+static PREPARED_USED: PgAtomic<AtomicU32> =
+    // SAFETY: the name is unique to this extension; initialised in `_PG_init`.
+    unsafe { PgAtomic::new(c"durable_streams_prepared_used") };
+
 /// True in every process forked from a postmaster that preloaded us.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+/// One stream advanced by one (sub)transaction of this backend.
+#[derive(Copy, Clone, Debug)]
+struct Entry {
+    subxact: pg_sys::SubTransactionId,
+    advanced: Advanced,
+}
+
+/// What this backend's open transaction will announce.
+#[derive(Default)]
+struct Local {
+    entries: Vec<Entry>,
+    /// Too many streams: announce "*".
+    overflow: bool,
+}
+
+impl Local {
+    /// Everything to announce, one entry per stream (tails only grow).
+    fn merged(entries: Vec<Entry>) -> Vec<Advanced> {
+        let mut out: Vec<Advanced> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match out.iter_mut().find(|a| a.stream_id == e.advanced.stream_id) {
+                Some(a) => a.merge(e.advanced),
+                None => out.push(e.advanced),
+            }
+        }
+        out
+    }
+}
+
 thread_local! {
-    /// Streams this backend's open transaction advanced; `None` when its
-    /// commit callback is not registered yet. `(streams, overflow)`.
-    static IN_TRANSACTION: RefCell<Option<(Vec<Advanced>, bool)>> = const { RefCell::new(None) };
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    /// Whether this backend registered its transaction callbacks.
+    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Allocates the shared state; only from `_PG_init` during preload.
 pub fn init_shared_memory() {
     pgrx::pg_shmem_init!(PENDING);
+    pgrx::pg_shmem_init!(PREPARED_USED);
     PRELOADED.store(true, Ordering::Relaxed);
+    // Registered in the postmaster, so every backend has them: a commit
+    // must be able to wake the worker after a COMMIT PREPARED even in a
+    // session that never appended.
+    register_callbacks();
 }
 
 /// Announces that `stream_id` (at `path`) advanced to `tail` (and is now
@@ -123,18 +215,33 @@ pub fn stream_advanced(
             &Announcement::Advanced { path: path.to_owned(), tail, closed }.line(),
         );
     }
-    IN_TRANSACTION.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let (streams, overflow) = slot.get_or_insert_with(|| {
-            register_xact_callback(PgXactCallbackEvent::Commit, ring_after_commit);
-            register_xact_callback(PgXactCallbackEvent::Abort, forget);
-            (Vec::new(), false)
-        });
-        let advanced = Advanced { stream_id, tail: tail.as_i64(), closed };
-        match streams.iter().position(|s| s.stream_id == stream_id) {
-            Some(i) => streams[i].merge(advanced),
-            None if streams.len() < PER_TRANSACTION => streams.push(advanced),
-            None => *overflow = true,
+    register_callbacks();
+    // SAFETY: plain read of the current subtransaction's id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let advanced = Advanced { stream_id, tail: tail.as_i64(), closed };
+    LOCAL.with(|cell| {
+        let mut local = cell.borrow_mut();
+        if let Some(e) = local
+            .entries
+            .iter_mut()
+            .find(|e| e.subxact == subxact && e.advanced.stream_id == stream_id)
+        {
+            e.advanced.merge(advanced);
+            return;
+        }
+        let known = local.entries.iter().any(|e| e.advanced.stream_id == stream_id);
+        let streams = || {
+            let mut ids: Vec<i64> = local.entries.iter().map(|e| e.advanced.stream_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len()
+        };
+        if local.entries.len() >= ENTRIES_PER_TRANSACTION
+            || (!known && streams() >= PER_TRANSACTION)
+        {
+            local.overflow = true;
+        } else {
+            local.entries.push(Entry { subxact, advanced });
         }
     });
     Ok(())
@@ -149,19 +256,96 @@ fn worker_serves_this_database() -> bool {
     shared.worker_latch != 0 && shared.database == unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-fn forget() {
-    IN_TRANSACTION.with(|cell| cell.borrow_mut().take());
+/// Registers this backend's transaction and subtransaction callbacks, once.
+/// They stay registered for the backend's life and cost nothing while the
+/// transaction remembered no stream.
+fn register_callbacks() {
+    if CALLBACKS.with(Cell::get) {
+        return;
+    }
+    // SAFETY: registering callbacks for the rest of this backend's life.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+    CALLBACKS.with(|c| c.set(true));
 }
 
-/// Commit callback: must neither fail nor panic (the transaction is over).
-fn ring_after_commit() {
-    let Some((streams, overflow)) = IN_TRANSACTION.with(|cell| cell.borrow_mut().take()) else {
-        return;
-    };
+/// Transaction end: announce at commit, hand over at prepare, forget at
+/// abort. Must neither fail nor panic (the transaction is over).
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT => {
+            let local = LOCAL.with(|cell| cell.take());
+            if !local.entries.is_empty() || local.overflow {
+                ring(&Local::merged(local.entries), local.overflow);
+            } else if PRELOADED.load(Ordering::Relaxed)
+                && PREPARED_USED.get().load(Ordering::Relaxed) > 0
+            {
+                // Perhaps a COMMIT PREPARED: let the worker look.
+                wake_worker();
+            }
+        }
+        XACT_EVENT_PREPARE => {
+            let local = LOCAL.with(|cell| cell.take());
+            if !local.entries.is_empty() || local.overflow {
+                keep_prepared(local);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PARALLEL_COMMIT => {
+            LOCAL.with(|cell| cell.take());
+        }
+        _ => {}
+    }
+}
+
+/// Subtransaction end: a rolled-back savepoint's streams are not announced;
+/// a released one's belong to its parent from now on.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    LOCAL.with(|cell| {
+        let mut local = cell.borrow_mut();
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => local.entries.retain(|e| e.subxact != subxact),
+            SUBXACT_EVENT_COMMIT_SUB => {
+                if !local.entries.iter().any(|e| e.subxact == subxact) {
+                    return;
+                }
+                let entries = std::mem::take(&mut local.entries);
+                for mut e in entries {
+                    if e.subxact == subxact {
+                        e.subxact = parent;
+                    }
+                    match local.entries.iter_mut().find(|x| {
+                        x.subxact == e.subxact && x.advanced.stream_id == e.advanced.stream_id
+                    }) {
+                        Some(x) => x.advanced.merge(e.advanced),
+                        None => local.entries.push(e),
+                    }
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Hands committed streams to the worker and wakes it.
+fn ring(streams: &[Advanced], overflow: bool) {
     let latch = {
         let mut shared = PENDING.exclusive();
         shared.overflow |= overflow;
-        for advanced in streams {
+        for &advanced in streams {
             let len = shared.len;
             match shared.streams[..len].iter().position(|s| s.stream_id == advanced.stream_id) {
                 Some(i) => shared.streams[i].merge(advanced),
@@ -174,9 +358,115 @@ fn ring_after_commit() {
         }
         shared.worker_latch
     };
+    set_latch(latch);
+}
+
+fn set_latch(latch: usize) {
     if latch != 0 {
         // SAFETY: the worker registered its own latch, which lives in shared memory.
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+fn wake_worker() {
+    let latch = PENDING.share().worker_latch;
+    set_latch(latch);
+}
+
+/// At PREPARE: keeps the transaction's streams in shared memory under its id.
+fn keep_prepared(local: Local) {
+    // SAFETY: plain read; at XACT_EVENT_PREPARE the transaction still has its id.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() };
+    let mut shared = PENDING.exclusive();
+    if xid == pg_sys::InvalidTransactionId {
+        mark_untracked(&mut shared);
+        return;
+    }
+    let mut wanted: Vec<(bool, Advanced)> =
+        Local::merged(local.entries).into_iter().map(|a| (false, a)).collect();
+    if local.overflow {
+        wanted.push((true, Advanced::default()));
+    }
+    let free = shared.prepared.iter().filter(|e| !e.used).count();
+    if free < wanted.len() {
+        mark_untracked(&mut shared);
+        return;
+    }
+    let taken = wanted.len();
+    let mut slots = shared.prepared.iter_mut().filter(|e| !e.used);
+    for (everything, advanced) in wanted {
+        let slot = slots.next().expect("counted above");
+        *slot = PreparedEntry { used: true, everything, xid: xid.into_inner(), advanced };
+    }
+    PREPARED_USED.get().fetch_add(taken as u32, Ordering::Relaxed);
+}
+
+fn mark_untracked(shared: &mut Pending) {
+    shared.prepared_untracked = true;
+    shared.untracked_generation += 1;
+}
+
+/// Worker side: the streams of prepared transactions that committed since
+/// the last look (and whether one of them overflowed: announce `*`); the
+/// entries of those that ended either way are freed.
+pub fn take_finished_prepared() -> (Vec<Advanced>, bool) {
+    if PREPARED_USED.get().load(Ordering::Relaxed) == 0 {
+        return (Vec::new(), false);
+    }
+    let mut xids: Vec<u32> =
+        PENDING.share().prepared.iter().filter(|e| e.used).map(|e| e.xid).collect();
+    xids.sort_unstable();
+    xids.dedup();
+    // Commit-log lookups without holding our lock.
+    let ended: Vec<(u32, bool)> = xids
+        .into_iter()
+        .filter_map(|xid| {
+            let id = pg_sys::TransactionId::from(xid);
+            // SAFETY: commit-log lookups of a transaction id we saw prepared.
+            unsafe {
+                if pg_sys::TransactionIdDidCommit(id) {
+                    Some((xid, true))
+                } else if pg_sys::TransactionIdDidAbort(id) {
+                    Some((xid, false))
+                } else {
+                    None
+                }
+            }
+        })
+        .collect();
+    let (mut streams, mut everything, mut freed) = (Vec::new(), false, 0u32);
+    if !ended.is_empty() {
+        let mut shared = PENDING.exclusive();
+        for e in shared.prepared.iter_mut().filter(|e| e.used) {
+            if let Some(&(_, committed)) = ended.iter().find(|(x, _)| *x == e.xid) {
+                if committed {
+                    everything |= e.everything;
+                    if !e.everything {
+                        streams.push(e.advanced);
+                    }
+                }
+                *e = PreparedEntry::EMPTY;
+                freed += 1;
+            }
+        }
+    }
+    PREPARED_USED.get().fetch_sub(freed, Ordering::Relaxed);
+    (streams, everything)
+}
+
+/// Worker side: the generation of the untracked flag, to pass to
+/// [`clear_untracked`] after checking that no prepared transaction exists.
+pub fn untracked_generation() -> Option<u64> {
+    let shared = PENDING.share();
+    shared.prepared_untracked.then_some(shared.untracked_generation)
+}
+
+/// Worker side: clears the untracked flag unless it was set again since
+/// `generation` was read.
+pub fn clear_untracked(generation: u64) {
+    let mut shared = PENDING.exclusive();
+    if shared.untracked_generation == generation {
+        shared.prepared_untracked = false;
     }
 }
 
@@ -236,7 +526,18 @@ fn worker_stats() -> TableIterator<
     if !PRELOADED.load(Ordering::Relaxed) {
         return TableIterator::new(Vec::new());
     }
-    let s = *PENDING.share();
+    let s = {
+        let shared = PENDING.share();
+        Stats {
+            worker_latch: shared.worker_latch,
+            database: shared.database,
+            passes: shared.passes,
+            last_pass_unix_ms: shared.last_pass_unix_ms,
+            segments_written: shared.segments_written,
+            streams_expired: shared.streams_expired,
+            errors: shared.errors,
+        }
+    };
     let last_pass = (s.last_pass_unix_ms > 0).then(|| {
         TimestampWithTimeZone::try_from(
             // Postgres epoch is 2000-01-01; microseconds.
@@ -253,4 +554,15 @@ fn worker_stats() -> TableIterator<
         s.streams_expired,
         s.errors,
     ))
+}
+
+/// The counters `ds.worker_stats()` shows (copied out of the lock).
+struct Stats {
+    worker_latch: usize,
+    database: u32,
+    passes: i64,
+    last_pass_unix_ms: i64,
+    segments_written: i64,
+    streams_expired: i64,
+    errors: i64,
 }

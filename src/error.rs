@@ -43,6 +43,9 @@ pub enum DsError {
     /// An append or create would exceed a storage quota (see `quota.rs`).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A per-call resource limit (a GUC) was exceeded (HTTP 413).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An SPI call failed: a bug, never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -58,14 +61,18 @@ impl From<pgrx::spi::Error> for DsError {
 pub fn core_sqlstate(e: &CoreError) -> Code {
     match e {
         CoreError::InvalidPath(_) => Code::ERRCODE_INVALID_NAME,
-        CoreError::InvalidOffset(_) | CoreError::InvalidJson(_) => {
+        CoreError::InvalidOffset(_) | CoreError::InvalidJson(_) | CoreError::JsonTooDeep { .. } => {
             Code::ERRCODE_INVALID_TEXT_REPRESENTATION
         }
         CoreError::InvalidUtf8(_) => Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-        CoreError::BodyTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        CoreError::BodyTooLarge { .. } | CoreError::TooManyMessages { .. } => {
+            Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED
+        }
         CoreError::CorruptSegment(_) => Code::ERRCODE_DATA_CORRUPTED,
         CoreError::InvalidContentType(_)
         | CoreError::InvalidTtl(_)
+        | CoreError::TtlTooLarge(_)
+        | CoreError::ExpiresAtTooLate
         | CoreError::TtlWithExpiresAt
         | CoreError::EmptyJsonArray
         | CoreError::EmptyAppend
@@ -89,6 +96,7 @@ impl DsError {
             DsError::Forbidden { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             DsError::NoSuchRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             DsError::QuotaExceeded(_) => Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -12,6 +12,24 @@ pub static MAX_APPEND_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 
 /// Default 1 MiB: big enough for throughput, small enough for one response.
 pub static READ_CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
+/// Most messages one append (or create body) may carry; more is 54000.
+/// Each message is a row and a heap allocation, so a 16 MiB body of `1,`
+/// would otherwise cost millions of rows and about 1 GB of backend memory.
+pub static MAX_MESSAGES_PER_APPEND: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+
+/// Deepest JSON nesting accepted, counted as read back (see `ds_core::json::Limits`).
+pub static JSON_MAX_DEPTH: GucSetting<i32> =
+    GucSetting::<i32>::new(ds_core::json::DEFAULT_MAX_DEPTH as i32);
+
+/// Most rows one `ds.read` returns (also its default when no `max_rows`).
+pub static READ_MAX_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// Most bytes one `ds.read_chunk` (or `ds.read`) call collects.
+pub static READ_CHUNK_MAX_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+
+/// Whether a backend tunes glibc malloc for large reads (see `lib.rs`).
+pub static TUNE_MALLOC: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Whether appends announce themselves at all (doorbell or pg_notify).
 /// Off only for measuring what announcing costs; live readers then rely on
 /// their own timeouts.
@@ -69,6 +87,54 @@ pub fn init(preloading: bool) {
         1024,
         i32::MAX,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ds.max_messages_per_append",
+        c"Most messages one append or create body may carry.",
+        c"More is rejected with SQLSTATE 54000 (HTTP 413). Also caps the messages one ds.read_chunk collects and the messages a fork sub-offset may skip.",
+        &MAX_MESSAGES_PER_APPEND,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ds.json_max_depth",
+        c"Deepest nesting of JSON arrays and objects accepted, counted as read back.",
+        c"A read wraps messages in one array, which counts; deeper bodies are rejected with SQLSTATE 22P02 (HTTP 400).",
+        &JSON_MAX_DEPTH,
+        1,
+        ds_core::json::MAX_MAX_DEPTH as i32,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ds.read_max_rows",
+        c"Most rows one ds.read call returns (its default when max_rows is NULL).",
+        c"Callers page on with the last row's next_offset.",
+        &READ_MAX_ROWS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ds.read_chunk_max_bytes",
+        c"Most bytes one ds.read_chunk or ds.read call collects (at least one message).",
+        c"Larger max_bytes arguments are clamped to it.",
+        &READ_CHUNK_MAX_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"ds.tune_malloc",
+        c"Whether reading backends tune glibc malloc to keep large buffers (default off).",
+        c"When on, a backend's first ds.read_chunk or ds.read raises the mmap threshold to 16 MiB and the trim threshold to 32 MiB.",
+        &TUNE_MALLOC,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -177,6 +243,29 @@ pub fn max_append_bytes() -> usize {
     usize::try_from(MAX_APPEND_BYTES.get()).unwrap_or(usize::MAX)
 }
 
+/// Bounds of one JSON body, as configured.
+pub fn json_limits() -> ds_core::json::Limits {
+    ds_core::json::Limits {
+        max_depth: usize::try_from(JSON_MAX_DEPTH.get()).unwrap_or(1),
+        max_messages: max_messages(),
+    }
+}
+
+/// Most messages per append, per read chunk, per fork sub-offset scan.
+pub fn max_messages() -> usize {
+    usize::try_from(MAX_MESSAGES_PER_APPEND.get()).unwrap_or(1)
+}
+
+/// Most rows of one `ds.read`.
+pub fn read_max_rows() -> i64 {
+    i64::from(READ_MAX_ROWS.get())
+}
+
+/// Most bytes of one read call.
+pub fn read_chunk_max_bytes() -> i64 {
+    i64::from(READ_CHUNK_MAX_BYTES.get())
+}
+
 /// The default read budget.
 pub fn read_chunk_bytes() -> i64 {
     i64::from(READ_CHUNK_BYTES.get())
@@ -190,12 +279,16 @@ pub fn worker_database() -> String {
         .unwrap_or_else(|| "postgres".to_owned())
 }
 
+/// Most messages in one segment (and rows one rotation of a stream loads).
+pub const SEGMENT_MAX_MESSAGES: i64 = 100_000;
+
 /// Rotation settings as read now.
 pub fn rotation() -> RotationSettings {
     RotationSettings {
         hot_tail: i64::from(HOT_TAIL_BYTES.get()),
         target: i64::from(SEGMENT_TARGET_BYTES.get()),
         max_bytes: i64::from(ROTATION_MAX_BYTES.get()),
+        max_rows: SEGMENT_MAX_MESSAGES,
         pause: std::time::Duration::from_millis(
             u64::try_from(DEBUG_ROTATION_PAUSE_MS.get()).unwrap_or(0),
         ),
@@ -208,5 +301,7 @@ pub struct RotationSettings {
     pub hot_tail: i64,
     pub target: i64,
     pub max_bytes: i64,
+    /// Most rows one rotation loads, and most messages in one segment.
+    pub max_rows: i64,
     pub pause: std::time::Duration,
 }

@@ -35,24 +35,33 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: read-only flag set by the postmaster while it loads libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::init(preloading);
-    keep_large_allocations();
     if preloading {
         doorbell::init_shared_memory();
         worker::register();
     }
 }
 
-/// Lets glibc keep freed large blocks instead of returning them to the OS.
+/// Whether this backend tuned malloc (see [`tune_malloc_if_enabled`]).
+static MALLOC_TUNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `ds.tune_malloc` on, lets glibc keep freed large blocks of THIS
+/// backend instead of returning them to the OS; called by the reads, so only
+/// backends that read streams are affected, and only once.
 ///
 /// A catch-up read handles its chunk (1 MiB by default) several times:
 /// detoasted, returned as `bytea`, materialised, sent. Postgres mallocs each
 /// copy and frees it at the end of the call, and by default glibc gives the
 /// memory back (trims the heap) right away, so every read page-faults its
 /// buffers in again: measured at about half the backend's CPU on a 64 MiB
-/// catch-up. Blocks below 16 MiB now come from the heap, and up to 32 MiB of
-/// free heap is kept per backend for the next call. Set in the postmaster when
-/// preloaded, so every backend inherits it.
-fn keep_large_allocations() {
+/// catch-up. Tuned, blocks below 16 MiB come from the heap, and up to 32 MiB
+/// of free heap is kept per backend for the next call. Off by default: it is
+/// a process-wide allocator setting, which an extension should not change
+/// for backends unasked.
+pub(crate) fn tune_malloc_if_enabled() {
+    use std::sync::atomic::Ordering;
+    if !gucs::TUNE_MALLOC.get() || MALLOC_TUNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
@@ -69,6 +78,12 @@ fn keep_large_allocations() {
             mallopt(M_TRIM_THRESHOLD, 32 << 20);
         }
     }
+}
+
+/// Whether this backend has called `mallopt` (for tests).
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn malloc_tuned() -> bool {
+    MALLOC_TUNED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

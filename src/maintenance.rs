@@ -16,8 +16,7 @@ use crate::streams::{live_stream, retire_stream};
 
 /// Rotates one stream with the current settings.
 pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<Rotated> {
-    let s = gucs::rotation();
-    storage::rotate(client, stream_id, s.hot_tail, s.target, s.max_bytes, s.pause)
+    storage::rotate(client, stream_id, &gucs::rotation())
 }
 
 /// Packs the cold part of a stream's hot log into segments now, exactly as
@@ -40,38 +39,95 @@ fn rotate(
     Ok(TableIterator::once((done.segments, done.messages, done.bytes)))
 }
 
-/// Streams whose cold part fills at least one segment.
-pub fn rotation_candidates(client: &SpiClient<'_>, limit: i64) -> DsResult<Vec<i64>> {
-    let s = gucs::rotation();
-    let rows = client.select(
-        "SELECT stream_id FROM ds.streams s \
-         WHERE s.tail_pos - coalesce((SELECT min(start_pos) FROM ds.messages m \
-                                      WHERE m.stream_id = s.stream_id), s.tail_pos) >= $1 + $2 \
-         ORDER BY stream_id LIMIT $3",
-        None,
-        &[s.hot_tail.into(), s.target.into(), limit.into()],
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row.get::<i64>(1)?.expect("stream_id"));
+/// Where the next maintenance pass continues: the last stream id it
+/// visited. Each pass takes the next `limit` candidates after it and wraps
+/// around, so a candidate that makes no progress (or fails every time) costs
+/// one turn per round and never starves the streams after it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub i64);
+
+impl Cursor {
+    /// Up to `limit` ids from `query(after, upto)` (ids in `(after, upto]`,
+    /// ascending), starting after the cursor and wrapping around once.
+    fn next<T>(
+        &mut self,
+        limit: i64,
+        id: impl Fn(&T) -> i64,
+        mut query: impl FnMut(i64, i64, i64) -> DsResult<Vec<T>>,
+    ) -> DsResult<Vec<T>> {
+        let mut out = query(self.0, i64::MAX, limit)?;
+        let left = limit - out.len() as i64;
+        if left > 0 && self.0 > 0 {
+            out.extend(query(i64::MIN, self.0, left)?);
+        }
+        self.0 = out.last().map_or(0, id);
+        Ok(out)
     }
-    Ok(out)
 }
 
-/// Streams past their TTL or expiry that still hold a path.
-pub fn expired_streams(client: &SpiClient<'_>, limit: i64) -> DsResult<Vec<String>> {
-    let rows = client.select(
-        "SELECT path FROM ds.streams WHERE path IS NOT NULL AND NOT soft_deleted \
-           AND (expires_at <= now() OR last_access + ttl_seconds * interval '1 second' <= now()) \
-         LIMIT $1",
-        None,
-        &[limit.into()],
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row.get::<String>(1)?.expect("path"));
-    }
-    Ok(out)
+/// The next `limit` streams whose cold part fills at least one segment,
+/// round-robin from `cursor`.
+pub fn rotation_candidates(
+    client: &SpiClient<'_>,
+    cursor: &mut Cursor,
+    limit: i64,
+) -> DsResult<Vec<i64>> {
+    let s = gucs::rotation();
+    cursor.next(
+        limit,
+        |id| *id,
+        |after, upto, n| {
+            let rows = client.select(
+                "SELECT stream_id FROM ds.streams s \
+             WHERE s.stream_id OPERATOR(pg_catalog.>) $3 \
+               AND s.stream_id OPERATOR(pg_catalog.<=) $4 \
+               AND (s.tail_pos OPERATOR(pg_catalog.-) \
+                    coalesce((SELECT pg_catalog.min(start_pos) FROM ds.messages m \
+                              WHERE m.stream_id OPERATOR(pg_catalog.=) s.stream_id), s.tail_pos)) \
+                   OPERATOR(pg_catalog.>=) ($1 OPERATOR(pg_catalog.+) $2) \
+             ORDER BY stream_id LIMIT $5",
+                None,
+                &[s.hot_tail.into(), s.target.into(), after.into(), upto.into(), n.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.get::<i64>(1)?.expect("stream_id"));
+            }
+            Ok(out)
+        },
+    )
+}
+
+/// The next `limit` streams past their TTL or expiry that still hold a path
+/// (id, path), round-robin from `cursor`. The test never raises, whatever a
+/// row holds (see `storage::EXPIRED`), so one bad row cannot stop expiry.
+pub fn expired_streams(
+    client: &SpiClient<'_>,
+    cursor: &mut Cursor,
+    limit: i64,
+) -> DsResult<Vec<(i64, String)>> {
+    let query = format!(
+        "SELECT stream_id, path FROM ds.streams \
+         WHERE path IS NOT NULL AND NOT soft_deleted AND {} \
+           AND stream_id OPERATOR(pg_catalog.>) $1 AND stream_id OPERATOR(pg_catalog.<=) $2 \
+         ORDER BY stream_id LIMIT $3",
+        *storage::EXPIRED
+    );
+    cursor.next(
+        limit,
+        |(id, _)| *id,
+        |after, upto, n| {
+            let rows = client.select(&query, None, &[after.into(), upto.into(), n.into()])?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push((
+                    row.get::<i64>(1)?.expect("stream_id"),
+                    row.get::<String>(2)?.expect("path"),
+                ));
+            }
+            Ok(out)
+        },
+    )
 }
 
 /// Deletes an expired stream (kept, pathless, if forks read it) and wakes its
@@ -93,7 +149,8 @@ pub fn forget_idle_producers(client: &mut SpiClient<'_>) -> DsResult<u64> {
         return Ok(0);
     }
     let t = client.update(
-        "DELETE FROM ds.producers WHERE updated_at < now() - $1 * interval '1 second'",
+        "DELETE FROM ds.producers WHERE updated_at OPERATOR(pg_catalog.<) \
+           (pg_catalog.now() OPERATOR(pg_catalog.-) ($1 OPERATOR(pg_catalog.*) interval '1 second'))",
         None,
         &[i64::from(ttl).into()],
     )?;
@@ -125,14 +182,18 @@ fn stats() -> Result<
     let rows = Spi::connect(|client| -> DsResult<Vec<_>> {
         let table = client.select(
             "SELECT s.path, s.stream_id, s.tail_pos, \
-                    coalesce(h.n, 0), coalesce(h.b, 0), coalesce(g.n, 0), coalesce(g.b, 0), g.last, \
-                    s.fork_count, s.soft_deleted \
+                    coalesce(h.n, 0::bigint), coalesce(h.b, 0::bigint), coalesce(g.n, 0::bigint), \
+                    coalesce(g.b, 0::bigint), g.last, s.fork_count, s.soft_deleted \
              FROM ds.streams s \
-             LEFT JOIN (SELECT stream_id, count(*) n, sum(octet_length(data))::bigint b \
-                        FROM ds.messages GROUP BY stream_id) h USING (stream_id) \
-             LEFT JOIN (SELECT stream_id, count(*) n, sum(end_pos - start_pos)::bigint b, \
-                               max(created_at) last \
-                        FROM ds.segments GROUP BY stream_id) g USING (stream_id) \
+             LEFT JOIN (SELECT stream_id, pg_catalog.count(*) n, \
+                               pg_catalog.sum(pg_catalog.octet_length(data))::bigint b \
+                        FROM ds.messages GROUP BY stream_id) h \
+                    ON h.stream_id OPERATOR(pg_catalog.=) s.stream_id \
+             LEFT JOIN (SELECT stream_id, pg_catalog.count(*) n, \
+                               pg_catalog.sum(end_pos OPERATOR(pg_catalog.-) start_pos)::bigint b, \
+                               pg_catalog.max(created_at) last \
+                        FROM ds.segments GROUP BY stream_id) g \
+                    ON g.stream_id OPERATOR(pg_catalog.=) s.stream_id \
              ORDER BY s.stream_id",
             None,
             &[],

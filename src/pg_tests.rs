@@ -723,4 +723,236 @@ mod tests {
         assert_eq!(body("h2"), "cey");
         assert!(boolean("SELECT closed FROM ds.head('h1')"));
     }
+
+    #[pg_test]
+    fn json_depth_is_bounded_and_checked_without_recursion() {
+        Spi::run("SELECT ds.create('deep', 'application/json')").unwrap();
+        // 100,000 levels: rejected (a recursive check would overflow the stack).
+        assert_eq!(
+            sqlstate(
+                "SELECT ds.append('deep', (repeat('[', 100000) || '1' || repeat(']', 100000))::text)"
+            )
+            .as_deref(),
+            Some("22P02")
+        );
+        assert_eq!(
+            text(
+                "SELECT outcome || ' ' || sqlstate FROM ds.try_append('deep', \
+                 convert_to(repeat('[', 100000) || repeat(']', 100000), 'UTF8'))"
+            ),
+            "invalid_request 22P02"
+        );
+        Spi::run("SET ds.json_max_depth = 3").unwrap();
+        assert_eq!(text("SELECT ds.append('deep', '[[[1]]]'::text)"), off(5));
+        assert_eq!(
+            sqlstate("SELECT ds.append('deep', '[[[[1]]]]'::text)").as_deref(),
+            Some("22P02")
+        );
+        assert_eq!(text("SELECT ds.append('deep', '{\"a\":[1]}'::text)"), off(14));
+        assert_eq!(
+            sqlstate("SELECT ds.append('deep', '{\"a\":[[1]]}'::text)").as_deref(),
+            Some("22P02")
+        );
+        assert_eq!(
+            sqlstate("SELECT ds.create('deep2', 'application/json', body => '[[[[1]]]]')")
+                .as_deref(),
+            Some("22P02")
+        );
+        assert!(boolean("SELECT count(*) = 2 FROM ds.read('deep')"), "nothing else stored");
+        assert_eq!(sqlstate("SET ds.json_max_depth = 1025").as_deref(), Some("22023"));
+    }
+
+    #[pg_test]
+    fn messages_per_append_are_capped() {
+        Spi::run("SELECT ds.create('many', 'application/json')").unwrap();
+        // 200,001 messages in 400 kB: over the default cap of 100,000.
+        assert_eq!(
+            sqlstate("SELECT ds.append('many', ('[' || repeat('1,', 200000) || '1]')::text)")
+                .as_deref(),
+            Some("54000")
+        );
+        assert_eq!(
+            text(
+                "SELECT outcome || ' ' || sqlstate FROM ds.try_append('many', \
+                 convert_to('[' || repeat('1,', 200000) || '1]', 'UTF8'))"
+            ),
+            "invalid_request 54000"
+        );
+        assert_eq!(
+            text("SELECT ds.append('many', ('[' || repeat('1,', 99999) || '1]')::text)"),
+            off(100_000)
+        );
+        Spi::run("SET ds.max_messages_per_append = 3").unwrap();
+        assert_eq!(
+            sqlstate("SELECT ds.append('many', '[1,2,3,4]'::text)").as_deref(),
+            Some("54000")
+        );
+        assert_eq!(
+            sqlstate("SELECT ds.create('many2', 'application/json', body => '[1,2,3,4]')")
+                .as_deref(),
+            Some("54000")
+        );
+        assert_eq!(text("SELECT ds.append('many', '[1,2,3]'::text)"), off(100_003));
+    }
+
+    #[pg_test]
+    fn reads_are_bounded_in_rows_and_bytes() {
+        Spi::run("SELECT ds.create('rows', 'application/json')").unwrap();
+        Spi::run("SELECT ds.append('rows', ('[' || repeat('1,', 29) || '1]')::text)").unwrap();
+        Spi::run("SET ds.read_max_rows = 10").unwrap();
+        assert!(boolean("SELECT count(*) = 10 FROM ds.read('rows')"), "default cap");
+        assert!(boolean("SELECT count(*) = 10 FROM ds.read('rows', max_rows => 1000)"), "capped");
+        assert!(boolean("SELECT count(*) = 4 FROM ds.read('rows', max_rows => 4)"));
+        // Paging on from the last next_offset reaches everything.
+        assert!(boolean(&format!("SELECT count(*) = 10 FROM ds.read('rows', '{}')", off(20))));
+        // A chunk holds at most ds.max_messages_per_append messages.
+        Spi::run("SET ds.max_messages_per_append = 5").unwrap();
+        assert_eq!(
+            text(
+                "SELECT convert_from(body, 'UTF8') || ' ' || up_to_date FROM ds.read_chunk('rows')"
+            ),
+            "[1,1,1,1,1] false"
+        );
+        // max_bytes is clamped to ds.read_chunk_max_bytes, and so is ds.read.
+        Spi::run("SELECT ds.create('big', 'application/octet-stream')").unwrap();
+        for _ in 0..10 {
+            Spi::run("SELECT ds.append('big', convert_to(repeat('x', 512), 'UTF8'))").unwrap();
+        }
+        Spi::run("SET ds.read_chunk_max_bytes = 1024").unwrap();
+        assert!(boolean(
+            "SELECT octet_length(body) = 1024 AND NOT up_to_date \
+             FROM ds.read_chunk('big', max_bytes => 1000000000)"
+        ));
+        assert!(boolean("SELECT count(*) = 2 FROM ds.read('big')"));
+    }
+
+    #[pg_test]
+    fn fork_sub_offset_scans_are_bounded() {
+        Spi::run("SELECT ds.create('fsrc', 'application/json', body => '[1,2,3,4,5,6,7,8,9,10]')")
+            .unwrap();
+        Spi::run("SET ds.max_messages_per_append = 5").unwrap();
+        assert_eq!(
+            sqlstate("SELECT ds.fork('fdst', 'fsrc', '0000000000000000_0000000000000000', 7)")
+                .as_deref(),
+            Some("54000"),
+            "more messages than one call may handle"
+        );
+        Spi::run("SELECT ds.fork('fdst', 'fsrc', '0000000000000000_0000000000000000', 3)").unwrap();
+        assert_eq!(body("fdst"), "[1,2,3]");
+        // The byte budget of the scan: past it, 54000 rather than a full scan.
+        Spi::run("RESET ds.max_messages_per_append; SET ds.read_chunk_max_bytes = 1024").unwrap();
+        Spi::run("SELECT ds.create('fwide', 'application/json')").unwrap();
+        for _ in 0..3 {
+            Spi::run(&format!("SELECT ds.append('fwide', '[\"{}\"]'::text)", "y".repeat(600)))
+                .unwrap();
+        }
+        assert_eq!(
+            sqlstate("SELECT ds.fork('fw2', 'fwide', '0000000000000000_0000000000000000', 3)")
+                .as_deref(),
+            Some("54000")
+        );
+    }
+
+    #[pg_test]
+    fn ttl_and_expiry_are_bounded_and_huge_old_ttls_are_harmless() {
+        assert_eq!(
+            sqlstate("SELECT ds.create('t1', ttl_seconds => 3155760001)").as_deref(),
+            Some("22023")
+        );
+        Spi::run("SELECT ds.create('t1', ttl_seconds => 3155760000)").unwrap();
+        assert_eq!(
+            sqlstate("SELECT ds.create('t2', expires_at => 'infinity')").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate("SELECT ds.create('t2', expires_at => '10000-01-01Z')").as_deref(),
+            Some("22023")
+        );
+        Spi::run("SELECT ds.create('t2', expires_at => '9999-12-31 23:59:59Z')").unwrap();
+        // A row from before the limit: 2^53 seconds overflows last_access + ttl.
+        Spi::run(
+            "INSERT INTO ds.streams (path, content_type, ttl_seconds) \
+             VALUES ('huge', 'text/plain', 9007199254740992)",
+        )
+        .unwrap();
+        Spi::run(
+            "INSERT INTO ds.streams (path, content_type, expires_at) \
+             VALUES ('gone', 'text/plain', now() - interval '1 second')",
+        )
+        .unwrap();
+        assert!(!boolean("SELECT closed FROM ds.head('huge')"), "readable, not 22008");
+        assert_eq!(text("SELECT ds.append('huge', 'x'::text)"), off(1));
+        let expired = Spi::connect(|c| {
+            let mut cursor = crate::maintenance::Cursor::default();
+            crate::maintenance::expired_streams(c, &mut cursor, 100)
+        })
+        .unwrap();
+        let paths: Vec<&str> = expired.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(paths, ["gone"], "expiry lists the other stream and does not fail");
+        Spi::run("SELECT ds.delete('huge')").unwrap();
+        assert!(boolean("SELECT NOT EXISTS (SELECT FROM ds.streams WHERE path = 'huge')"));
+    }
+
+    #[pg_test]
+    fn rotation_reaches_every_stream_despite_tiny_messages() {
+        Spi::run("SET ds.hot_tail_bytes = 0; SET ds.segment_target_bytes = 200").unwrap();
+        // 100 streams of 250 one-byte messages, created first (lower ids).
+        Spi::run(
+            "SELECT ds.create('tiny/' || i, 'text/plain') FROM generate_series(1, 100) i; \
+             INSERT INTO ds.messages (stream_id, start_pos, data) \
+               SELECT s.stream_id, g, 'x' FROM ds.streams s, generate_series(0, 249) g \
+               WHERE s.path LIKE 'tiny/%'; \
+             UPDATE ds.streams SET tail_pos = 250 WHERE path LIKE 'tiny/%'",
+        )
+        .unwrap();
+        Spi::run("SELECT ds.create('bulky', 'text/plain')").unwrap();
+        for _ in 0..4 {
+            Spi::run("SELECT ds.append('bulky', repeat('b', 100))").unwrap();
+        }
+        // One rotation loads at most 50 rows here (100,000 in production):
+        // 50 tiny messages never reach the segment target of 200 bytes.
+        let settings = crate::gucs::RotationSettings { max_rows: 50, ..crate::gucs::rotation() };
+        let bulky = text("SELECT stream_id::text FROM ds.head('bulky')").parse::<i64>().unwrap();
+        let mut cursor = crate::maintenance::Cursor::default();
+        let mut passes = 0;
+        let rotated = Spi::connect_mut(|c| -> crate::error::DsResult<bool> {
+            while passes < 5 {
+                passes += 1;
+                for id in crate::maintenance::rotation_candidates(c, &mut cursor, 100)? {
+                    let done = crate::storage::rotate(c, id, &settings)?;
+                    if id == bulky && done.segments > 0 {
+                        return Ok(true);
+                    }
+                }
+            }
+            Ok(false)
+        })
+        .unwrap();
+        assert!(rotated, "the big stream was rotated within {passes} passes");
+        assert!(passes <= 2, "took {passes} passes");
+        assert!(
+            boolean("SELECT sum(segments) >= 100 FROM ds.stats() WHERE path LIKE 'tiny/%'"),
+            "tiny streams progress too"
+        );
+        assert_eq!(
+            text("SELECT string_agg(convert_from(data, 'UTF8'), '') FROM ds.read('tiny/7')"),
+            "x".repeat(250),
+            "reads unchanged"
+        );
+    }
+
+    #[pg_test]
+    fn malloc_tuning_is_opt_in() {
+        // What this proves: the setting exists, is off by default, can only
+        // be changed in the server configuration, and a read with it off does
+        // not reach our mallopt call. glibc's own state is not observable.
+        assert_eq!(
+            text("SELECT setting || ' ' || context FROM pg_settings WHERE name = 'ds.tune_malloc'"),
+            "off sighup"
+        );
+        Spi::run("SELECT ds.create('m', 'text/plain'); SELECT ds.append('m', 'x'::text)").unwrap();
+        Spi::run("SELECT * FROM ds.read_chunk('m'); SELECT * FROM ds.read('m')").unwrap();
+        assert!(!crate::malloc_tuned(), "no mallopt with ds.tune_malloc off");
+        assert_eq!(sqlstate("SET ds.tune_malloc = on").as_deref(), Some("55P02"));
+    }
 }

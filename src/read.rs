@@ -19,9 +19,6 @@ use crate::gucs;
 use crate::storage::{self, Lock, StoredMessage, StreamRow};
 use crate::streams::live_stream;
 
-/// Upper bound of a read budget, so `from + budget` never overflows.
-const MAX_BUDGET: i64 = 1 << 40;
-
 /// Opens a stream for reading and restarts its sliding TTL.
 fn open_for_read(
     client: &mut SpiClient<'_>,
@@ -99,6 +96,9 @@ fn concat(parts: Vec<(Offset, Vec<u8>)>) -> Vec<u8> {
 
 /// The messages of a stream from `from_offset`: one row per JSON message or
 /// per stored chunk of a byte stream, with the offset to resume after it.
+/// At most `max_rows` rows, capped (and defaulted) by `ds.read_max_rows`, and
+/// about `ds.read_chunk_max_bytes` bytes (never less than one row): page on
+/// from the last row's `next_offset`.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn read(
@@ -112,10 +112,13 @@ fn read(
     >,
     ErrorReport,
 > {
+    crate::tune_malloc_if_enabled();
     let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
         let (stream, start) = open_for_read(client, path, from_offset)?;
-        let budget = (stream.tail.as_i64() - start.as_i64()).max(1);
-        let max_rows = max_rows.map(|n| n.max(0));
+        // Bounded like a chunk: callers page on with the last next_offset.
+        let budget = (stream.tail.as_i64() - start.as_i64()).clamp(1, gucs::read_chunk_max_bytes());
+        let cap = gucs::read_max_rows();
+        let max_rows = Some(max_rows.map_or(cap, |n| n.clamp(0, cap)));
         Ok(visible_messages(client, &stream, start, budget, max_rows)?
             .into_iter()
             .map(|(at, data)| {
@@ -128,7 +131,8 @@ fn read(
 }
 
 /// One response body from `from_offset`, at most about `max_bytes` long
-/// (never less than one stored message): a JSON array for JSON streams,
+/// (clamped to `ds.read_chunk_max_bytes`; never less than one stored
+/// message, at most `ds.max_messages_per_append` messages): a JSON array for JSON streams,
 /// raw bytes otherwise. `up_to_date` when it reaches the tail; `closed` only
 /// when it reaches the tail of a closed stream.
 #[pg_extern(security_definer)]
@@ -151,11 +155,15 @@ fn read_chunk(
     >,
     ErrorReport,
 > {
+    crate::tune_malloc_if_enabled();
     let row = Spi::connect_mut(|client| -> DsResult<_> {
         let (stream, start) = open_for_read(client, path, from_offset)?;
         let mode = content_type::mode(&stream.content_type)?;
-        let budget = max_bytes.unwrap_or_else(gucs::read_chunk_bytes).clamp(1, MAX_BUDGET);
-        let parts = visible_messages(client, &stream, start, budget, None)?;
+        let budget =
+            max_bytes.unwrap_or_else(gucs::read_chunk_bytes).clamp(1, gucs::read_chunk_max_bytes());
+        // Rows cost far more memory than their bytes when messages are tiny.
+        let max_rows = i64::try_from(gucs::max_messages()).unwrap_or(i64::MAX);
+        let parts = visible_messages(client, &stream, start, budget, Some(max_rows))?;
         let next = parts.last().map_or(start, |(at, d)| Offset(at.0 + d.len() as u64));
         let body = if mode == Mode::Json {
             json::join_messages(parts.iter().map(|(_, d)| d.as_slice()))

@@ -2,7 +2,13 @@
 //!
 //! Statements are parameterised (no string formatting of values) and fully
 //! qualified, because the public functions run as SECURITY DEFINER with a
-//! pinned search_path. Nothing here decides protocol rules; callers do.
+//! pinned search_path and the background workers run as a superuser:
+//! tables, functions and operators (`OPERATOR(pg_catalog.=)`) are all named
+//! with their schema, so no object a database owner creates elsewhere (say,
+//! `public.*(bigint, interval)`) is ever resolved instead, whatever
+//! search_path a caller has. Every `OPERATOR(...)` has the same precedence
+//! and associates left, so chained ones are parenthesised. Nothing here
+//! decides protocol rules; callers do.
 
 use std::collections::HashMap;
 
@@ -122,12 +128,30 @@ pub enum Lock {
     ForWrite,
 }
 
-const STREAM_COLUMNS: &str = "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
-     closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, \
-     coalesce(expires_at <= now() \
-              OR last_access + ttl_seconds * interval '1 second' <= now(), false), \
-     fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, soft_deleted, \
-     owner_role, max_bytes";
+/// Whether a `ds.streams` row is expired at `now()`, as SQL. Never raises:
+/// the TTL is capped at `MAX_TTL_SECONDS` before any arithmetic and only
+/// `now()` is shifted, so a row written with a huge TTL (before that limit
+/// existed) is merely "not expired for 100 years" instead of an overflow
+/// that would fail every statement reading it.
+pub static EXPIRED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "coalesce(expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() \
+                  OR last_access OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) \
+                     (least(ttl_seconds, {max}) OPERATOR(pg_catalog.*) interval '1 second')), \
+                  false)",
+        max = ds_core::limits::MAX_TTL_SECONDS
+    )
+});
+
+static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
+         closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, {expired}, \
+         fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, \
+         soft_deleted, owner_role, max_bytes",
+        expired = *EXPIRED
+    )
+});
 
 /// Looks a stream up by path; expired streams are returned with `expired`.
 pub fn find_stream(
@@ -135,7 +159,7 @@ pub fn find_stream(
     path: &str,
     lock: Lock,
 ) -> DsResult<Option<StreamRow>> {
-    find_by(client, "path = $1", path.into(), lock)
+    find_by(client, "path OPERATOR(pg_catalog.=) $1", path.into(), lock)
 }
 
 /// Looks a stream up by id.
@@ -144,7 +168,7 @@ pub fn find_stream_by_id(
     stream_id: i64,
     lock: Lock,
 ) -> DsResult<Option<StreamRow>> {
-    find_by(client, "stream_id = $1", stream_id.into(), lock)
+    find_by(client, "stream_id OPERATOR(pg_catalog.=) $1", stream_id.into(), lock)
 }
 
 fn find_by(
@@ -156,14 +180,17 @@ fn find_by(
     let table = match lock {
         Lock::None => select(
             client,
-            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition}"),
+            &format!("SELECT {} FROM ds.streams WHERE {condition}", *STREAM_COLUMNS),
             Some(1),
             &[key],
         )?,
         // A row lock is a write: SPI must not run it read-only.
         Lock::ForWrite => update(
             client,
-            &format!("SELECT {STREAM_COLUMNS} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE"),
+            &format!(
+                "SELECT {} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE",
+                *STREAM_COLUMNS
+            ),
             Some(1),
             &[key],
         )?,
@@ -192,8 +219,9 @@ pub fn lock_streams(
         update(
             client,
             &format!(
-                "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = $1 \
-                 FOR NO KEY UPDATE{wait}"
+                "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) $1 \
+                 FOR NO KEY UPDATE{wait}",
+                *STREAM_COLUMNS
             ),
             None,
             &[(*path).into()],
@@ -202,8 +230,9 @@ pub fn lock_streams(
         update(
             client,
             &format!(
-                "SELECT {STREAM_COLUMNS}, path FROM ds.streams WHERE path = ANY($1) \
-                 ORDER BY path FOR NO KEY UPDATE{wait}"
+                "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) ANY($1) \
+                 ORDER BY path FOR NO KEY UPDATE{wait}",
+                *STREAM_COLUMNS
             ),
             None,
             &[paths.to_vec().into()],
@@ -221,7 +250,7 @@ pub fn lock_streams(
 pub fn existing_paths(client: &SpiClient<'_>, paths: &[&str]) -> DsResult<Vec<String>> {
     let table = select(
         client,
-        "SELECT path FROM ds.streams WHERE path = ANY($1)",
+        "SELECT path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) ANY($1)",
         None,
         &[paths.to_vec().into()],
     )?;
@@ -295,7 +324,7 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
         "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
              fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
              owner_role) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0), $11) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), $11) \
          ON CONFLICT (path) DO NOTHING RETURNING stream_id",
         Some(1),
         &[
@@ -319,7 +348,8 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
 pub fn add_forks(client: &mut SpiClient<'_>, stream_id: i64, delta: i32) -> DsResult<i32> {
     let table = update(
         client,
-        "UPDATE ds.streams SET fork_count = fork_count + $2 WHERE stream_id = $1 RETURNING fork_count",
+        "UPDATE ds.streams SET fork_count = fork_count OPERATOR(pg_catalog.+) $2 \
+         WHERE stream_id OPERATOR(pg_catalog.=) $1 RETURNING fork_count",
         Some(1),
         &[stream_id.into(), delta.into()],
     )?;
@@ -337,7 +367,8 @@ pub fn soft_delete_stream(
     update(
         client,
         "UPDATE ds.streams SET soft_deleted = true, \
-             path = CASE WHEN $2 THEN NULL ELSE path END WHERE stream_id = $1",
+             path = CASE WHEN $2 THEN NULL ELSE path END \
+         WHERE stream_id OPERATOR(pg_catalog.=) $1",
         None,
         &[stream_id.into(), release_path.into()],
     )?;
@@ -347,10 +378,10 @@ pub fn soft_delete_stream(
 /// Removes a stream and everything stored for it.
 pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
     for query in [
-        "DELETE FROM ds.messages WHERE stream_id = $1",
-        "DELETE FROM ds.segments WHERE stream_id = $1",
-        "DELETE FROM ds.producers WHERE stream_id = $1",
-        "DELETE FROM ds.streams WHERE stream_id = $1",
+        "DELETE FROM ds.messages WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.segments WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.producers WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1",
     ] {
         update(client, query, None, &[stream_id.into()])?;
     }
@@ -381,11 +412,12 @@ pub fn chain(client: &SpiClient<'_>, stream: &StreamRow) -> DsResult<Vec<Level>>
     let table = select(
         client,
         "WITH RECURSIVE chain(stream_id, fork_source, lo, hi, depth) AS ( \
-             SELECT stream_id, fork_source, coalesce(fork_pos, 0), $2::bigint, 1 \
-               FROM ds.streams WHERE stream_id = $1 \
+             SELECT stream_id, fork_source, coalesce(fork_pos, 0::bigint), $2::bigint, 1 \
+               FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1 \
              UNION ALL \
-             SELECT s.stream_id, s.fork_source, coalesce(s.fork_pos, 0), least(c.lo, c.hi), c.depth + 1 \
-               FROM chain c JOIN ds.streams s ON s.stream_id = c.fork_source) \
+             SELECT s.stream_id, s.fork_source, coalesce(s.fork_pos, 0::bigint), least(c.lo, c.hi), \
+                    c.depth OPERATOR(pg_catalog.+) 1 \
+               FROM chain c JOIN ds.streams s ON s.stream_id OPERATOR(pg_catalog.=) c.fork_source) \
          SELECT stream_id, lo, hi FROM chain ORDER BY depth",
         None,
         &[fork.source_id.into(), fork.pos.as_i64().into()],
@@ -429,7 +461,9 @@ pub fn insert_message_rows(
     update(
         client,
         "INSERT INTO ds.messages (stream_id, start_pos, data) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::bytea[]))",
         None,
         &[stream_ids.into(), starts.into(), datas.into()],
     )?;
@@ -452,10 +486,10 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
         // As in `lock_streams`: one row, a plan that stays an index probe.
         update(
             client,
-            "UPDATE ds.streams SET tail_pos = $2, last_access = now(), closed = $3, \
+            "UPDATE ds.streams SET tail_pos = $2, last_access = pg_catalog.now(), closed = $3, \
                  closed_by_producer = $4, closed_by_epoch = $5, closed_by_seq = $6, \
                  last_stream_seq = $7 \
-             WHERE stream_id = $1",
+             WHERE stream_id OPERATOR(pg_catalog.=) $1",
             None,
             &[
                 u.stream_id.into(),
@@ -479,12 +513,18 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
     let seqs: Vec<Option<&str>> = updates.iter().map(|u| u.last_stream_seq).collect();
     update(
         client,
-        "UPDATE ds.streams s SET tail_pos = u.tail, last_access = now(), closed = u.closed, \
-             closed_by_producer = u.by_id, closed_by_epoch = u.by_epoch, \
+        "UPDATE ds.streams s SET tail_pos = u.tail, last_access = pg_catalog.now(), \
+             closed = u.closed, closed_by_producer = u.by_id, closed_by_epoch = u.by_epoch, \
              closed_by_seq = u.by_seq, last_stream_seq = u.seq \
-         FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[], \
-                     $6::bigint[], $7::text[]) AS u(id, tail, closed, by_id, by_epoch, by_seq, seq) \
-         WHERE s.stream_id = u.id",
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::boolean[]), \
+                             pg_catalog.unnest($4::text[]), \
+                             pg_catalog.unnest($5::bigint[]), \
+                             pg_catalog.unnest($6::bigint[]), \
+                             pg_catalog.unnest($7::text[])) \
+              AS u(id, tail, closed, by_id, by_epoch, by_seq, seq) \
+         WHERE s.stream_id OPERATOR(pg_catalog.=) u.id",
         None,
         &[
             ids.into(),
@@ -504,8 +544,9 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
 pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
     update(
         client,
-        "UPDATE ds.streams SET last_access = now() WHERE stream_id = \
-           (SELECT stream_id FROM ds.streams WHERE stream_id = $1 \
+        "UPDATE ds.streams SET last_access = pg_catalog.now() \
+         WHERE stream_id OPERATOR(pg_catalog.=) \
+           (SELECT stream_id FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1 \
             FOR NO KEY UPDATE SKIP LOCKED)",
         None,
         &[stream_id.into()],
@@ -523,8 +564,10 @@ pub fn find_producers(
     let table = select(
         client,
         "SELECT p.stream_id, p.producer_id, p.epoch, p.last_seq \
-         FROM unnest($1::bigint[], $2::text[]) AS k(stream_id, producer_id) \
-         JOIN ds.producers p ON p.stream_id = k.stream_id AND p.producer_id = k.producer_id",
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::text[])) AS k(stream_id, producer_id) \
+         JOIN ds.producers p ON p.stream_id OPERATOR(pg_catalog.=) k.stream_id \
+                            AND p.producer_id OPERATOR(pg_catalog.=) k.producer_id",
         None,
         &[ids.into(), names.into()],
     )?;
@@ -561,9 +604,13 @@ pub fn save_producers(
     update(
         client,
         "INSERT INTO ds.producers (stream_id, producer_id, epoch, last_seq) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) \
+         SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::text[]), \
+                             pg_catalog.unnest($3::bigint[]), \
+                             pg_catalog.unnest($4::bigint[])) \
          ON CONFLICT (stream_id, producer_id) \
-         DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, updated_at = now()",
+         DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, \
+                       updated_at = pg_catalog.now()",
         None,
         &[ids.into(), names.into(), epochs.into(), seqs.into()],
     )?;
@@ -597,19 +644,26 @@ pub fn read_messages(
     let table = select(
         client,
         "SELECT m.start_pos, m.data, c.hi, c.lo, m.packed \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(stream_id, lo, hi) \
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), \
+                             pg_catalog.unnest($2::bigint[]), \
+                             pg_catalog.unnest($3::bigint[])) AS c(stream_id, lo, hi) \
          CROSS JOIN LATERAL ( \
              (SELECT start_pos, data, false AS packed FROM ds.messages \
-              WHERE stream_id = c.stream_id AND start_pos >= c.lo AND start_pos < c.hi \
-                AND start_pos < $5 AND start_pos < $4 + $6 \
-                AND start_pos >= coalesce((SELECT max(start_pos) FROM ds.messages \
-                                           WHERE stream_id = c.stream_id AND start_pos <= $4 \
-                                             AND start_pos >= c.lo), c.lo) \
+              WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \
+                AND start_pos OPERATOR(pg_catalog.>=) c.lo AND start_pos OPERATOR(pg_catalog.<) c.hi \
+                AND start_pos OPERATOR(pg_catalog.<) $5 \
+                AND start_pos OPERATOR(pg_catalog.<) ($4 OPERATOR(pg_catalog.+) $6) \
+                AND start_pos OPERATOR(pg_catalog.>=) coalesce( \
+                      (SELECT pg_catalog.max(start_pos) FROM ds.messages \
+                       WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \
+                         AND start_pos OPERATOR(pg_catalog.<=) $4 \
+                         AND start_pos OPERATOR(pg_catalog.>=) c.lo), c.lo) \
               ORDER BY start_pos LIMIT $7) \
              UNION ALL \
              (SELECT start_pos, data, true FROM ds.segments \
-              WHERE stream_id = c.stream_id AND end_pos > greatest(c.lo, $4) \
-                AND start_pos < least(c.hi, $5, $4 + $6) \
+              WHERE stream_id OPERATOR(pg_catalog.=) c.stream_id \
+                AND end_pos OPERATOR(pg_catalog.>) greatest(c.lo, $4) \
+                AND start_pos OPERATOR(pg_catalog.<) least(c.hi, $5, $4 OPERATOR(pg_catalog.+) $6) \
               ORDER BY start_pos LIMIT $7) \
          ) m \
          ORDER BY m.start_pos",
@@ -666,26 +720,32 @@ pub struct Rotated {
 
 /// Packs the cold part of a stream's hot log (rows that start before
 /// `tail - hot_tail`) into segments of about `target` bytes, full segments
-/// only, at most `max_bytes` per call. Each segment is inserted and its rows
-/// deleted in the caller's transaction, so a crash leaves either the rows or
-/// the segment. Rows are locked, so two rotations of one stream serialize.
-/// `pause` sleeps once, between writing the first segment and deleting its
-/// rows (a debug hook for crash tests).
+/// only, at most `max_bytes` (but at least `target`) and `max_rows` rows per
+/// call. A segment is full at `target` bytes or at `max_rows` messages: so
+/// a stream whose cold part is at least `target` bytes always gets a
+/// segment, however small its messages (otherwise a stream of tiny messages
+/// would stay a rotation candidate forever without progress). Each segment
+/// is inserted and its rows deleted in the caller's transaction, so a crash
+/// leaves either the rows or the segment. Rows are locked, so two rotations
+/// of one stream serialize. `pause` sleeps once, between writing the first
+/// segment and deleting its rows (a debug hook for crash tests).
 pub fn rotate(
     client: &mut SpiClient<'_>,
     stream_id: i64,
-    hot_tail: i64,
-    target: i64,
-    max_bytes: i64,
-    pause: std::time::Duration,
+    settings: &crate::gucs::RotationSettings,
 ) -> DsResult<Rotated> {
+    let crate::gucs::RotationSettings { hot_tail, target, max_bytes, max_rows, pause } = *settings;
+    let max_bytes = max_bytes.max(target);
+    let max_rows = max_rows.max(1);
     let rows = update(
         client,
-        "SELECT m.start_pos, m.data FROM ds.messages m JOIN ds.streams s USING (stream_id) \
-         WHERE m.stream_id = $1 AND m.start_pos < s.tail_pos - $2 \
-         ORDER BY m.start_pos LIMIT 100000 FOR UPDATE OF m",
+        "SELECT m.start_pos, m.data FROM ds.messages m \
+         JOIN ds.streams s ON s.stream_id OPERATOR(pg_catalog.=) m.stream_id \
+         WHERE m.stream_id OPERATOR(pg_catalog.=) $1 \
+           AND m.start_pos OPERATOR(pg_catalog.<) (s.tail_pos OPERATOR(pg_catalog.-) $2) \
+         ORDER BY m.start_pos LIMIT $3 FOR UPDATE OF m",
         None,
-        &[stream_id.into(), hot_tail.into()],
+        &[stream_id.into(), hot_tail.into(), max_rows.into()],
     )?;
     let mut cold: Vec<(i64, Vec<u8>)> = Vec::new();
     let mut total = 0i64;
@@ -703,7 +763,7 @@ pub fn rotate(
     for i in 0..cold.len() {
         batch_bytes += cold[i].1.len() as i64;
         // Rows of one segment must be contiguous (always true within a stream).
-        if batch_bytes < target {
+        if batch_bytes < target && (i + 1 - batch_start) < max_rows as usize {
             continue;
         }
         let batch = &cold[batch_start..=i];
@@ -729,7 +789,8 @@ pub fn rotate(
         }
         update(
             client,
-            "DELETE FROM ds.messages WHERE stream_id = $1 AND start_pos >= $2 AND start_pos <= $3",
+            "DELETE FROM ds.messages WHERE stream_id OPERATOR(pg_catalog.=) $1 \
+               AND start_pos OPERATOR(pg_catalog.>=) $2 AND start_pos OPERATOR(pg_catalog.<=) $3",
             None,
             &[stream_id.into(), first.into(), (*last_start).into()],
         )?;
@@ -753,7 +814,8 @@ pub fn extension_installed(client: &SpiClient<'_>) -> DsResult<bool> {
 pub fn stream_paths(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(i64, String)>> {
     let table = select(
         client,
-        "SELECT stream_id, path FROM ds.streams WHERE stream_id = ANY($1) AND path IS NOT NULL",
+        "SELECT stream_id, path FROM ds.streams \
+         WHERE stream_id OPERATOR(pg_catalog.=) ANY($1) AND path IS NOT NULL",
         None,
         &[ids.to_vec().into()],
     )?;

@@ -14,6 +14,7 @@ use pgrx::spi::SpiClient;
 use crate::acl;
 use crate::append::messages_for;
 use crate::error::{DsError, DsResult};
+use crate::gucs;
 use crate::quota::Quotas;
 use crate::read::visible_messages;
 use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
@@ -127,6 +128,12 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
         content_type::essence(ct)?;
     }
     limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
+    if let Some(at) = req.expires_at {
+        /// Microseconds from the Unix epoch to Postgres' (2000-01-01).
+        const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+        let micros = pg_sys::TimestampTz::from(at).saturating_add(PG_EPOCH_UNIX_MICROS);
+        limits::validate_expires_at(micros)?;
+    }
 
     Spi::connect_mut(|client| {
         let me = acl::caller();
@@ -278,11 +285,28 @@ fn sub_offset_position(
         return Ok(anchor);
     }
     let mode = content_type::mode(&source.content_type)?;
-    let budget = (source.tail.as_i64() - anchor.as_i64()).max(1);
+    let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
+    // The scan is bounded like a read: in messages and in bytes.
+    let max_messages = gucs::max_messages();
+    if mode == Mode::Json && sub_len > max_messages {
+        return Err(DsError::LimitExceeded(format!(
+            "fork sub-offset {sub} exceeds the maximum of {max_messages} messages \
+             (ds.max_messages_per_append)"
+        )));
+    }
+    let rest = source.tail.as_i64() - anchor.as_i64();
+    let budget = rest.clamp(1, gucs::read_chunk_max_bytes());
     let rows = if mode == Mode::Json { sub + 1 } else { 1 };
     let messages = visible_messages(client, source, anchor, budget, Some(rows))?;
-    let overshoot = |what: String| Err(CoreError::InvalidFork(what).into());
-    let sub_len = usize::try_from(sub).unwrap_or(usize::MAX);
+    let overshoot = |what: String| -> DsResult<Offset> {
+        if budget < rest {
+            return Err(DsError::LimitExceeded(format!(
+                "fork sub-offset {sub} needs a scan of more than {budget} bytes \
+                 (ds.read_chunk_max_bytes)"
+            )));
+        }
+        Err(CoreError::InvalidFork(what).into())
+    };
     if mode == Mode::Json {
         return match messages.get(sub_len) {
             Some((start, _)) => Ok(*start),

@@ -42,10 +42,37 @@ pub fn register() {
 }
 
 /// Connects a worker to `ds.database`; returns the database name.
+///
+/// The workers connect as the bootstrap superuser: the extension can only be
+/// installed by a superuser (`superuser = true` in the control file), so its
+/// tables' owner is one too and a less privileged role could not maintain
+/// them. What a superuser session could be tricked into running is closed
+/// instead: `search_path` is pinned to `pg_catalog, pg_temp` at the highest
+/// priority (no database or role setting, no reload can change it), and
+/// every statement names its tables, functions and operators with their
+/// schema (`storage.rs`), so objects a database owner creates in `public`
+/// (say, `+(timestamptz, interval)`) are never resolved.
 fn start_worker() -> String {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::worker_database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    in_transaction("pinning search_path", || {
+        // SAFETY: a standard GUC assignment; PGC_S_OVERRIDE outranks every
+        // other source (database and role settings, the config file, SET).
+        unsafe {
+            pg_sys::set_config_option(
+                c"search_path".as_ptr(),
+                c"pg_catalog, pg_temp".as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                0,
+                false,
+            );
+        }
+        Ok(())
+    });
     database
 }
 
@@ -78,8 +105,10 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     let mut paths = PathCache::default();
+    let mut untracked = UntrackedPrepared::default();
     while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
         reload_if_asked("doorbell");
+        let untracked_ended = untracked.check();
         // Under load, ring at most once per MIN_RING_INTERVAL: the commits of
         // that interval share one notification, and the worker's own CPU stays
         // bounded. An idle stream's first append is announced at once.
@@ -87,7 +116,14 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         if since < MIN_RING_INTERVAL {
             std::thread::sleep(MIN_RING_INTERVAL - since);
         }
-        let (streams, overflow) = doorbell::take_pending();
+        let (mut streams, overflow) = doorbell::take_pending();
+        let (prepared, prepared_overflow) =
+            in_transaction("looking up prepared transactions", || {
+                Ok(doorbell::take_finished_prepared())
+            })
+            .unwrap_or_default();
+        streams.extend(prepared);
+        let overflow = overflow || prepared_overflow || untracked_ended;
         if streams.is_empty() && !overflow && !announce_everything {
             continue;
         }
@@ -105,6 +141,45 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     log!("durable_streams doorbell: exiting");
 }
 
+/// Prepared transactions whose streams the doorbell could not keep (see
+/// `doorbell`): while there are any, a drop in this database's number of
+/// prepared transactions means one of them may have committed, so the
+/// worker announces `*`. Looked at once per second at most.
+#[derive(Default)]
+struct UntrackedPrepared {
+    last_count: Option<i64>,
+    checked: Option<Instant>,
+}
+
+impl UntrackedPrepared {
+    /// Whether an untracked prepared transaction may have ended.
+    fn check(&mut self) -> bool {
+        let Some(generation) = doorbell::untracked_generation() else {
+            self.last_count = None;
+            return false;
+        };
+        if self.checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        self.checked = Some(Instant::now());
+        let count = in_transaction("counting prepared transactions", || {
+            Ok(Spi::get_one::<i64>(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts \
+                 WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+            )?
+            .unwrap_or(0))
+        });
+        let Some(count) = count else { return false };
+        let dropped = self.last_count.is_some_and(|last| count < last);
+        self.last_count = Some(count);
+        if count == 0 {
+            doorbell::clear_untracked(generation);
+            self.last_count = None;
+        }
+        dropped
+    }
+}
+
 /// Entry point of the maintenance worker: a pass every `ds.rotation_interval_ms`.
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -112,6 +187,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
     let database = start_worker();
     log!("durable_streams maintenance: rotating and expiring streams in database \"{database}\"");
     let mut next_pass = Instant::now();
+    let mut cursors = Cursors::default();
     loop {
         let until_pass = next_pass.saturating_duration_since(Instant::now());
         if !BackgroundWorker::wait_latch(Some(until_pass.min(IDLE_WAKE))) {
@@ -119,7 +195,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
         }
         reload_if_asked("maintenance");
         if Instant::now() >= next_pass {
-            maintenance_pass();
+            maintenance_pass(&mut cursors);
             let interval = u64::try_from(gucs::ROTATION_INTERVAL_MS.get()).unwrap_or(10_000);
             next_pass = Instant::now() + Duration::from_millis(interval);
         }
@@ -127,9 +203,18 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
     log!("durable_streams maintenance: exiting");
 }
 
+/// Where rotation and expiry continue at the next pass (round-robin).
+#[derive(Default)]
+struct Cursors {
+    rotation: maintenance::Cursor,
+    expiry: maintenance::Cursor,
+}
+
 /// One maintenance pass: rotation, expiry, producer retention, each stream
 /// in its own transaction so one failure costs only that stream's turn.
-fn maintenance_pass() {
+/// Candidates are taken round-robin by stream id (see `maintenance::Cursor`),
+/// so streams that make no progress or keep failing never starve the others.
+fn maintenance_pass(cursors: &mut Cursors) {
     const BATCH: i64 = 100;
     let started = Instant::now();
     let mut report = PassReport::default();
@@ -140,8 +225,16 @@ fn maintenance_pass() {
     if installed != Some(true) {
         return;
     }
-    let candidates = in_transaction("listing rotation candidates", || {
-        Spi::connect(|c| maintenance::rotation_candidates(c, BATCH))
+    let cursor = cursors.rotation;
+    let candidates = in_transaction("listing rotation candidates", move || {
+        let mut cursor = cursor;
+        Spi::connect(|c| {
+            maintenance::rotation_candidates(c, &mut cursor, BATCH).map(|v| (v, cursor))
+        })
+    })
+    .map(|(v, c)| {
+        cursors.rotation = c;
+        v
     });
     for stream_id in candidates.unwrap_or_default() {
         if BackgroundWorker::sigterm_received() {
@@ -155,10 +248,16 @@ fn maintenance_pass() {
             None => report.errors += 1,
         }
     }
-    let expired = in_transaction("listing expired streams", || {
-        Spi::connect(|c| maintenance::expired_streams(c, BATCH))
+    let cursor = cursors.expiry;
+    let expired = in_transaction("listing expired streams", move || {
+        let mut cursor = cursor;
+        Spi::connect(|c| maintenance::expired_streams(c, &mut cursor, BATCH).map(|v| (v, cursor)))
+    })
+    .map(|(v, c)| {
+        cursors.expiry = c;
+        v
     });
-    for path in expired.unwrap_or_default() {
+    for (_, path) in expired.unwrap_or_default() {
         match in_transaction(&format!("expiring stream {path:?}"), || {
             Spi::connect_mut(|c| maintenance::expire(c, &path))
         }) {

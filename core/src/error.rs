@@ -21,12 +21,31 @@ pub enum Error {
     /// TTL negative or otherwise unusable.
     #[error("invalid ttl_seconds {0}: must be a non-negative whole number of seconds")]
     InvalidTtl(i64),
+    /// TTL beyond [`crate::limits::MAX_TTL_SECONDS`].
+    #[error(
+        "ttl_seconds {0} exceeds the maximum of {max} seconds (100 years)",
+        max = crate::limits::MAX_TTL_SECONDS
+    )]
+    TtlTooLarge(i64),
+    /// `expires_at` infinite or after the last RFC 3339 instant.
+    #[error("expires_at must be a finite time no later than 9999-12-31T23:59:59Z")]
+    ExpiresAtTooLate,
     /// Both a sliding TTL and an absolute expiry were given.
     #[error("give either ttl_seconds or expires_at, not both")]
     TtlWithExpiresAt,
     /// Body of a JSON stream is not valid JSON.
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// JSON nested deeper than the configured maximum (counted as a read
+    /// returns it: the array a read wraps messages in is one level).
+    #[error(
+        "JSON nesting depth exceeds the maximum of {max} levels (ds.json_max_depth, counted as \
+         read back: a read wraps messages in one array)"
+    )]
+    JsonTooDeep { max: usize },
+    /// More messages in one body than the configured maximum.
+    #[error("body holds more than {max} JSON messages (ds.max_messages_per_append)")]
+    TooManyMessages { max: usize },
     /// `[]` appended to a JSON stream: a no-op that is almost always a bug.
     #[error("empty JSON array appended: send at least one message")]
     EmptyJsonArray,

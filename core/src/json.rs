@@ -16,22 +16,129 @@ pub enum Purpose {
     Create,
 }
 
-/// Splits a JSON request body into the compact messages it stores.
-pub fn split_messages(body: &[u8], purpose: Purpose) -> Result<Vec<Vec<u8>>> {
+/// Default of [`Limits::max_depth`]: the deepest nesting serde_json's default
+/// parser accepts (127 levels), so every read stays parseable by it.
+pub const DEFAULT_MAX_DEPTH: usize = 127;
+/// Largest configurable [`Limits::max_depth`].
+pub const MAX_MAX_DEPTH: usize = 1024;
+/// Default of [`Limits::max_messages`].
+pub const DEFAULT_MAX_MESSAGES: usize = 100_000;
+
+/// Bounds on one JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of arrays and objects as a read returns a message:
+    /// the message's own depth plus the array a read wraps messages in. For
+    /// an array body (flattened one level) that is the body's own depth; a
+    /// scalar message as read (`[1]`) has depth 1.
+    pub max_depth: usize,
+    /// Most messages one body may hold (elements of a top-level array).
+    pub max_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_depth: DEFAULT_MAX_DEPTH, max_messages: DEFAULT_MAX_MESSAGES }
+    }
+}
+
+/// Splits a JSON request body into the compact messages it stores. Checks
+/// the nesting depth first, without recursion (a 100,000-deep body costs one
+/// pass over its bytes), then stops at the first message past the limit, so
+/// neither bound can be used to make the backend allocate in proportion.
+pub fn split_messages(body: &[u8], purpose: Purpose, limits: Limits) -> Result<Vec<Vec<u8>>> {
     let text =
         std::str::from_utf8(body).map_err(|_| Error::InvalidUtf8("application/json".into()))?;
+    let top_is_array = text.trim_start().starts_with('[');
+    // A read wraps messages in one array: an array body's own array plays
+    // that part, any other body gains a level.
+    let allowed = if top_is_array { limits.max_depth } else { limits.max_depth.saturating_sub(1) };
+    if nesting_exceeds(text.as_bytes(), allowed) {
+        return Err(Error::JsonTooDeep { max: limits.max_depth });
+    }
     let value: &RawValue =
         serde_json::from_str(text).map_err(|e| Error::InvalidJson(e.to_string()))?;
     let raw = value.get();
     if !raw.starts_with('[') {
         return Ok(vec![compact(raw)]);
     }
-    let items: Vec<&RawValue> =
-        serde_json::from_str(raw).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let too_many = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let items = serde::Deserializer::deserialize_seq(
+        &mut de,
+        Elements { max: limits.max_messages, too_many: &too_many },
+    )
+    .map_err(|e| {
+        if too_many.get() {
+            Error::TooManyMessages { max: limits.max_messages }
+        } else {
+            Error::InvalidJson(e.to_string())
+        }
+    })?;
     if items.is_empty() && purpose == Purpose::Append {
         return Err(Error::EmptyJsonArray);
     }
-    Ok(items.into_iter().map(|item| compact(item.get())).collect())
+    Ok(items)
+}
+
+/// Whether arrays and objects in valid-or-not JSON text nest deeper than
+/// `max`. One pass, constant memory; brackets inside strings do not count.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The elements of a top-level array, compacted one by one; fails (setting
+/// `too_many`) at element `max + 1` instead of collecting them all.
+struct Elements<'a> {
+    max: usize,
+    too_many: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Elements<'_> {
+    type Value = Vec<Vec<u8>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<&RawValue>()? {
+            if out.len() == self.max {
+                self.too_many.set(true);
+                return Err(serde::de::Error::custom("too many messages"));
+            }
+            out.push(compact(item.get()));
+        }
+        Ok(out)
+    }
 }
 
 /// Removes whitespace outside string literals from valid JSON text.
@@ -75,7 +182,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn split(body: &str) -> Result<Vec<String>> {
-        split_messages(body.as_bytes(), Purpose::Append)
+        split_messages(body.as_bytes(), Purpose::Append, Limits::default())
             .map(|v| v.into_iter().map(|m| String::from_utf8(m).unwrap()).collect())
     }
 
@@ -101,7 +208,10 @@ mod tests {
     fn empty_array_only_on_create() {
         assert_eq!(split("[]"), Err(Error::EmptyJsonArray));
         assert_eq!(split(" [ ] "), Err(Error::EmptyJsonArray));
-        assert_eq!(split_messages(b"[]", Purpose::Create).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            split_messages(b"[]", Purpose::Create, Limits::default()).unwrap(),
+            Vec::<Vec<u8>>::new()
+        );
     }
 
     #[test]
@@ -109,7 +219,100 @@ mod tests {
         for bad in ["", "{", "[1,]", "{'a':1}", "1 2", "[1] x", "nul"] {
             assert!(matches!(split(bad), Err(Error::InvalidJson(_))), "{bad:?}");
         }
-        assert!(matches!(split_messages(b"\"\xff\"", Purpose::Append), Err(Error::InvalidUtf8(_))));
+        assert!(matches!(
+            split_messages(b"\"\xff\"", Purpose::Append, Limits::default()),
+            Err(Error::InvalidUtf8(_))
+        ));
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    fn limits(max_depth: usize, max_messages: usize) -> Limits {
+        Limits { max_depth, max_messages }
+    }
+
+    #[test]
+    fn depth_is_counted_as_read_back() {
+        let l = limits(3, 10);
+        // An array body is flattened once and re-wrapped by reads: its own depth.
+        assert!(split_messages(nested(3).as_bytes(), Purpose::Append, l).is_ok());
+        assert_eq!(
+            split_messages(nested(4).as_bytes(), Purpose::Append, l),
+            Err(Error::JsonTooDeep { max: 3 })
+        );
+        // Any other body gains the read's array.
+        assert!(split_messages(br#"{"a":{"b":1}}"#, Purpose::Append, l).is_ok());
+        assert_eq!(
+            split_messages(br#"{"a":{"b":{"c":1}}}"#, Purpose::Append, l),
+            Err(Error::JsonTooDeep { max: 3 })
+        );
+        // Brackets inside strings do not count, escaped quotes included.
+        assert!(split_messages(br#"["[[[[\"{{{{"]"#, Purpose::Append, l).is_ok());
+        // Depth 1: scalar messages only.
+        assert!(split_messages(b"[1,2]", Purpose::Append, limits(1, 10)).is_ok());
+        assert!(split_messages(b"1", Purpose::Append, limits(1, 10)).is_ok());
+        assert!(split_messages(b"[[1]]", Purpose::Append, limits(1, 10)).is_err());
+        assert!(Error::JsonTooDeep { max: 3 }.to_string().contains("maximum of 3 levels"));
+    }
+
+    #[test]
+    fn a_100000_deep_body_is_rejected_without_recursion() {
+        // On a small thread stack: a recursive check would overflow it.
+        let body = nested(100_000);
+        let result = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || split_messages(body.as_bytes(), Purpose::Append, Limits::default()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(result, Err(Error::JsonTooDeep { max: DEFAULT_MAX_DEPTH }));
+    }
+
+    #[test]
+    fn the_default_depth_keeps_reads_parseable_by_serde_json() {
+        // serde_json's default parser stops at 128 levels; reads must stay below.
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(128)).is_err());
+        let deepest = format!("[{}]", nested(DEFAULT_MAX_DEPTH - 1));
+        let messages = split_messages(deepest.as_bytes(), Purpose::Append, Limits::default())
+            .expect("the deepest accepted body");
+        let read = join_messages(messages.iter().map(Vec::as_slice));
+        assert!(serde_json::from_slice::<serde_json::Value>(&read).is_ok());
+        let object = format!("{{\"a\":{}}}", nested(DEFAULT_MAX_DEPTH - 2));
+        let messages = split_messages(object.as_bytes(), Purpose::Append, Limits::default())
+            .expect("the deepest accepted object");
+        let read = join_messages(messages.iter().map(Vec::as_slice));
+        assert!(serde_json::from_slice::<serde_json::Value>(&read).is_ok());
+        let deeper = format!("{{\"a\":{}}}", nested(DEFAULT_MAX_DEPTH - 1));
+        assert!(split_messages(deeper.as_bytes(), Purpose::Append, Limits::default()).is_err());
+    }
+
+    #[test]
+    fn message_count_is_capped_before_collecting() {
+        let body = format!("[{}1]", "1,".repeat(9));
+        assert_eq!(
+            split_messages(body.as_bytes(), Purpose::Append, limits(10, 10)).unwrap().len(),
+            10
+        );
+        assert_eq!(
+            split_messages(body.as_bytes(), Purpose::Append, limits(10, 9)),
+            Err(Error::TooManyMessages { max: 9 })
+        );
+        // 8 M messages in 16 MiB: refused at the 100,001st.
+        let huge = format!("[{}1]", "1,".repeat(8 << 20));
+        assert_eq!(
+            split_messages(huge.as_bytes(), Purpose::Append, Limits::default()),
+            Err(Error::TooManyMessages { max: DEFAULT_MAX_MESSAGES })
+        );
+        // A single non-array message is one message.
+        assert!(split_messages(b"{}", Purpose::Append, limits(10, 1)).is_ok());
+        // Invalid JSON stays invalid JSON, whatever the count.
+        assert!(matches!(
+            split_messages(b"[1,2,", Purpose::Append, limits(10, 1)),
+            Err(Error::InvalidJson(_))
+        ));
     }
 
     #[test]
@@ -126,7 +329,7 @@ mod tests {
                 .map(|(n, s)| serde_json::to_vec(&serde_json::json!({"n": n, "s": s})).unwrap())
                 .collect();
             let joined = join_messages(msgs.iter().map(Vec::as_slice));
-            prop_assert_eq!(split_messages(&joined, Purpose::Append).unwrap(), msgs);
+            prop_assert_eq!(split_messages(&joined, Purpose::Append, Limits::default()).unwrap(), msgs);
         }
     }
 }

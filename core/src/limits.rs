@@ -12,6 +12,11 @@ pub const MAX_PRODUCER_NUMBER: i64 = (1 << 53) - 1;
 /// Longest accepted producer id, in bytes.
 pub const MAX_PRODUCER_ID_BYTES: usize = 256;
 
+/// Longest sliding TTL, and furthest `expires_at` from now: 100 years of
+/// 365.25 days, in seconds. Far below where `last_access + ttl` overflows a
+/// timestamp (2^53 seconds does), so expiry arithmetic never fails.
+pub const MAX_TTL_SECONDS: i64 = 3_155_760_000;
+
 /// Checks that `path` can name a stream.
 pub fn validate_path(path: &str) -> Result<()> {
     if path.is_empty() {
@@ -36,9 +41,22 @@ pub fn validate_path(path: &str) -> Result<()> {
 pub fn validate_ttl(ttl_seconds: Option<i64>, has_expires_at: bool) -> Result<()> {
     match ttl_seconds {
         Some(ttl) if ttl < 0 => Err(Error::InvalidTtl(ttl)),
+        Some(ttl) if ttl > MAX_TTL_SECONDS => Err(Error::TtlTooLarge(ttl)),
         Some(_) if has_expires_at => Err(Error::TtlWithExpiresAt),
         _ => Ok(()),
     }
+}
+
+/// Latest accepted `expires_at`: 9999-12-31T23:59:59.999999Z, the last
+/// instant an RFC 3339 timestamp (four-digit year) can name, in
+/// microseconds since the Unix epoch. Excludes `infinity`.
+pub const MAX_EXPIRES_AT_UNIX_MICROS: i64 = 253_402_300_799_999_999;
+
+/// Checks an absolute expiry, in microseconds since the Unix epoch: finite
+/// and expressible in RFC 3339 (the past is accepted: the stream is then
+/// expired at once).
+pub fn validate_expires_at(unix_micros: i64) -> Result<()> {
+    if unix_micros > MAX_EXPIRES_AT_UNIX_MICROS { Err(Error::ExpiresAtTooLate) } else { Ok(()) }
 }
 
 /// Checks that a body is within the configured maximum.
@@ -68,6 +86,25 @@ mod tests {
         assert!(validate_ttl(Some(0), false).is_ok());
         assert_eq!(validate_ttl(Some(-1), false), Err(Error::InvalidTtl(-1)));
         assert_eq!(validate_ttl(Some(5), true), Err(Error::TtlWithExpiresAt));
+        assert!(validate_ttl(Some(MAX_TTL_SECONDS), false).is_ok());
+        assert_eq!(
+            validate_ttl(Some(MAX_TTL_SECONDS + 1), false),
+            Err(Error::TtlTooLarge(MAX_TTL_SECONDS + 1))
+        );
+        assert_eq!(validate_ttl(Some(1 << 53), false), Err(Error::TtlTooLarge(1 << 53)));
+        assert!(Error::TtlTooLarge(1 << 53).to_string().contains("maximum of 3155760000 seconds"));
+    }
+
+    #[test]
+    fn expires_at() {
+        assert!(validate_expires_at(0).is_ok());
+        assert!(validate_expires_at(i64::MIN).is_ok(), "-infinity: expired at once");
+        assert!(validate_expires_at(MAX_EXPIRES_AT_UNIX_MICROS).is_ok());
+        assert_eq!(
+            validate_expires_at(MAX_EXPIRES_AT_UNIX_MICROS + 1),
+            Err(Error::ExpiresAtTooLate)
+        );
+        assert_eq!(validate_expires_at(i64::MAX), Err(Error::ExpiresAtTooLate), "infinity");
     }
 
     #[test]

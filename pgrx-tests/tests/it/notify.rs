@@ -166,3 +166,110 @@ async fn databases_the_worker_does_not_serve_fall_back_to_pg_notify() {
     let sent = next_for(&mut rx, &path, Duration::from_secs(5)).await;
     assert_eq!(sent, Some((format!("{} {path}", off(3)), me)), "the writer notified itself");
 }
+
+#[tokio::test]
+async fn rolled_back_savepoints_are_not_announced() {
+    let (listener, mut rx) = connect_with_notifications().await;
+    listen(&listener).await;
+    let mut writer = connect().await;
+    let worker = worker_pid(&writer).await;
+    let (kept, lost) = (unique_path("savepoint-kept"), unique_path("savepoint-lost"));
+    for p in [&kept, &lost] {
+        writer.execute("SELECT ds.create($1, 'text/plain')", &[p]).await.unwrap();
+    }
+
+    // The rolled-back savepoint advanced `kept` further and `lost` at all.
+    let mut tx = writer.transaction().await.unwrap();
+    tx.execute("SELECT ds.append($1, 'a'::text)", &[&kept]).await.unwrap();
+    {
+        let sp = tx.savepoint("s").await.unwrap();
+        sp.execute("SELECT ds.append($1, 'bb'::text)", &[&kept]).await.unwrap();
+        sp.execute("SELECT ds.append($1, 'z'::text)", &[&lost]).await.unwrap();
+        sp.rollback().await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(
+        next_for(&mut rx, &kept, Duration::from_secs(5)).await,
+        Some((format!("{} {kept}", off(1)), worker)),
+        "the tail the commit left, not the rolled-back one"
+    );
+    assert_eq!(next_for(&mut rx, &lost, Duration::from_millis(500)).await, None);
+
+    // A PL/pgSQL exception block is a subtransaction too.
+    writer
+        .batch_execute(&format!(
+            "DO $$ BEGIN \
+               BEGIN PERFORM ds.append('{lost}', 'q'::text); RAISE EXCEPTION 'undo'; \
+               EXCEPTION WHEN raise_exception THEN NULL; END; \
+             END $$"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_for(&mut rx, &lost, Duration::from_millis(500)).await, None);
+
+    // A released savepoint's appends belong to the transaction.
+    let mut tx = writer.transaction().await.unwrap();
+    {
+        let sp = tx.savepoint("r").await.unwrap();
+        sp.execute("SELECT ds.append($1, 'cc'::text)", &[&kept]).await.unwrap();
+        sp.commit().await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let sent = next_for(&mut rx, &kept, Duration::from_secs(5)).await.map(|(line, _)| line);
+    assert_eq!(sent, Some(format!("{} {kept}", off(3))));
+}
+
+#[tokio::test]
+async fn prepared_transactions_are_announced_at_commit_prepared() {
+    let (listener, mut rx) = connect_with_notifications().await;
+    listen(&listener).await;
+    let preparer = connect().await;
+    let committer = connect().await;
+    let worker = worker_pid(&preparer).await;
+    let (path, other) = (unique_path("prepared"), unique_path("after-prepare"));
+    for p in [&path, &other] {
+        preparer.execute("SELECT ds.create($1, 'text/plain')", &[p]).await.unwrap();
+    }
+    let gid = format!("ds-it-{}", unique_path("gid"));
+    preparer
+        .batch_execute(&format!(
+            "BEGIN; SELECT ds.append('{path}', 'abc'::text); PREPARE TRANSACTION '{gid}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_for(&mut rx, &path, Duration::from_millis(500)).await,
+        None,
+        "nothing at PREPARE"
+    );
+    // The preparing backend's next transaction announces only its own work.
+    preparer.execute("SELECT ds.append($1, 'x'::text)", &[&other]).await.unwrap();
+    let sent = next_for(&mut rx, &other, Duration::from_secs(5)).await.map(|(line, _)| line);
+    assert_eq!(sent, Some(format!("{} {other}", off(1))));
+    assert_eq!(
+        next_for(&mut rx, &path, Duration::from_millis(500)).await,
+        None,
+        "no stale entry of the prepared transaction"
+    );
+
+    // COMMIT PREPARED from another session wakes the listener.
+    committer.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await.unwrap();
+    assert_eq!(
+        next_for(&mut rx, &path, Duration::from_secs(5)).await,
+        Some((format!("{} {path}", off(3)), worker))
+    );
+
+    // ROLLBACK PREPARED announces nothing.
+    let gid2 = format!("{gid}-2");
+    preparer
+        .batch_execute(&format!(
+            "BEGIN; SELECT ds.append('{path}', 'lost'::text); PREPARE TRANSACTION '{gid2}'"
+        ))
+        .await
+        .unwrap();
+    committer.batch_execute(&format!("ROLLBACK PREPARED '{gid2}'")).await.unwrap();
+    assert_eq!(next_for(&mut rx, &path, Duration::from_millis(500)).await, None);
+    let tail: String =
+        preparer.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
+    assert_eq!(tail, off(3));
+}

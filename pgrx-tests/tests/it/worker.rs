@@ -273,3 +273,183 @@ async fn idle_producer_state_is_forgotten_only_when_configured() {
     );
     reset(&admin, &["ds.rotation_interval_ms", "ds.producer_ttl_seconds"]).await;
 }
+
+/// Waits until the maintenance worker has finished `n` more passes.
+async fn wait_for_passes(c: &Client, n: i64) {
+    let passes = || async {
+        c.query_one("SELECT passes FROM ds.worker_stats()", &[]).await.unwrap().get::<_, i64>(0)
+    };
+    let target = passes().await + n;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while passes().await < target {
+        assert!(Instant::now() < deadline, "the maintenance worker made {n} passes");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_huge_ttl_from_an_old_install_stops_neither_expiry_nor_delete() {
+    let c = connect().await;
+    configure(&c, &[("ds.rotation_interval_ms", "200")]).await;
+    // Written directly, as an install without the TTL limit could have:
+    // last_access + 2^53 seconds overflows.
+    let huge = unique_path("huge-ttl");
+    c.execute(
+        "INSERT INTO ds.streams (path, content_type, ttl_seconds, last_access) \
+         VALUES ($1, 'text/plain', 9007199254740992, now() - interval '1 day')",
+        &[&huge],
+    )
+    .await
+    .unwrap();
+    let doomed = unique_path("doomed");
+    c.execute("SELECT ds.create($1, ttl_seconds => 1)", &[&doomed]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reaped = loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM ds.streams WHERE path = $1", &[&doomed])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    let head = c.query_one("SELECT closed FROM ds.head($1)", &[&huge]).await.map(|r| r.get(0));
+    let deleted = c.execute("SELECT ds.delete($1)", &[&huge]).await;
+    if deleted.is_err() {
+        // Leave no row behind that would break the tests after this one.
+        c.execute("DELETE FROM ds.streams WHERE path = $1", &[&huge]).await.unwrap();
+    }
+    reset(&c, &["ds.rotation_interval_ms"]).await;
+    assert!(reaped, "the other expired stream was reaped despite the huge TTL");
+    assert_eq!(head.map_err(|e| crate::sqlstate(&e)), Ok(false), "the huge-TTL stream reads");
+    assert!(deleted.is_ok(), "ds.delete works on it: {deleted:?}");
+}
+
+/// Kills the maintenance worker with SIGKILL: the postmaster then restarts
+/// every process, and the workers reconnect (picking up database settings).
+async fn crash_restart(c: Client) -> Client {
+    let pid: i32 = c
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'durable_streams maintenance'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let status =
+        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        sleep(Duration::from_millis(300)).await;
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), async {
+            let (c, _) = crate::connect_to_checked().await?;
+            c.query_one("SELECT 1", &[]).await.map(|_| c)
+        })
+        .await
+        {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "the cluster came back after the crash");
+    }
+}
+
+const TRAP_SETUP: &str = "
+    DO $$ BEGIN CREATE ROLE ds_it_db_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+    CREATE TABLE IF NOT EXISTS public.ds_it_trap (who text NOT NULL, op text NOT NULL);
+    GRANT INSERT, SELECT ON public.ds_it_trap TO PUBLIC;
+    GRANT CREATE ON SCHEMA public TO ds_it_db_owner;
+    TRUNCATE public.ds_it_trap;
+    SET ROLE ds_it_db_owner;
+    CREATE FUNCTION public.trap_mul(bigint, interval) RETURNS interval LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.ds_it_trap VALUES (current_user, '*(bigint, interval)');
+               RETURN $1::float8 OPERATOR(pg_catalog.*) $2; END $$;
+    CREATE OPERATOR public.* (LEFTARG = bigint, RIGHTARG = interval, FUNCTION = public.trap_mul);
+    CREATE FUNCTION public.trap_add(timestamptz, interval) RETURNS timestamptz LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.ds_it_trap VALUES (current_user, '+(timestamptz, interval)');
+               RETURN $1 OPERATOR(pg_catalog.+) $2; END $$;
+    CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.trap_add);
+    CREATE FUNCTION public.trap_sub(timestamptz, interval) RETURNS timestamptz LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.ds_it_trap VALUES (current_user, '-(timestamptz, interval)');
+               RETURN $1 OPERATOR(pg_catalog.-) $2; END $$;
+    CREATE OPERATOR public.- (LEFTARG = timestamptz, RIGHTARG = interval, FUNCTION = public.trap_sub);
+    CREATE FUNCTION public.trap_minus(bigint, bigint) RETURNS bigint LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.ds_it_trap VALUES (current_user, '-(bigint, bigint)');
+               RETURN $1 OPERATOR(pg_catalog.-) $2; END $$;
+    CREATE OPERATOR public.- (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.trap_minus);
+    CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO public.ds_it_trap VALUES (current_user, 'now()');
+               RETURN pg_catalog.now(); END $$;
+    RESET ROLE;
+";
+
+const TRAP_TEARDOWN: &str = "
+    DROP OPERATOR IF EXISTS public.* (bigint, interval);
+    DROP OPERATOR IF EXISTS public.+ (timestamptz, interval);
+    DROP OPERATOR IF EXISTS public.- (timestamptz, interval);
+    DROP OPERATOR IF EXISTS public.- (bigint, bigint);
+    DROP FUNCTION IF EXISTS public.trap_mul(bigint, interval), public.trap_add(timestamptz, interval),
+        public.trap_sub(timestamptz, interval), public.trap_minus(bigint, bigint), public.now();
+";
+
+#[tokio::test]
+async fn the_workers_never_run_operators_a_database_owner_planted() {
+    let c = connect().await;
+    let db: String = c.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    c.batch_execute(TRAP_TEARDOWN).await.unwrap();
+    c.batch_execute(TRAP_SETUP).await.unwrap();
+    // What a database owner may do: put their schema first, ahead of pg_catalog.
+    c.batch_execute(&format!("ALTER DATABASE \"{db}\" SET search_path = public, pg_catalog"))
+        .await
+        .unwrap();
+    configure(
+        &c,
+        &[
+            ("ds.rotation_interval_ms", "200"),
+            ("ds.segment_target_bytes", "10"),
+            ("ds.hot_tail_bytes", "0"),
+        ],
+    )
+    .await;
+    // Work for every kind of statement a pass runs: a TTL stream, an expired
+    // one, a rotatable one.
+    let ttl = unique_path("trap-ttl");
+    c.execute("SELECT ds.create($1, ttl_seconds => 3600)", &[&ttl]).await.unwrap();
+    let expired = unique_path("trap-expired");
+    c.execute("SELECT ds.create($1, ttl_seconds => 1)", &[&expired]).await.unwrap();
+    let rotated = unique_path("trap-rotated");
+    c.execute("SELECT ds.create($1, 'text/plain')", &[&rotated]).await.unwrap();
+    append_lines(&c, &rotated, 0..20).await;
+    sleep(Duration::from_millis(1100)).await;
+    // The workers pick the database's settings up when they (re)connect.
+    let c = crash_restart(c).await;
+    wait_for_passes(&c, 3).await;
+    // The doorbell: announce an append.
+    c.execute("SELECT ds.append($1, 'x'::bytea)", &[&ttl]).await.unwrap();
+    sleep(Duration::from_millis(500)).await;
+    let reaped: i64 = c
+        .query_one("SELECT count(*) FROM ds.streams WHERE path = $1", &[&expired])
+        .await
+        .unwrap()
+        .get(0);
+    let rotated_segments = segments_of(&c, &rotated).await;
+    let calls: Vec<(String, String)> = c
+        .query("SELECT who, op FROM public.ds_it_trap", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    c.batch_execute(&format!("ALTER DATABASE \"{db}\" RESET search_path")).await.unwrap();
+    c.batch_execute(TRAP_TEARDOWN).await.unwrap();
+    reset(&c, &ROTATION).await;
+    assert_eq!(calls, [], "no planted operator or function ran (as any role)");
+    assert_eq!(reaped, 0, "the pass did its work: the expired stream was reaped");
+    assert!(rotated_segments > 0, "and the rotatable stream was rotated");
+}
