@@ -2,7 +2,7 @@
 //! cluster-wide NOTIFY lock on every commit.
 //!
 //! `NOTIFY` holds a cluster-wide lock from pre-commit until after commit, so
-//! every notifying transaction commits alone (DESIGN.md, "Live tailing").
+//! every notifying transaction commits alone (measured: README, *Notifications*).
 //! Instead, an appending transaction only remembers which streams it advanced
 //! (id, new tail, closed); its commit callback merges them into a bounded set
 //! in shared memory and sets the worker's latch. The worker (`worker.rs`) then
