@@ -31,6 +31,21 @@ struct Budget {
     streams: i64,
 }
 
+impl Budget {
+    /// Whether `bytes` more fit under the owner's byte limit.
+    fn check_bytes(&self, owner: Oid, bytes: i64) -> Result<(), String> {
+        match self.max_bytes {
+            Some(max) if self.bytes + bytes > max => Err(format!(
+                "role {:?} would hold {} bytes of streams, over its quota of {max} bytes \
+                 (ds.set_quota)",
+                acl::role_name(owner),
+                self.bytes + bytes
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The quotas of the owners one statement touches.
 #[derive(Debug, Default)]
 pub struct Quotas {
@@ -94,16 +109,7 @@ impl Quotas {
         }
         let Some(owner) = stream.owner_role else { return Ok(()) };
         if let Some(b) = self.owners.get_mut(&owner) {
-            if let Some(max) = b.max_bytes
-                && b.bytes + bytes > max
-            {
-                return Err(format!(
-                    "role {:?} would hold {} bytes of streams, over its quota of {max} bytes \
-                     (ds.set_quota)",
-                    acl::role_name(owner),
-                    b.bytes + bytes
-                ));
-            }
+            b.check_bytes(owner, bytes)?;
             b.bytes += bytes;
         }
         Ok(())
@@ -122,16 +128,7 @@ impl Quotas {
                 b.streams
             ));
         }
-        if let Some(max) = b.max_bytes
-            && b.bytes + bytes > max
-        {
-            return Err(format!(
-                "role {:?} would hold {} bytes of streams, over its quota of {max} bytes \
-                 (ds.set_quota)",
-                acl::role_name(owner),
-                b.bytes + bytes
-            ));
-        }
+        b.check_bytes(owner, bytes)?;
         b.streams += 1;
         b.bytes += bytes;
         Ok(())
