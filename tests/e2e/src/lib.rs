@@ -2,6 +2,8 @@
 //! the test cluster, talks HTTP and SSE to them, and SQL to the cluster.
 //! `scripts/test.sh` sets `DS_TEST_DATABASE_URL` and `DS_SIDECAR_BIN`.
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
