@@ -200,7 +200,8 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut paths = PathCache::default();
     let mut untracked = UntrackedPrepared::default();
     let mut gate = VersionGate::default();
-    let mut wake = IDLE_WAKE;
+    // The first round runs at once: it checks the version and says "*".
+    let mut wake = Duration::ZERO;
     while BackgroundWorker::wait_latch(Some(wake)) {
         reload_if_asked("doorbell");
         if !gate.open("doorbell", &database) {
