@@ -205,8 +205,9 @@ echo "appends, producers, forks, rotation, quotas, deletes: ok"
 log "schema after ALTER EXTENSION UPDATE vs CREATE EXTENSION $NEW_VERSION"
 sql postgres -qc "DROP DATABASE IF EXISTS ds_fresh" -c "CREATE DATABASE ds_fresh"
 sql ds_fresh -qc "CREATE EXTENSION durable_streams"
+export LC_ALL=C
 for db in ds_fresh ds_schema ds_up; do
-    sql "$db" -tA -f tests/upgrade/schema.sql >"$WORK/schema-$db"
+    sql "$db" -tA -f tests/upgrade/schema.sql | sort >"$WORK/schema-$db"
 done
 grep -v '^acl ' "$WORK/schema-ds_fresh" >"$WORK/schema-ds_fresh-noacl"
 grep -v '^acl ' "$WORK/schema-ds_up" >"$WORK/schema-ds_up-noacl"
@@ -220,7 +221,6 @@ compare_schema() {
         comm -13 "$1" "$2" | sed 's/^/  only after the upgrade:    /' >&2
     fi
 }
-export LC_ALL=C
 compare_schema "$WORK/schema-ds_fresh" "$WORK/schema-ds_schema" "empty database, privileges included"
 compare_schema "$WORK/schema-ds_fresh-noacl" "$WORK/schema-ds_up-noacl" "filled database, privileges aside"
 [ "$schema_differs" = 0 ] || exit 1

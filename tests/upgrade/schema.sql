@@ -4,7 +4,8 @@
 -- fresh CREATE EXTENSION of the same version: any line on one side only is
 -- something an upgrade script (sql/durable_streams--A--B.sql) forgot or did
 -- differently. Lines starting with "acl " are privileges (compared for
--- databases without user grants). OIDs never appear, only names.
+-- databases without user grants). OIDs never appear, only names; runs of
+-- white space (view definitions) become one space, so a fact is one line.
 \set ON_ERROR_STOP 1
 SET timezone = 'UTC';
 
@@ -13,7 +14,7 @@ WITH ext AS (
 ), ns AS (
     SELECT extnamespace AS oid FROM ext
 )
-SELECT line FROM (
+SELECT regexp_replace(line, '\s+', ' ', 'g') FROM (
     -- The extension.
     SELECT format('extension durable_streams: version=%s schema=%s relocatable=%s owner=%s',
                   extversion, extnamespace::regnamespace, extrelocatable,
