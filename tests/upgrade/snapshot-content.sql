@@ -56,7 +56,7 @@ SELECT line FROM (
         'json/orders-fork2', 'bytes/blob', 'bytes/blob-sub', 'json/rotated', 'text/log',
         'ttl/sliding', 'ttl/until', 'expired/alone', 'expired/src', 'expired/src-fork',
         'closed/plain', 'closed/producer', 'deleted/src', 'deleted/src-fork', 'deleted/gone',
-        'empty/none']) p
+        'empty/none', 'pitr/before-lsn', 'pitr/after-lsn']) p
     UNION ALL
     SELECT format('producer %s %s epoch=%s last_seq=%s', s.path, p.producer_id, p.epoch, p.last_seq)
     FROM ds.producers p JOIN ds.streams s USING (stream_id)
