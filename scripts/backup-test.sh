@@ -200,7 +200,8 @@ log "point-in-time recovery to $LSN"
 pg_owned_dir "$PITR"
 as_pg cp -a "$WORK/base" "$PITR/data"
 chmod 700 "$PITR/data"
-cat >>"$PITR/data/postgresql.conf" <<CONF
+# As README prints it: recovery settings in postgresql.auto.conf.
+cat >>"$PITR/data/postgresql.auto.conf" <<CONF
 archive_mode = off
 restore_command = 'cp $ARCHIVE/%f %p'
 recovery_target_lsn = '$LSN'
