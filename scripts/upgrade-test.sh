@@ -57,6 +57,11 @@ chmod 755 "$WORK"
 PRIVATE_PG_CONFIG="$WORK/pg/usr/lib/postgresql/15/bin/pg_config"
 CLUSTER="$WORK/cluster"
 cleanup() {
+    local status=$?
+    if [ "$status" != 0 ] && [ -f "$CLUSTER/server.log" ]; then
+        echo "--- $CLUSTER/server.log" >&2
+        tail -15 "$CLUSTER/server.log" >&2
+    fi
     if [ -x "$PRIVATE_PG_CONFIG" ]; then
         PG_CONFIG="$PRIVATE_PG_CONFIG" cluster_stop "$CLUSTER" || true
     fi
