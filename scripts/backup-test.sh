@@ -220,4 +220,4 @@ sql "$PITR_PORT" ds_backup -tA -f tests/upgrade/snapshot-content.sql >"$WORK/pit
 same "$WORK/at-lsn.content" "$WORK/pitr.content" "streams recovered to $LSN"
 grep -q '^pitr/after-lsn: head raises 42704$' "$WORK/pitr.content"
 echo "recovered to $LSN: $(wc -l <"$WORK/pitr.content") facts equal the snapshot taken at that LSN (nothing after it, every tail whole)"
-log "backup tests passed"
+log "backup tests passed in ${SECONDS} s"

@@ -230,4 +230,4 @@ compare_schema "$WORK/schema-ds_fresh" "$WORK/schema-ds_schema" "empty database,
 compare_schema "$WORK/schema-ds_fresh-noacl" "$WORK/schema-ds_up-noacl" "filled database, privileges aside"
 [ "$schema_differs" = 0 ] || exit 1
 echo "schema identical to a fresh install: $(wc -l <"$WORK/schema-ds_fresh") catalog facts"
-log "upgrade test passed ($OLD_VERSION -> $NEW_VERSION)"
+log "upgrade test passed ($OLD_VERSION -> $NEW_VERSION) in ${SECONDS} s"
