@@ -165,6 +165,13 @@ if new_log | grep -E "durable_streams (doorbell|maintenance).*(exited|terminated
     exit 1
 fi
 echo "workers waited: one WARNING each, no stored row changed in 6 s"
+# Until the update, the SQL functions run the new library on the old tables.
+sql ds_up -tA -f tests/upgrade/snapshot-content.sql >"$WORK/content-waiting"
+diff -u "$WORK/content-before" "$WORK/content-waiting" || {
+    echo "the new library reads the $OLD_VERSION catalog differently" >&2
+    exit 1
+}
+echo "the $NEW_VERSION library reads every stream of the $OLD_VERSION catalog the same"
 
 log "ALTER EXTENSION durable_streams UPDATE"
 for db in ds_up ds_schema; do
