@@ -133,4 +133,10 @@ DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_SIDECAR_BIN="$ROOT/target/debug/ds-sidecar" \
     cargo test -q -p ds-e2e -- --test-threads=1
 
+log "upgrade test: the previous release upgraded in place (scripts/upgrade-test.sh)"
+bash "$ROOT/scripts/upgrade-test.sh"
+
+log "backup tests: pg_dump/pg_restore and point-in-time recovery (scripts/backup-test.sh)"
+bash "$ROOT/scripts/backup-test.sh"
+
 log "all tests passed"

@@ -38,7 +38,9 @@ CREATE TABLE ds.streams (
     soft_deleted       boolean NOT NULL DEFAULT false,
     -- The role that created the stream: whose storage quota it counts
     -- against (ds.set_quota). NULL for streams the extension itself made.
-    owner_role         oid,
+    -- regrole, not oid, so that a dump carries the role's name and a restore
+    -- into another cluster (where roles get new OIDs) still finds it.
+    owner_role         pg_catalog.regrole,
     -- Most bytes of its own (beyond what a fork inherits) the stream may
     -- hold (ds.set_stream_quota); NULL: no per-stream limit.
     max_bytes          bigint CHECK (max_bytes >= 0),

@@ -69,7 +69,7 @@ impl Quotas {
                  SELECT sum(s.tail_pos OPERATOR(pg_catalog.-) coalesce(s.fork_pos, 0))::bigint AS bytes, \
                         count(*) FILTER (WHERE s.path IS NOT NULL AND NOT s.soft_deleted) AS streams \
                  FROM ds.streams s \
-                 WHERE s.owner_role OPERATOR(pg_catalog.=) q.role::pg_catalog.oid \
+                 WHERE s.owner_role::pg_catalog.oid OPERATOR(pg_catalog.=) q.role::pg_catalog.oid \
                    AND s.owner_role IS NOT NULL) u ON true \
              WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) ANY($1)",
             None,

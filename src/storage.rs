@@ -148,7 +148,7 @@ static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
          closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, {expired}, \
          fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, \
-         soft_deleted, owner_role, max_bytes",
+         soft_deleted, owner_role::pg_catalog.oid, max_bytes",
         expired = *EXPIRED
     )
 });
@@ -324,7 +324,8 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
         "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
              fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
              owner_role) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), $11) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
+                 $11::pg_catalog.regrole) \
          ON CONFLICT (path) DO NOTHING RETURNING stream_id",
         Some(1),
         &[

@@ -24,6 +24,99 @@ const MIN_RING_INTERVAL: Duration = Duration::from_millis(1);
 /// How long the worker sleeps when nobody rings.
 const IDLE_WAKE: Duration = Duration::from_secs(10);
 
+/// How often a worker looks at the installed extension's version again.
+const VERSION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The version of this library; the catalog must be at the same version
+/// before a worker touches it (see [`VersionGate`]).
+const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Keeps a worker off a catalog of another version.
+///
+/// After a new package is installed and the server restarted, the new
+/// library runs against the old catalog until someone runs `ALTER EXTENSION
+/// durable_streams UPDATE`. The workers must not rotate, expire or announce
+/// with assumptions about tables the update has not made yet, so until the
+/// versions agree they do nothing: they log one WARNING saying what to run
+/// and look again every [`VERSION_CHECK_INTERVAL`] (never crashing, so the
+/// postmaster does not restart them in a loop). An extension that is not
+/// installed (yet) is not a mismatch: each worker already waits for it.
+#[derive(Default)]
+struct VersionGate {
+    checked: Option<Instant>,
+    open: bool,
+    /// The mismatching version last warned about (warn once per version).
+    warned: Option<String>,
+}
+
+impl VersionGate {
+    /// Whether the worker may act now; looks the catalog up at most once per
+    /// [`VERSION_CHECK_INTERVAL`].
+    fn open(&mut self, who: &str, database: &str) -> bool {
+        if self.checked.is_some_and(|t| t.elapsed() < VERSION_CHECK_INTERVAL) {
+            return self.open;
+        }
+        self.checked = Some(Instant::now());
+        let installed = in_transaction("checking the extension's version", || {
+            Ok(Spi::get_one::<String>(
+                "SELECT (SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension \
+                         WHERE extname OPERATOR(pg_catalog.=) 'durable_streams')",
+            )?)
+        });
+        let Some(installed) = installed else {
+            // The lookup failed (logged); try again later.
+            self.open = false;
+            return false;
+        };
+        match installed {
+            Some(version) if version != LIBRARY_VERSION => {
+                if self.warned.as_deref() != Some(version.as_str()) {
+                    warning!(
+                        "durable_streams {who}: the extension in database \"{database}\" is version {version} \
+                         but the installed library is {LIBRARY_VERSION}; doing nothing until they agree. \
+                         Run in that database: {}",
+                        upgrade_advice(&version)
+                    );
+                    self.warned = Some(version);
+                }
+                self.open = false;
+            }
+            _ => {
+                if self.warned.take().is_some() {
+                    log!(
+                        "durable_streams {who}: the extension in database \"{database}\" is now version {LIBRARY_VERSION}; resuming"
+                    );
+                }
+                self.open = true;
+            }
+        }
+        self.open
+    }
+
+    /// How long the worker may sleep before it should look again.
+    fn recheck_in(&self) -> Duration {
+        VERSION_CHECK_INTERVAL.saturating_sub(self.checked.map_or(Duration::ZERO, |t| t.elapsed()))
+    }
+}
+
+/// What an operator runs to bring the catalog to the library's version.
+fn upgrade_advice(installed: &str) -> String {
+    if version_key(installed) < version_key(LIBRARY_VERSION) {
+        "ALTER EXTENSION durable_streams UPDATE;".to_owned()
+    } else {
+        format!(
+            "ALTER EXTENSION durable_streams UPDATE TO '{LIBRARY_VERSION}'; \
+             (the library is older than the catalog: install the package of version {installed} instead, \
+             unless a downgrade script exists)"
+        )
+    }
+}
+
+/// `major.minor.patch` as numbers, for ordering versions.
+fn version_key(version: &str) -> Vec<u64> {
+    version.split(['.', '-']).map(|part| part.parse().unwrap_or(0)).collect()
+}
+
 /// Registers the two workers with the postmaster: the doorbell must never
 /// wait behind a long maintenance pass, so each has its own process.
 pub fn register() {
@@ -106,8 +199,19 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     let mut paths = PathCache::default();
     let mut untracked = UntrackedPrepared::default();
-    while BackgroundWorker::wait_latch(Some(IDLE_WAKE)) {
+    let mut gate = VersionGate::default();
+    // The first round runs at once: it checks the version and says "*".
+    let mut wake = Duration::ZERO;
+    while BackgroundWorker::wait_latch(Some(wake)) {
         reload_if_asked("doorbell");
+        if !gate.open("doorbell", &database) {
+            // Pending streams stay in shared memory (beyond its room they
+            // become "*"); once the versions agree the first ring says "*".
+            announce_everything = true;
+            wake = gate.recheck_in().max(Duration::from_millis(100));
+            continue;
+        }
+        wake = IDLE_WAKE;
         let untracked_ended = untracked.check();
         // Under load, ring at most once per MIN_RING_INTERVAL: the commits of
         // that interval share one notification, and the worker's own CPU stays
@@ -188,6 +292,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
     log!("durable_streams maintenance: rotating and expiring streams in database \"{database}\"");
     let mut next_pass = Instant::now();
     let mut cursors = Cursors::default();
+    let mut gate = VersionGate::default();
     loop {
         let until_pass = next_pass.saturating_duration_since(Instant::now());
         if !BackgroundWorker::wait_latch(Some(until_pass.min(IDLE_WAKE))) {
@@ -195,6 +300,10 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
         }
         reload_if_asked("maintenance");
         if Instant::now() >= next_pass {
+            if !gate.open("maintenance", &database) {
+                next_pass = Instant::now() + gate.recheck_in().max(Duration::from_millis(100));
+                continue;
+            }
             maintenance_pass(&mut cursors);
             let interval = u64::try_from(gucs::ROTATION_INTERVAL_MS.get()).unwrap_or(10_000);
             next_pass = Instant::now() + Duration::from_millis(interval);

@@ -134,8 +134,11 @@ async fn kill_9_in_the_middle_of_a_rotation_loses_and_duplicates_nothing() {
     let pid: i32 = loop {
         let row = admin
             .query_opt(
-                "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
-                 WHERE a.backend_type = 'durable_streams maintenance' AND l.relation = 'ds.segments'::regclass",
+                // DISTINCT, and relation locks only: while it inserts, the
+                // worker may also hold the table's extension lock (a second row).
+                "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+                 WHERE a.backend_type = 'durable_streams maintenance' AND l.locktype = 'relation' \
+                   AND l.relation = 'ds.segments'::regclass",
                 &[],
             )
             .await
