@@ -1,0 +1,201 @@
+//! Riding out a failover (or any loss of the primary).
+//!
+//! [`outage`] decides which database failures mean "no usable primary right
+//! now": they are answered 503 with `Retry-After` (never 500, never a
+//! success), with a message from [`explain`] saying what happened and what
+//! to do. A pooled connection whose server turned out read-only is dropped
+//! by the pool's user (`db.rs`), not reused. Live readers do not end at the
+//! first failed re-read: they wait with [`Backoff`] (or for the next
+//! wake-up, such as the LISTEN connection coming back) until their deadline.
+//!
+//! Reconnecting itself is tokio-postgres': with several hosts in
+//! `--database-url` and `target_session_attrs=read-write`, every new
+//! connection (pooled or LISTEN) goes to whichever host accepts writes now.
+
+use std::time::Duration;
+
+use tokio_postgres::error::{Severity, SqlState};
+
+use crate::db::DbError;
+
+/// Why the database cannot serve a request right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// No connection could be made: the primary is down, or no listed host
+    /// accepts writes (yet). Nothing was done.
+    NoConnection,
+    /// The connection broke or the server shut down during the call: a
+    /// write may or may not have been applied.
+    ConnectionLost,
+    /// The server is read-only (a hot standby, or still in recovery):
+    /// SQLSTATE 25006. Nothing was written.
+    ReadOnly,
+    /// Every pooled connection stayed busy for `--pool-timeout-ms`.
+    PoolBusy,
+    /// Postgres gave up on the request for a passing reason (lock timeout,
+    /// deadlock, serialization failure, cancel). Nothing was done.
+    Transient,
+}
+
+/// SQLSTATE classes and codes after which the server is gone or going.
+fn server_gone(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+}
+
+/// Errors after which the same request may well succeed.
+fn transient(code: &SqlState) -> bool {
+    *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::QUERY_CANCELED
+}
+
+/// Whether a Postgres error ended the session (FATAL or PANIC): whatever
+/// the statement did may already have committed.
+pub fn ends_session(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic)))
+}
+
+fn postgres_outage(e: &tokio_postgres::Error) -> Option<Outage> {
+    let Some(db) = e.as_db_error() else {
+        // No server error: the connection broke or could not be used.
+        return Some(Outage::ConnectionLost);
+    };
+    let code = db.code();
+    if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        Some(Outage::ReadOnly)
+    } else if server_gone(code) || ends_session(e) {
+        Some(Outage::ConnectionLost)
+    } else if transient(code) {
+        Some(Outage::Transient)
+    } else {
+        None
+    }
+}
+
+/// The outage a failed call reveals; `None` for errors that are the
+/// request's own (a missing stream, a bad body, a refused role, ...).
+pub fn outage(e: &DbError) -> Option<Outage> {
+    match e {
+        DbError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Wait,
+        )) => Some(Outage::PoolBusy),
+        DbError::Pool(_) => Some(Outage::NoConnection),
+        DbError::Postgres(e) | DbError::Role { source: e, .. } => postgres_outage(e),
+        DbError::Batch(_) => Some(Outage::ConnectionLost),
+        DbError::Unavailable(outage, _) => Some(*outage),
+        DbError::Shape(_) => None,
+    }
+}
+
+/// The body of a 503 for `outage`: what happened, whether anything was
+/// done, and what to do.
+pub fn explain(outage: Outage) -> &'static str {
+    match outage {
+        Outage::NoConnection => {
+            "service unavailable: cannot connect to a writable database (the primary is down, or \
+             a failover is in progress); nothing was done: retry after Retry-After"
+        }
+        Outage::ConnectionLost => {
+            "service unavailable: the database connection was lost during the request (the \
+             primary went down, or a failover is in progress); a write may or may not have been \
+             applied: retry it (with Producer-Id/Epoch/Seq a retry is deduplicated)"
+        }
+        Outage::ReadOnly => {
+            "service unavailable: the database is read-only (a hot standby, or still in \
+             recovery); nothing was written: retry after Retry-After. Operators: point \
+             --database-url at the primary, or list every host with \
+             target_session_attrs=read-write"
+        }
+        Outage::PoolBusy => {
+            "service unavailable: every database connection stayed busy; nothing was done: retry \
+             after Retry-After"
+        }
+        Outage::Transient => {
+            "service unavailable: the database gave up on the request (a lock held too long by \
+             another transaction, a deadlock or a cancel); nothing was done: retry"
+        }
+    }
+}
+
+/// Waits between re-reads of a live reader while the database is
+/// unavailable: 200 ms, doubling, at most 2 s.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { next: Backoff::MIN }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..6).map(|_| b.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
+    }
+
+    #[test]
+    fn outages_are_classified() {
+        let busy = DbError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Wait,
+        ));
+        assert_eq!(outage(&busy), Some(Outage::PoolBusy));
+        let create = DbError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Create,
+        ));
+        assert_eq!(outage(&create), Some(Outage::NoConnection));
+        assert_eq!(outage(&DbError::Batch("closed".into())), Some(Outage::ConnectionLost));
+        assert_eq!(
+            outage(&DbError::Unavailable(Outage::ReadOnly, "x".into())),
+            Some(Outage::ReadOnly)
+        );
+        assert_eq!(outage(&DbError::Shape("ds.head")), None);
+        for code in ["08006", "08001", "57P01", "57P02", "57P03"] {
+            assert!(server_gone(&SqlState::from_code(code)), "{code}");
+        }
+        for code in ["25006", "42704", "55000", "XX000", "53400"] {
+            assert!(!server_gone(&SqlState::from_code(code)), "{code}");
+        }
+        assert!(transient(&SqlState::LOCK_NOT_AVAILABLE));
+    }
+
+    #[test]
+    fn every_explanation_names_the_database_and_says_whether_anything_happened() {
+        for o in [
+            Outage::NoConnection,
+            Outage::ConnectionLost,
+            Outage::ReadOnly,
+            Outage::PoolBusy,
+            Outage::Transient,
+        ] {
+            let text = explain(o);
+            assert!(text.starts_with("service unavailable: "), "{text}");
+            assert!(text.contains("database"), "{text}");
+            assert!(text.contains("nothing") || text.contains("may or may not"), "{text}");
+        }
+    }
+}
