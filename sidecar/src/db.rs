@@ -277,6 +277,7 @@ fn connection_config_named(
     if pg.get_connect_timeout().is_none() && config.connect_timeout_ms > 0 {
         pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     }
+    crate::failover::detect_dead_hosts(&mut pg);
     Ok(pg)
 }
 

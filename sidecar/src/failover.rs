@@ -122,6 +122,62 @@ pub fn explain(outage: Outage) -> &'static str {
     }
 }
 
+/// TCP keepalive idle time of the sidecar's connections unless
+/// `--database-url` sets `keepalives_idle` (the default is 2 hours).
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+/// Keepalive probe interval (unless set).
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered keepalive probes before the connection is dropped (unless set).
+pub const KEEPALIVES_RETRIES: u32 = 3;
+/// `tcp_user_timeout` (unless set): how long sent data may stay
+/// unacknowledged before the connection is dropped.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes a connection to a host that vanished (powered off, cut off: no
+/// reset ever arrives) fail within about half a minute instead of hours, so
+/// that the pool and the LISTEN connection move on to the new primary.
+/// Settings given in `--database-url` win.
+pub fn detect_dead_hosts(pg: &mut tokio_postgres::Config) {
+    if !pg.get_keepalives() {
+        return;
+    }
+    if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+}
+
+/// Warns at startup when several hosts are listed without
+/// `target_session_attrs=read-write`: connections may then land on a
+/// standby (its writes are answered 503 and its connections dropped, but
+/// the LISTEN connection cannot listen there).
+pub fn check_hosts(pg: &tokio_postgres::Config) {
+    let hosts = pg.get_hosts().len();
+    if hosts > 1
+        && pg.get_target_session_attrs() != tokio_postgres::config::TargetSessionAttrs::ReadWrite
+    {
+        tracing::warn!(
+            hosts,
+            "--database-url lists several hosts without target_session_attrs=read-write: \
+             connections may go to a standby, which cannot take writes or LISTEN. Add \
+             target_session_attrs=read-write so that they follow the primary"
+        );
+    } else if hosts > 1 {
+        tracing::info!(
+            hosts,
+            "several database hosts: connections go to the one that accepts writes"
+        );
+    }
+}
+
 /// Waits between re-reads of a live reader while the database is
 /// unavailable: 200 ms, doubling, at most 2 s.
 #[derive(Debug, Clone)]
@@ -150,6 +206,23 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_hosts_are_noticed_unless_the_url_says_otherwise() {
+        use std::str::FromStr;
+        let mut pg = tokio_postgres::Config::from_str("host=a,b port=1,2 user=u").unwrap();
+        detect_dead_hosts(&mut pg);
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        let url = "postgresql://u@a:1,b:2/db?keepalives_idle=60&tcp_user_timeout=5000";
+        let mut pg = tokio_postgres::Config::from_str(url).unwrap();
+        assert_eq!(pg.get_hosts().len(), 2);
+        detect_dead_hosts(&mut pg);
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_millis(5000)));
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

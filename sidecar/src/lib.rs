@@ -152,6 +152,7 @@ pub async fn run(
         }
         AuthMode::None => tracing::info!(%addr, "authentication: none (loopback only)"),
     }
+    failover::check_hosts(&db::connection_config(&state.config)?);
     let listen_task = tokio::spawn(tail::listen(
         db::listen_config(&state.config)?,
         Arc::clone(&state.hub),
