@@ -158,7 +158,7 @@ async fn concurrent_appends_through_three_sidecars_are_one_gap_free_order() {
     // Each message exactly once, each writer's in its own order.
     let all = read_all(&sidecars[0], &path).await;
     assert_eq!(all.len(), total);
-    let mut next = vec![0u64; 3 * WRITERS_PER_SIDECAR];
+    let mut next = [0u64; 3 * WRITERS_PER_SIDECAR];
     for m in &all {
         let v: serde_json::Value = serde_json::from_str(m).unwrap();
         let (w, i) = (v["w"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap());
