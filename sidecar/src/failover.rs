@@ -216,12 +216,13 @@ mod tests {
         assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
         assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
-        let url = "postgresql://u@a:1,b:2/db?keepalives_idle=60&tcp_user_timeout=5000";
+        // tokio-postgres reads tcp_user_timeout in seconds (libpq: milliseconds).
+        let url = "postgresql://u@a:1,b:2/db?keepalives_idle=60&tcp_user_timeout=5";
         let mut pg = tokio_postgres::Config::from_str(url).unwrap();
         assert_eq!(pg.get_hosts().len(), 2);
         detect_dead_hosts(&mut pg);
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
-        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_millis(5000)));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
     }
 
     #[test]
