@@ -331,4 +331,29 @@ mod tests {
         assert_eq!(internal.status(), 500);
         assert_eq!(ApiError::Busy("full").into_response().headers()[header::RETRY_AFTER], "1");
     }
+
+    #[tokio::test]
+    async fn outages_are_503_with_retry_after_and_a_reason() {
+        use crate::db::DbError;
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let read_only = ApiError::from(DbError::Unavailable(Outage::ReadOnly, "25006".into()));
+        let r = read_only.into_response();
+        assert_eq!(
+            (r.status().as_u16(), r.headers()[header::RETRY_AFTER].to_str().unwrap()),
+            (503, "1")
+        );
+        assert!(body(r).await.contains("read-only"));
+        let lost = ApiError::from(DbError::Batch("connection closed".into())).into_response();
+        assert_eq!(lost.status(), 503);
+        assert!(body(lost).await.contains("may or may not have been applied"));
+        let none = ApiError::from(DbError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Create,
+        )));
+        let r = none.into_response();
+        assert_eq!(r.status(), 503);
+        assert!(body(r).await.contains("cannot connect to a writable database"));
+    }
 }
