@@ -40,9 +40,10 @@ pub enum DbError {
     /// A group-commit batch failed in a way that may or may not have committed.
     #[error("append batch failed: {0}")]
     Batch(String),
-    /// A group-commit batch certainly rolled back because the database is
-    /// unavailable (read-only, unreachable): see [`crate::failover`].
-    #[error("append batch not applied ({0:?}): {1}")]
+    /// The call (or a whole group-commit batch) certainly did nothing
+    /// because the database is unavailable, e.g. read-only: see
+    /// [`crate::failover`].
+    #[error("database unavailable ({0:?}), nothing done: {1}")]
     Unavailable(crate::failover::Outage, String),
     /// The request could not be run as its role: the role does not exist,
     /// or the sidecar's login role may not become it.

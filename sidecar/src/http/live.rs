@@ -278,7 +278,8 @@ impl SseSession {
                     () = self.tx.closed() => return,
                 }
             }
-            chunk = match self.reread(&chunk.next_offset, deadline).await {
+            // Boxed: idle clients hold the session's future, not the read's.
+            chunk = match Box::pin(self.reread(&chunk.next_offset, deadline)).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Typically the stream was deleted; end the event stream.
@@ -295,10 +296,7 @@ impl SseSession {
     async fn reread(&mut self, from: &str, deadline: Instant) -> Result<Chunk, DbError> {
         let mut outage = Backoff::default();
         loop {
-            // Boxed: the read's future is large and only lives while reading,
-            // whereas the session's own future is held by every idle client.
-            let next = Box::pin(live_read(&self.state, &self.caller, false, &self.path, from));
-            match next.await {
+            match live_read(&self.state, &self.caller, false, &self.path, from).await {
                 Err(e) if failover::outage(&e).is_some() && Instant::now() < deadline => {
                     tracing::debug!(path = %self.path, error = %e, "SSE re-read failed; waiting for the database");
                     tokio::select! {
