@@ -297,6 +297,8 @@ impl Db {
     /// `--pool-timeout-ms` for a connection.
     pub fn new(config: &Config) -> Result<Db, UrlError> {
         let pg = connection_config(config)?;
+        // Creating a connection may try every host of a multi-host URL.
+        let create_timeout = crate::failover::connect_limit(&pg);
         let login_role = pg.get_user().map(str::to_owned);
         let manager = Manager::from_config(
             pg,
@@ -308,7 +310,7 @@ impl Db {
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(ms(config.pool_timeout_ms))
-            .create_timeout(ms(config.connect_timeout_ms))
+            .create_timeout(Some(create_timeout))
             .recycle_timeout(ms(config.connect_timeout_ms))
             .build()
             .expect("a pool with a runtime always builds");

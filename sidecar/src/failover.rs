@@ -155,6 +155,17 @@ pub fn detect_dead_hosts(pg: &mut tokio_postgres::Config) {
     }
 }
 
+/// The longest a new connection may take in all: tokio-postgres tries the
+/// hosts one after the other, each TCP connect bounded by `connect_timeout`
+/// (a host that vanished takes that long before the next is tried), so the
+/// whole attempt gets one `connect_timeout` per host, plus one for the
+/// startup and authentication. 30 s per host without `connect_timeout`.
+pub fn connect_limit(pg: &tokio_postgres::Config) -> Duration {
+    let per_host = pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(30));
+    let hosts = u32::try_from(pg.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+    per_host.saturating_mul(hosts.saturating_add(1))
+}
+
 /// Warns at startup when several hosts are listed without
 /// `target_session_attrs=read-write`: connections may then land on a
 /// standby (its writes are answered 503 and its connections dropped, but
@@ -223,6 +234,15 @@ mod tests {
         detect_dead_hosts(&mut pg);
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_connection_attempt_may_try_every_host() {
+        use std::str::FromStr;
+        let pg = tokio_postgres::Config::from_str("host=a,b,c connect_timeout=2").unwrap();
+        assert_eq!(connect_limit(&pg), Duration::from_secs(8));
+        let pg = tokio_postgres::Config::from_str("host=a").unwrap();
+        assert_eq!(connect_limit(&pg), Duration::from_secs(60));
     }
 
     #[test]
