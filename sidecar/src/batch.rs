@@ -15,6 +15,11 @@
 //! connection's `lock_timeout`). While a stream has a detour, its later
 //! requests follow the same detour, so per-stream order holds.
 //!
+//! A batch that a read-only server (a standby: no primary during a
+//! failover) refused is answered 503 at once; one whose connection broke or
+//! ended with a FATAL error (outcome unknown) is answered 503 and never
+//! retried, so a 2xx always means committed and nothing is applied twice.
+//!
 //! A batch carries at most `max_batch` requests and `max_batch_bytes` of
 //! bodies: a request that would go over starts the next batch (a single
 //! request over the budget goes alone).
@@ -37,6 +42,7 @@ use ds_core::outcome::AppendOutcome;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::db::{AppendRequest, Appended, Db, DbError};
+use crate::failover::{self, Outage};
 use crate::metrics::Metrics;
 use crate::protocol::headers::Producer;
 
@@ -255,6 +261,17 @@ impl Lane {
                     self.detours.push(job);
                 }
             }
+            // Rolled back because the server is read-only (a standby, or in
+            // recovery: no primary right now): one by one would fail the
+            // same way, so every request gets 503 (nothing was applied).
+            Err(e) if e.rolled_back() && failover::outage(&e) == Some(Outage::ReadOnly) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, batch = jobs.len(), "append batch refused: read-only database");
+                for job in jobs {
+                    let reply = DbError::Unavailable(Outage::ReadOnly, message.clone());
+                    let _ = job.reply.send(Ok(Err(reply)));
+                }
+            }
             // Rolled back (e.g. out of disk): nothing was applied, so each
             // request is tried on its own, off the lane.
             Err(e) if e.rolled_back() => {
@@ -263,8 +280,9 @@ impl Lane {
                     self.detours.push(job);
                 }
             }
-            // Unknown whether it committed (connection lost): report, never
-            // retry, so nothing is appended twice.
+            // Unknown whether it committed (connection lost, or a FATAL error
+            // such as a shutdown of the primary): report 503, never retry,
+            // so nothing is appended twice.
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(error = %message, batch = jobs.len(), "append batch failed");

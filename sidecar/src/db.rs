@@ -16,7 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use prometheus_client::metrics::counter::Counter;
 use thiserror::Error;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
@@ -39,6 +40,11 @@ pub enum DbError {
     /// A group-commit batch failed in a way that may or may not have committed.
     #[error("append batch failed: {0}")]
     Batch(String),
+    /// The call (or a whole group-commit batch) certainly did nothing
+    /// because the database is unavailable, e.g. read-only: see
+    /// [`crate::failover`].
+    #[error("database unavailable ({0:?}), nothing done: {1}")]
+    Unavailable(crate::failover::Outage, String),
     /// The request could not be run as its role: the role does not exist,
     /// or the sidecar's login role may not become it.
     #[error("cannot act as role {role:?}: {source}")]
@@ -52,10 +58,14 @@ pub enum DbError {
 
 impl DbError {
     /// Whether the failed statement certainly rolled back (Postgres reported
-    /// an error for it), as opposed to a lost connection.
+    /// an error for it and the session goes on), as opposed to a lost
+    /// connection or a FATAL error, after which it may have committed.
     pub fn rolled_back(&self) -> bool {
         match self {
-            DbError::Postgres(e) | DbError::Role { source: e, .. } => e.as_db_error().is_some(),
+            DbError::Postgres(e) | DbError::Role { source: e, .. } => {
+                e.as_db_error().is_some() && !crate::failover::ends_session(e)
+            }
+            DbError::Unavailable(..) => true,
             _ => false,
         }
     }
@@ -268,6 +278,7 @@ fn connection_config_named(
     if pg.get_connect_timeout().is_none() && config.connect_timeout_ms > 0 {
         pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     }
+    crate::failover::detect_dead_hosts(&mut pg);
     Ok(pg)
 }
 
@@ -276,6 +287,8 @@ fn connection_config_named(
 pub struct Db {
     pool: Pool,
     login_role: Option<String>,
+    /// Pooled connections dropped because their server was read-only.
+    discarded: Counter,
 }
 
 impl Db {
@@ -284,6 +297,8 @@ impl Db {
     /// `--pool-timeout-ms` for a connection.
     pub fn new(config: &Config) -> Result<Db, UrlError> {
         let pg = connection_config(config)?;
+        // Creating a connection may try every host of a multi-host URL.
+        let create_timeout = crate::failover::connect_limit(&pg);
         let login_role = pg.get_user().map(str::to_owned);
         let manager = Manager::from_config(
             pg,
@@ -295,11 +310,53 @@ impl Db {
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(ms(config.pool_timeout_ms))
-            .create_timeout(ms(config.connect_timeout_ms))
+            .create_timeout(Some(create_timeout))
             .recycle_timeout(ms(config.connect_timeout_ms))
             .build()
             .expect("a pool with a runtime always builds");
-        Ok(Db { pool, login_role })
+        Ok(Db { pool, login_role, discarded: Counter::default() })
+    }
+
+    /// Counts connections dropped for a read-only server in `counter`.
+    pub fn count_discards_in(&mut self, counter: Counter) {
+        self.discarded = counter;
+    }
+
+    /// After a failed call on `client`: drops the connection instead of
+    /// returning it to the pool when its server is read-only (SQLSTATE
+    /// 25006, or an internal error from a server in recovery, such as
+    /// "cannot assign TransactionIds during recovery"), so the next request
+    /// connects afresh, to whichever host accepts writes now; that error
+    /// becomes [`DbError::Unavailable`] (503). Broken connections need
+    /// nothing: the pool drops closed ones.
+    async fn release(&self, client: Object, error: DbError) -> DbError {
+        use crate::failover::Outage;
+        let read_only = match crate::failover::outage(&error) {
+            Some(Outage::ReadOnly) => true,
+            // Only a real server error on a live session can mean recovery.
+            _ if error.rolled_back()
+                && error.sqlstate() == Some(&tokio_postgres::error::SqlState::INTERNAL_ERROR) =>
+            {
+                client
+                    .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+                    .await
+                    .and_then(|row| row.try_get::<_, bool>(0))
+                    .unwrap_or(false)
+            }
+            _ => false,
+        };
+        if !read_only {
+            return error;
+        }
+        tracing::warn!(
+            error = %error,
+            "dropping a pooled connection: its server is read-only (a hot standby, or in \
+             recovery); with several hosts in --database-url, target_session_attrs=read-write \
+             makes new connections go to the primary"
+        );
+        self.discarded.inc();
+        drop(Object::take(client));
+        DbError::Unavailable(Outage::ReadOnly, error.to_string())
     }
 
     /// The role named in `--database-url`, if any.
@@ -324,6 +381,19 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let client = self.pool.get().await?;
+        match Self::query_on(&client, role, sql, params).await {
+            Err(e) => Err(self.release(client, e).await),
+            ok => ok,
+        }
+    }
+
+    /// [`Self::query_as`] on `client`.
+    async fn query_on(
+        client: &Object,
+        role: Option<&str>,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let stmt = client.prepare_cached(sql).await?;
         let Some(role) = role else { return Ok(client.query(&stmt, params).await?) };
         let set_role = client.prepare_cached(SET_ROLE).await?;

@@ -8,7 +8,8 @@
 //! Modules: [`config`] (flags), [`auth`] (who a request acts as),
 //! [`protocol`] (pure header/cursor/SSE code), [`http`] (routes and the
 //! error mapping), [`db`] (pool and SQL calls), [`tail`] (the LISTEN
-//! fan-out), [`ratelimit`], [`server`] (connection limits), [`metrics`].
+//! fan-out), [`failover`] (riding out the loss of the primary),
+//! [`ratelimit`], [`server`] (connection limits), [`metrics`].
 // Unsafe code only where a module says why (`memory`).
 #![deny(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod db;
+pub mod failover;
 pub mod flight;
 pub mod http;
 mod memory;
@@ -69,11 +71,12 @@ pub struct AppState {
 impl AppState {
     /// Builds the state (the pool connects lazily).
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<AppState, RunError> {
-        let db = db::Db::new(&config)?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let mut db = db::Db::new(&config)?;
+        db.count_discards_in(metrics.db_connections_discarded.clone());
         let auth = auth::Authenticator::from_config(&config, db.login_role().map(str::to_owned))
             .map_err(RunError::Config)?;
         let cors = Origins::parse(&config.cors_origins).map_err(RunError::Config)?;
-        let metrics = Arc::new(metrics::Metrics::default());
         // Half the pool at most for appends that wait for a locked stream.
         let batcher = batch::Batcher::start(
             db.clone(),
@@ -149,6 +152,7 @@ pub async fn run(
         }
         AuthMode::None => tracing::info!(%addr, "authentication: none (loopback only)"),
     }
+    failover::check_hosts(&db::connection_config(&state.config)?);
     let listen_task = tokio::spawn(tail::listen(
         db::listen_config(&state.config)?,
         Arc::clone(&state.hub),

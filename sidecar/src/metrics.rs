@@ -64,6 +64,8 @@ pub struct Metrics {
     pub listen_reconnects: Counter,
     /// 1 while the LISTEN connection is up.
     pub listen_connected: Gauge,
+    /// Pooled connections dropped because their server was read-only.
+    pub db_connections_discarded: Counter,
     /// Pool connections open.
     pub pool_size: Gauge<i64, AtomicI64>,
     /// Pool connections idle.
@@ -95,6 +97,7 @@ impl Default for Metrics {
             notifications: Counter::default(),
             listen_reconnects: Counter::default(),
             listen_connected: Gauge::default(),
+            db_connections_discarded: Counter::default(),
             pool_size: Gauge::default(),
             pool_available: Gauge::default(),
             // 1 KiB .. 256 MiB.
@@ -147,6 +150,12 @@ impl Default for Metrics {
             "listen_connected",
             "1 while the LISTEN connection is up",
             m.listen_connected.clone(),
+        );
+        m.registry.register(
+            "db_connections_discarded",
+            "Pooled connections dropped because their server was read-only (a standby, or in \
+             recovery)",
+            m.db_connections_discarded.clone(),
         );
         m.registry.register(
             "pool_connections",

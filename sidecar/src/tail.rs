@@ -260,7 +260,12 @@ async fn listen_once(
     hub: &Arc<TailHub>,
     metrics: &Metrics,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = database.connect(NoTls).await?;
+    let limit = crate::failover::connect_limit(database);
+    let Ok(connected) = tokio::time::timeout(limit, database.connect(NoTls)).await else {
+        tracing::warn!(?limit, "LISTEN connection attempt timed out");
+        return Ok(());
+    };
+    let (client, mut connection) = connected?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The connection must be driven while the channel is asked for.
     let setup = async {

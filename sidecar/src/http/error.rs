@@ -11,6 +11,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use crate::failover::{self, Outage};
 use crate::protocol::headers::{HeaderError, STREAM_CLOSED};
 
 /// The realm of `WWW-Authenticate` challenges.
@@ -60,20 +61,14 @@ pub enum ApiError {
     /// A bounded resource (waiters, SSE clients) is full (503 + Retry-After).
     #[error("{0}")]
     Busy(&'static str),
-    /// The database could not be reached (503).
+    /// The database could not be reached, is read-only, or asked for a
+    /// retry (503 + Retry-After; the body says which, see
+    /// [`crate::failover::explain`]).
     #[error("database unavailable")]
     Unavailable(#[source] DbError),
     /// Anything else (500); details are logged, not sent.
     #[error("internal error")]
     Internal(String),
-}
-
-/// Errors after which the same request may well succeed.
-fn is_transient(code: &SqlState) -> bool {
-    *code == SqlState::LOCK_NOT_AVAILABLE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::QUERY_CANCELED
 }
 
 /// The HTTP status of an SQLSTATE raised by the SQL API; `None` for codes
@@ -160,18 +155,20 @@ impl ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
+        // No connection, a lost one, a read-only server (failover), or a
+        // passing reason (lock timeout, deadlock): 503, the client may
+        // retry (with producer headers a retry is deduplicated).
+        if failover::outage(&e).is_some() {
+            return ApiError::Unavailable(e);
+        }
         match &e {
             DbError::Postgres(pg) => match pg.as_db_error() {
-                // Rolled back for a passing reason (a lock held past
-                // lock_timeout, a deadlock): nothing changed, try again.
-                Some(db) if is_transient(db.code()) => ApiError::Unavailable(e),
                 Some(db) => ApiError::from_sqlstate(db.code(), db.message().to_owned()),
-                // No server error: the connection broke or could not be used.
                 None => ApiError::Unavailable(e),
             },
-            // Unknown whether it committed: 503, the client may retry (with
-            // producer headers a retry is deduplicated).
-            DbError::Pool(_) | DbError::Batch(_) => ApiError::Unavailable(e),
+            DbError::Pool(_) | DbError::Batch(_) | DbError::Unavailable(..) => {
+                ApiError::Unavailable(e)
+            }
             // The role does not exist, or the sidecar may not become it.
             DbError::Role { role, source } => match source.as_db_error() {
                 Some(db) => {
@@ -233,8 +230,9 @@ impl IntoResponse for ApiError {
                 "internal server error".to_owned()
             }
             ApiError::Unavailable(e) => {
-                tracing::error!(error = %e, "database unavailable");
-                "service unavailable".to_owned()
+                let outage = failover::outage(e).unwrap_or(Outage::ConnectionLost);
+                tracing::warn!(error = %e, ?outage, "database unavailable: answered 503");
+                failover::explain(outage).to_owned()
             }
             other => other.to_string(),
         };
@@ -332,5 +330,30 @@ mod tests {
         let internal = ApiError::from_sqlstate(&SqlState::INTERNAL_ERROR, "secret".into());
         assert_eq!(internal.status(), 500);
         assert_eq!(ApiError::Busy("full").into_response().headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn outages_are_503_with_retry_after_and_a_reason() {
+        use crate::db::DbError;
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let read_only = ApiError::from(DbError::Unavailable(Outage::ReadOnly, "25006".into()));
+        let r = read_only.into_response();
+        assert_eq!(
+            (r.status().as_u16(), r.headers()[header::RETRY_AFTER].to_str().unwrap()),
+            (503, "1")
+        );
+        assert!(body(r).await.contains("read-only"));
+        let lost = ApiError::from(DbError::Batch("connection closed".into())).into_response();
+        assert_eq!(lost.status(), 503);
+        assert!(body(lost).await.contains("may or may not have been applied"));
+        let none = ApiError::from(DbError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Create,
+        )));
+        let r = none.into_response();
+        assert_eq!(r.status(), 503);
+        assert!(body(r).await.contains("cannot connect to a writable database"));
     }
 }

@@ -9,6 +9,10 @@
 //! role), so a waiter that may not read the stream gets its 403 and never
 //! joins a read shared with others (`flight.rs`).
 //!
+//! After their first read, long-polls and SSE sessions ride out a database
+//! outage (a failover): a failed re-read is retried after a backoff or the
+//! next wake-up until the request's deadline, instead of ending the request.
+//!
 //! An SSE client's queue is bounded in frames and in bytes
 //! (`--sse-max-queued-bytes`): a client that does not drain it within
 //! `--sse-send-timeout-ms` is dropped and counted (`sse_slow_dropped`).
@@ -22,13 +26,14 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep, sleep_until};
 
 use super::streams::{chunk_response, has_data, sql_from, start_offset};
 use super::{ApiError, Headers, NO_STORE};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::db::{Chunk, DbError};
+use crate::failover::{self, Backoff};
 use crate::metrics::GaugeGuard;
 use crate::protocol::cursor;
 use crate::protocol::headers::{
@@ -107,10 +112,31 @@ pub(super) async fn long_poll(
     let mut from = sql_from(&params).to_owned();
     let mut start = start_offset(params.from);
     let mut own = caller.role.is_some();
+    let mut first = true;
+    let mut outage = Backoff::default();
     loop {
         // Boxed for the same reason as in `SseSession::run`.
-        let chunk = Box::pin(live_read(&state, &caller, own, &path, &from)).await?;
+        let chunk = match Box::pin(live_read(&state, &caller, own, &path, &from)).await {
+            Ok(chunk) => chunk,
+            // The database went away after the first read (a failover):
+            // keep waiting and re-read after a backoff or the next wake-up
+            // (the LISTEN connection coming back wakes everybody). Past the
+            // deadline the client gets the 503.
+            Err(e) if !first && failover::outage(&e).is_some() && Instant::now() < deadline => {
+                tracing::debug!(%path, error = %e, "long-poll re-read failed; waiting for the database");
+                tokio::select! {
+                    () = sleep(outage.next_wait()) => {}
+                    () = sub.changed() => {}
+                    () = sleep_until(deadline) => {}
+                    () = state.shutdown.cancelled() => return Err(e.into()),
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         own = false;
+        first = false;
+        outage = Backoff::default();
         let cursor = cursor::generate(params.cursor.as_deref());
         if has_data(start.as_deref(), &chunk) {
             return Ok(chunk_response(chunk, &from, true, Some(cursor), None, state.cacheable()));
@@ -252,16 +278,8 @@ impl SseSession {
                     () = self.tx.closed() => return,
                 }
             }
-            // Boxed: the read's future is large and only lives while reading,
-            // whereas the session's own future is held by every idle client.
-            let next = Box::pin(live_read(
-                &self.state,
-                &self.caller,
-                false,
-                &self.path,
-                &chunk.next_offset,
-            ));
-            chunk = match next.await {
+            // Boxed: idle clients hold the session's future, not the read's.
+            chunk = match Box::pin(self.reread(&chunk.next_offset, deadline)).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Typically the stream was deleted; end the event stream.
@@ -269,6 +287,28 @@ impl SseSession {
                     return;
                 }
             };
+        }
+    }
+
+    /// The next read from `from`. While the database is unavailable (a
+    /// failover) the session stays open and reads again after a backoff or
+    /// the next wake-up, until `deadline`.
+    async fn reread(&mut self, from: &str, deadline: Instant) -> Result<Chunk, DbError> {
+        let mut outage = Backoff::default();
+        loop {
+            match live_read(&self.state, &self.caller, false, &self.path, from).await {
+                Err(e) if failover::outage(&e).is_some() && Instant::now() < deadline => {
+                    tracing::debug!(path = %self.path, error = %e, "SSE re-read failed; waiting for the database");
+                    tokio::select! {
+                        () = sleep(outage.next_wait()) => {}
+                        () = self.sub.changed() => {}
+                        () = sleep_until(deadline) => {}
+                        () = self.state.shutdown.cancelled() => return Err(e),
+                        () = self.tx.closed() => return Err(e),
+                    }
+                }
+                result => return result,
+            }
         }
     }
 
