@@ -208,9 +208,15 @@ const MAX_TOUCH_PATHS: usize = 10_000;
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn touch(
-    paths: Vec<Option<String>>,
+    paths: Option<Vec<Option<String>>>,
     as_roles: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> Result<i64, ErrorReport> {
+    let Some(paths) = paths else {
+        return Err(DsError::Invalid(ds_core::Error::InvalidProducer(
+            "ds.touch needs an array of paths, not NULL".into(),
+        ))
+        .into());
+    };
     if in_recovery() {
         return Err(DsError::ReadOnly(
             "ds.touch writes: call it on the primary, not on a hot standby".into(),
