@@ -173,8 +173,9 @@ pub struct TargetLabels {
 /// Labels of `replica_fallbacks`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `lag` (did not replay in time), `down` (unreachable) or `none` (no
-    /// healthy standby to pick).
+    /// `lag` (did not replay in time), `down` (unreachable or failing),
+    /// `none` (no healthy standby to pick) or `unsuitable` (the standby
+    /// refused this read as read-only).
     pub reason: &'static str,
 }
 
@@ -337,21 +338,37 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Whether a failed standby read says the standby is in trouble (then the
-/// read goes to the primary) rather than answering the request (404, 403,
-/// a bad offset: the same answer the primary would give).
-fn replica_trouble(e: &DbError) -> bool {
+/// What a failed standby read says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The answer to the request (404, 403, a bad offset): the primary
+    /// would give the same.
+    Answer,
+    /// The standby is in trouble: take it out, read from the primary.
+    Down,
+    /// The standby cannot serve this read (an extension from before
+    /// standby reads tried to restart a TTL: 25006): read from the primary.
+    Unsuitable,
+}
+
+fn failure(e: &DbError) -> Failure {
     match e {
-        DbError::Pool(_) => true,
+        DbError::Pool(_) => Failure::Down,
         DbError::Postgres(e) | DbError::Role { source: e, .. } => match e.code() {
-            None => true,
+            None => Failure::Down,
+            Some(code) if code.code().starts_with("25") => Failure::Unsuitable,
             // Connection exceptions, conflicts with recovery (40001),
             // shutdown / cannot connect now, out of resources, system errors.
-            Some(code) => ["08", "40", "53", "57", "58", "XX"]
-                .iter()
-                .any(|class| code.code().starts_with(class)),
+            Some(code)
+                if ["08", "40", "53", "57", "58", "XX"]
+                    .iter()
+                    .any(|class| code.code().starts_with(class)) =>
+            {
+                Failure::Down
+            }
+            Some(_) => Failure::Answer,
         },
-        DbError::Shape(_) | DbError::Batch(_) => false,
+        DbError::Shape(_) | DbError::Batch(_) => Failure::Answer,
     }
 }
 
@@ -492,12 +509,7 @@ impl Router {
                     self.touched(role, path);
                     return Ok(chunk);
                 }
-                Err(e) if replica_trouble(&e) => {
-                    tracing::warn!(replica = %replica.name, error = %e, "read replica failed");
-                    replica.set_up(false, self.m());
-                    self.fallback("down");
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.failed(replica, e)?,
             },
             Err(reason) => self.fallback(reason),
         }
@@ -512,16 +524,30 @@ impl Router {
                     self.m().reads.get_or_create(&TargetLabels { target: "replica" }).inc();
                     return Ok(head);
                 }
-                Err(e) if replica_trouble(&e) => {
-                    tracing::warn!(replica = %replica.name, error = %e, "read replica failed");
-                    replica.set_up(false, self.m());
-                    self.fallback("down");
-                }
-                Err(e) => return Err(e),
+                Err(e) => self.failed(replica, e)?,
             },
             Err(reason) => self.fallback(reason),
         }
         self.primary.head_here(role, path).await
+    }
+
+    /// A standby read failed: `Err` when that is the request's answer, `Ok`
+    /// when the primary should serve it instead.
+    fn failed(&self, replica: &Replica, e: DbError) -> Result<(), DbError> {
+        match failure(&e) {
+            Failure::Answer => return Err(e),
+            Failure::Down => {
+                tracing::warn!(replica = %replica.name, error = %e, "read replica failed");
+                replica.set_up(false, self.m());
+                self.fallback("down");
+            }
+            Failure::Unsuitable => {
+                tracing::warn!(replica = %replica.name, error = %e, "read replica cannot serve \
+                               this read (is its extension older than the primary's?)");
+                self.fallback("unsuitable");
+            }
+        }
+        Ok(())
     }
 
     /// Remembers a standby read for the next `ds.touch` flush.
@@ -586,13 +612,14 @@ impl Router {
                     continue;
                 }
             };
-            let row = client
-                .query_one(
-                    "SELECT pg_catalog.to_regprocedure('ds.read_chunk(text,text,bigint)') IS NOT \
-                     NULL, pg_catalog.pg_is_in_recovery()",
-                    &[],
-                )
+            let asked = client.query_one(
+                "SELECT pg_catalog.to_regprocedure('ds.read_chunk(text,text,bigint)') IS NOT \
+                 NULL, pg_catalog.pg_is_in_recovery()",
+                &[],
+            );
+            let row = tokio::time::timeout(timeout, asked)
                 .await
+                .map_err(|_| format!("--read-database-url #{} ({}): no answer", i + 1, r.name))?
                 .map_err(|e| format!("--read-database-url #{} ({}): {e}", i + 1, r.name))?;
             let (has_extension, standby): (bool, bool) = (row.get(0), row.get(1));
             if !has_extension {
@@ -858,7 +885,7 @@ mod tests {
 
     #[test]
     fn protocol_answers_are_not_replica_trouble() {
-        assert!(!replica_trouble(&DbError::Shape("x")));
+        assert_eq!(failure(&DbError::Shape("x")), Failure::Answer);
     }
 
     #[tokio::test]

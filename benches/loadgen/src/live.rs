@@ -248,9 +248,11 @@ pub async fn latency(
         t.abort();
     }
     let mut out = Vec::new();
-    for (mode, sink, n) in
-        [("long-poll", &lp_sink, lp), ("sse", &sse_sink, sse), ("sse-replica", &replica_sink, replicas)]
-    {
+    for (mode, sink, n) in [
+        ("long-poll", &lp_sink, lp),
+        ("sse", &sse_sink, sse),
+        ("sse-replica", &replica_sink, replicas),
+    ] {
         if n == 0 {
             continue;
         }

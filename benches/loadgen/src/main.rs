@@ -166,13 +166,16 @@ async fn run(ctx: Arc<Ctx>, scenario: Scenario) -> Res<Vec<Value>> {
         Scenario::Read { readers, streams, seconds } => {
             vec![reads::run(ctx, readers, streams, secs(seconds)?).await?]
         }
-        Scenario::Latency { interval_ms, seconds, long_poll_readers, sse_readers, replica_base } => {
+        Scenario::Latency {
+            interval_ms,
+            seconds,
+            long_poll_readers,
+            sse_readers,
+            replica_base,
+        } => {
             let interval = Duration::from_millis(interval_ms.max(1));
-            let readers = live::Readers {
-                long_poll: long_poll_readers,
-                sse: sse_readers,
-                replica_base,
-            };
+            let readers =
+                live::Readers { long_poll: long_poll_readers, sse: sse_readers, replica_base };
             live::latency(ctx, interval, secs(seconds)?, readers).await?
         }
         Scenario::Catchup { mib, reads } => {
