@@ -260,6 +260,10 @@ async fn readers_of_a_stopped_standby_are_served_by_the_primary() {
     let r = http().get(format!("{}?offset=-1", sidecar.stream(path))).send().await.unwrap();
     assert_eq!(messages(&r.text().await.unwrap()), [0]);
 
+    // Live readers wait on the standby when it stops.
+    let poll = tokio::spawn(long_poll_reader(sidecar.stream(path), 3));
+    let sse = tokio::spawn(sse_reader(sidecar.stream(path), 3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     standby.stop();
     // Catch-up, HEAD, long-poll and SSE all answer, in bounded time.
     let started = Instant::now();
@@ -268,11 +272,10 @@ async fn readers_of_a_stopped_standby_are_served_by_the_primary() {
     assert_eq!(messages(&r.text().await.unwrap()), [0]);
     assert_eq!(http().head(sidecar.stream(path)).send().await.unwrap().status(), 200);
     let tail = append_json(&sidecar, path, 1).await;
-    let poll = tokio::spawn(long_poll_reader(sidecar.stream(path), 3));
-    let sse = tokio::spawn(sse_reader(sidecar.stream(path), 3));
     tokio::time::sleep(Duration::from_millis(200)).await;
     append_json(&sidecar, path, 2).await;
-    for reader in [poll, sse] {
+    let late = tokio::spawn(long_poll_reader(sidecar.stream(path), 3));
+    for reader in [poll, sse, late] {
         let got = tokio::time::timeout(Duration::from_secs(15), reader).await.unwrap().unwrap();
         assert_eq!(got, [0, 1, 2]);
     }
