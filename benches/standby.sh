@@ -97,12 +97,11 @@ for round in $(seq 1 "$ROUNDS"); do
         --replica-base "http://127.0.0.1:$SIDECAR_STANDBY" | tee -a "$RESULTS" | cut -c1-200 >&2
 done
 
-lag=$(psql_at "$PRIMARY_PORT" postgres -tAc \
-    "SELECT coalesce(round(extract(epoch FROM replay_lag) * 1000, 2)::text, 'n/a') FROM pg_stat_replication WHERE application_name = 'bench_standby'")
+LOAD="$(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 python3 - "$RESULTS" "$BENCH/results/standby.md" "$REV" "$ROUNDS" "$SECONDS_PER_ROUND" \
-    "$INTERVAL_MS" "$READERS" "$lag" <<'PY'
+    "$INTERVAL_MS" "$READERS" "$LOAD" <<'PY'
 import json, statistics, sys, datetime
-src, out, rev, rounds, secs, interval, readers, lag = sys.argv[1:]
+src, out, rev, rounds, secs, interval, readers, load = sys.argv[1:]
 rows = [json.loads(l) for l in open(src) if l.strip()]
 by = {}
 for r in rows:
@@ -128,8 +127,9 @@ r99 = med("sse-replica", "p99_ms") / med("sse", "p99_ms")
 lines += [
     "",
     f"Standby / primary: p50 {r50:.2f}x, p99 {r99:.2f}x (medians over {rounds} rounds); extra "
-    f"median latency {med('sse-replica', 'p50_ms') - med('sse', 'p50_ms'):.2f} ms at p50. "
-    f"Replay lag the primary reported at the end: {lag} ms.",
+    f"median latency {med('sse-replica', 'p50_ms') - med('sse', 'p50_ms'):.2f} ms at p50, "
+    f"{med('sse-replica', 'p99_ms') - med('sse', 'p99_ms'):.2f} ms at p99. Load average at the "
+    f"end: {load} (absolute numbers move with it; compare the ratios).",
     "",
     f"Command: `bash benches/standby.sh` (ROUNDS={rounds}, SECONDS_PER_ROUND={secs}, "
     f"INTERVAL_MS={interval}, READERS={readers}; release build of {rev}). One writer appends "
