@@ -336,3 +336,76 @@ async fn a_bad_read_database_url_stops_the_sidecar_with_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("has no durable_streams extension"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tokens_standby_reads_run_as_the_role_and_ttls_are_refreshed_as_it() {
+    let primary = Cluster::primary("jwt-primary", &[]).await;
+    let standby = Cluster::standby(&primary, "jwt-standby", &[]).await;
+    let db = primary.sql(DATABASE).await;
+    let functions: String = db
+        .query_one(
+            "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p \
+             WHERE p.pronamespace = 'ds'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!(
+        "CREATE ROLE rr_reader NOLOGIN; CREATE ROLE rr_other NOLOGIN;
+         GRANT USAGE ON SCHEMA ds TO rr_reader, rr_other;
+         GRANT EXECUTE ON FUNCTION {functions} TO rr_reader, rr_other;
+         SELECT ds.grant('rr_reader', 'tenant/**', 'all');"
+    ))
+    .await
+    .unwrap();
+    let mut flags = ds_e2e::JWT_FLAGS.to_vec();
+    flags.extend(["--max-replica-lag-ms", "5000"]);
+    let sidecar = standby_sidecar(&primary, &standby, &flags).await;
+    let (reader, other) = (ds_e2e::token("rr_reader", 300), ds_e2e::token("rr_other", 300));
+    let path = "tenant/ttl";
+    let r = http()
+        .put(sidecar.stream(path))
+        .bearer_auth(&reader)
+        .header("content-type", "text/plain")
+        .header("stream-ttl", "3600")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    db.execute(
+        "UPDATE ds.streams SET last_access = now() - interval '30 minutes' WHERE path = $1",
+        &[&path],
+    )
+    .await
+    .unwrap();
+    standby.wait_replayed(&primary).await;
+
+    // A role without a grant is refused by the standby, as by the primary.
+    let r = http().get(format!("{}?offset=-1", sidecar.stream(path))).bearer_auth(&other);
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    let before = replica_reads(&sidecar).await;
+    let r = http().get(format!("{}?offset=-1", sidecar.stream(path))).bearer_auth(&reader);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    assert!(replica_reads(&sidecar).await > before, "read on the standby");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh: bool = db
+            .query_one(
+                "SELECT last_access > now() - interval '1 minute' FROM ds.streams WHERE path = $1",
+                &[&path],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if fresh {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the TTL was not restarted as the reader's role");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sidecar.metric("ds_sidecar_replica_touch_errors_total").await, 0.0);
+}
