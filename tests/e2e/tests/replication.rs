@@ -409,3 +409,33 @@ async fn with_tokens_standby_reads_run_as_the_role_and_ttls_are_refreshed_as_it(
     }
     assert_eq!(sidecar.metric("ds_sidecar_replica_touch_errors_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_lagging_past_the_bound_hands_its_readers_to_the_primary() {
+    let primary = Cluster::primary("lag-primary", &[]).await;
+    // Applies every commit 30 s late: far past --max-replica-lag-ms.
+    let standby =
+        Cluster::standby(&primary, "lag-standby", &["recovery_min_apply_delay = '30s'"]).await;
+    let sidecar = standby_sidecar(&primary, &standby, &["--max-replica-lag-ms", "1000"]).await;
+    let path = "replicated/lagging";
+    let started = Instant::now();
+    create_json(&sidecar, path, &[]).await;
+    let tail = append_json(&sidecar, path, 0).await;
+    let r = http().get(format!("{}?offset=-1", sidecar.stream(path))).send().await.unwrap();
+    assert_eq!(r.status(), 200, "not a 404 from the lagging standby");
+    assert_eq!(messages(&r.text().await.unwrap()), [0]);
+    let poll = tokio::spawn(long_poll_reader(sidecar.stream(path), 2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append_json(&sidecar, path, 1).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), poll).await.unwrap().unwrap();
+    assert_eq!(got, [0, 1]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        labelled(&sidecar, "ds_sidecar_replica_fallbacks_total", "reason=\"lag\"").await >= 1.0
+    );
+    // While it lags, reads skip it without waiting again.
+    let t = Instant::now();
+    let r = http().get(format!("{}?offset={tail}", sidecar.stream(path))).send().await.unwrap();
+    assert_eq!(messages(&r.text().await.unwrap()), [1]);
+    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+}
