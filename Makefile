@@ -9,3 +9,4 @@ test:
 bench:
 	@bash benches/run.sh
 	@SKIP_BUILD=1 bash benches/auth.sh
+	@SKIP_BUILD=1 bash benches/standby.sh

@@ -46,6 +46,9 @@ pub enum DsError {
     /// A per-call resource limit (a GUC) was exceeded (HTTP 413).
     #[error("{0}")]
     LimitExceeded(String),
+    /// A function that writes was called on a hot standby (read-only).
+    #[error("{0}")]
+    ReadOnly(String),
     /// An SPI call failed: a bug, never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +100,7 @@ impl DsError {
             DsError::NoSuchRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             DsError::QuotaExceeded(_) => Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            DsError::ReadOnly(_) => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }

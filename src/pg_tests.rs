@@ -955,4 +955,60 @@ mod tests {
         assert!(!crate::malloc_tuned(), "no mallopt with ds.tune_malloc off");
         assert_eq!(sqlstate("SET ds.tune_malloc = on").as_deref(), Some("55P02"));
     }
+
+    /// `ds.touch`: what a sidecar forwards for reads its standbys served.
+    #[pg_test]
+    fn touch_restarts_sliding_ttls_of_readable_streams_only() {
+        Spi::run(
+            "SELECT ds.create('ttl/a', 'text/plain', ttl_seconds => 60); \
+             SELECT ds.create('ttl/b', 'text/plain', ttl_seconds => 60); \
+             SELECT ds.create('plain', 'text/plain'); \
+             UPDATE ds.streams SET last_access = now() - interval '30 seconds'",
+        )
+        .unwrap();
+        let aged = "SELECT count(*)::text FROM ds.streams WHERE last_access < now()";
+        assert_eq!(text(aged), "3");
+        // Missing streams and streams without TTL are skipped, duplicates count once.
+        assert_eq!(text("SELECT ds.touch(ARRAY['ttl/a', 'ttl/a', 'plain', 'missing'])::text"), "1");
+        assert_eq!(text(aged), "2");
+        assert_eq!(text("SELECT ds.touch('{}'::text[])::text"), "0");
+        // Bad input: each with its own SQLSTATE.
+        assert_eq!(sqlstate("SELECT ds.touch(ARRAY['']::text[])").as_deref(), Some("42602"));
+        assert_eq!(sqlstate("SELECT ds.touch(ARRAY[NULL]::text[])").as_deref(), Some("42602"));
+        assert_eq!(
+            sqlstate("SELECT ds.touch(ARRAY['ttl/b'], as_roles => ARRAY['a', 'b'])").as_deref(),
+            Some("22023")
+        );
+        assert_eq!(
+            sqlstate("SELECT ds.touch(array_fill('x'::text, ARRAY[10001]))").as_deref(),
+            Some("54000")
+        );
+        assert_eq!(sqlstate("SELECT ds.touch(NULL)").as_deref(), Some("22023"));
+        // The read privilege decides, as for a read.
+        Spi::run(
+            "CREATE ROLE ds_test_toucher; GRANT USAGE ON SCHEMA ds TO ds_test_toucher; \
+             GRANT EXECUTE ON FUNCTION ds.touch(text[], text[]) TO ds_test_toucher; \
+             SELECT ds.grant('ds_test_toucher', 'ttl/a', 'read')",
+        )
+        .unwrap();
+        define_sqlstate_of();
+        Spi::run("SET ROLE ds_test_toucher").unwrap();
+        assert_eq!(sqlstate("SELECT ds.touch(ARRAY['ttl/b'])").as_deref(), Some("42501"));
+        assert_eq!(text("SELECT ds.touch(ARRAY['ttl/a'])::text"), "1");
+        Spi::run("RESET ROLE").unwrap();
+        // With as_roles, what a role may not read is skipped, not an error.
+        assert_eq!(
+            text(
+                "SELECT ds.touch(ARRAY['ttl/a', 'ttl/b', 'ttl/b'], \
+                     as_roles => ARRAY['ds_test_toucher', 'ds_test_toucher', 'no_such_role'])::text"
+            ),
+            "1"
+        );
+        assert_eq!(text(aged), "2", "ttl/b was not touched");
+        assert_eq!(
+            text("SELECT ds.touch(ARRAY['ttl/b'], as_roles => ARRAY[NULL]::text[])::text"),
+            "1"
+        );
+        assert_eq!(text(aged), "1");
+    }
 }

@@ -14,12 +14,20 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::acl;
-use crate::error::DsResult;
+use crate::error::{DsError, DsResult};
 use crate::gucs;
 use crate::storage::{self, Lock, StoredMessage, StreamRow};
 use crate::streams::live_stream;
 
-/// Opens a stream for reading and restarts its sliding TTL.
+/// Whether this server is in recovery (a hot standby): everything is
+/// read-only there, so reads leave sliding TTLs to the primary (`ds.touch`).
+pub(crate) fn in_recovery() -> bool {
+    // SAFETY: reads shared memory state; callable in any backend.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// Opens a stream for reading and restarts its sliding TTL (on a primary;
+/// a hot standby cannot write, see [`touch`]).
 fn open_for_read(
     client: &mut SpiClient<'_>,
     path: &str,
@@ -28,7 +36,7 @@ fn open_for_read(
     acl::check_path(client, path, Privilege::Read)?;
     let from = ReadFrom::parse(from)?;
     let stream = live_stream(client, path, Lock::None)?;
-    if stream.ttl_seconds.is_some() {
+    if stream.ttl_seconds.is_some() && !in_recovery() {
         storage::touch_stream(client, stream.stream_id)?;
     }
     let start = from.resolve(stream.tail);
@@ -181,4 +189,86 @@ fn read_chunk(
         ))
     })?;
     Ok(TableIterator::once(row))
+}
+
+/// Most paths one `ds.touch` call takes.
+const MAX_TOUCH_PATHS: usize = 10_000;
+
+/// Restarts the sliding TTL of the streams at `paths`, as a read of each
+/// would on the primary: what a sidecar forwards, in batches, for the reads
+/// its hot standbys served (a standby cannot write). Each path needs the
+/// `read` privilege, like a read: checked as the caller (42501 when it
+/// lacks it), or, when `as_roles` is given, path `i` as role `as_roles[i]`
+/// (which the caller must be allowed to `SET ROLE` to); then entries that
+/// role may not read are skipped instead of failing the batch. Missing,
+/// expired and deleted streams and streams without TTL are skipped; rows
+/// an appender holds are skipped too (the append restarts the clock).
+/// Returns the number of streams whose TTL was restarted. At most 10,000
+/// paths per call (54000 beyond); 25006 on a standby.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn touch(
+    paths: Option<Vec<Option<String>>>,
+    as_roles: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> Result<i64, ErrorReport> {
+    let Some(paths) = paths else {
+        return Err(DsError::Invalid(ds_core::Error::InvalidProducer(
+            "ds.touch needs an array of paths, not NULL".into(),
+        ))
+        .into());
+    };
+    if in_recovery() {
+        return Err(DsError::ReadOnly(
+            "ds.touch writes: call it on the primary, not on a hot standby".into(),
+        )
+        .into());
+    }
+    if paths.len() > MAX_TOUCH_PATHS {
+        return Err(DsError::LimitExceeded(format!(
+            "ds.touch takes at most {MAX_TOUCH_PATHS} paths per call, not {}",
+            paths.len()
+        ))
+        .into());
+    }
+    if as_roles.as_ref().is_some_and(|r| r.len() != paths.len()) {
+        return Err(DsError::Invalid(ds_core::Error::InvalidProducer(
+            "ds.touch needs as many as_roles as paths".into(),
+        ))
+        .into());
+    }
+    let me = acl::caller();
+    let touched = Spi::connect_mut(|client| -> DsResult<i64> {
+        let mut ids = Vec::with_capacity(paths.len());
+        for (i, path) in paths.iter().enumerate() {
+            let path = path.as_deref().unwrap_or("");
+            ds_core::limits::validate_path(path)?;
+            match as_roles.as_ref().map(|r| r[i].as_deref()) {
+                None => acl::check_path(client, path, Privilege::Read)?,
+                Some(name) => {
+                    // NULL: as the caller; a role the caller may not become
+                    // (or that no longer exists) reads nothing.
+                    let role = match name {
+                        None => Some(me),
+                        Some(name) => acl::role_oid(name).filter(|&r| acl::may_become(me, r)),
+                    };
+                    let allowed = match role {
+                        Some(role) => acl::allows(client, role, path, Privilege::Read)?,
+                        None => false,
+                    };
+                    if !allowed {
+                        continue;
+                    }
+                }
+            }
+            match live_stream(client, path, Lock::None) {
+                Ok(s) if s.ttl_seconds.is_some() => ids.push(s.stream_id),
+                Ok(_) | Err(DsError::NotFound(_) | DsError::Gone(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        storage::touch_streams(client, ids)
+    })?;
+    Ok(touched)
 }

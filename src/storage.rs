@@ -555,6 +555,28 @@ pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> 
     Ok(())
 }
 
+/// Restarts the sliding TTL of every stream in `stream_ids` that has one
+/// (`ds.touch`), skipping rows a writer holds as [`touch_stream`] does.
+/// Returns how many rows it updated.
+pub fn touch_streams(client: &mut SpiClient<'_>, stream_ids: Vec<i64>) -> DsResult<i64> {
+    if stream_ids.is_empty() {
+        return Ok(0);
+    }
+    let table = update(
+        client,
+        "UPDATE ds.streams SET last_access = pg_catalog.now() \
+         WHERE stream_id OPERATOR(pg_catalog.=) ANY \
+           (SELECT stream_id FROM ds.streams \
+            WHERE stream_id OPERATOR(pg_catalog.=) ANY ($1::bigint[]) \
+              AND ttl_seconds IS NOT NULL \
+            ORDER BY stream_id FOR NO KEY UPDATE SKIP LOCKED) \
+         RETURNING stream_id",
+        None,
+        &[stream_ids.into()],
+    )?;
+    Ok(i64::try_from(table.len()).unwrap_or(i64::MAX))
+}
+
 /// Stored states of the producers `keys` (stream id, producer id).
 pub fn find_producers(
     client: &SpiClient<'_>,

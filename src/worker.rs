@@ -220,6 +220,11 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         if since < MIN_RING_INTERVAL {
             std::thread::sleep(MIN_RING_INTERVAL - since);
         }
+        // A hot standby commits nothing of its own and cannot NOTIFY; once
+        // promoted, its first ring says "*" (announce_everything stays set).
+        if crate::read::in_recovery() {
+            continue;
+        }
         let (mut streams, overflow) = doorbell::take_pending();
         let (prepared, prepared_overflow) =
             in_transaction("looking up prepared transactions", || {
@@ -325,6 +330,10 @@ struct Cursors {
 /// so streams that make no progress or keep failing never starve the others.
 fn maintenance_pass(cursors: &mut Cursors) {
     const BATCH: i64 = 100;
+    // A hot standby replays what the primary's worker does; it cannot write.
+    if crate::read::in_recovery() {
+        return;
+    }
     let started = Instant::now();
     let mut report = PassReport::default();
     let installed = in_transaction("checking the extension", || {

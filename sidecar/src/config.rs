@@ -220,6 +220,19 @@ pub struct Config {
     #[arg(long, env = "DS_SSE_MAX_QUEUED_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub sse_max_queued_bytes: usize,
 
+    /// A hot standby of `--database-url` to serve reads from (repeatable;
+    /// in the environment, separate several with `;`). Reads go round-robin
+    /// to standbys that have replayed what this sidecar knows was committed;
+    /// writes and LISTEN stay on the primary.
+    #[arg(long = "read-database-url", env = "DS_READ_DATABASE_URL", value_delimiter = ';')]
+    pub read_database_urls: Vec<String>,
+
+    /// Longest a read waits for a standby to replay what this sidecar knows
+    /// was committed; then that read (and later ones, until the standby
+    /// catches up) goes to the primary.
+    #[arg(long, env = "DS_MAX_REPLICA_LAG_MS", default_value_t = 2_000)]
+    pub max_replica_lag_ms: u64,
+
     /// `synchronous_commit` of the sidecar's connections, whatever the
     /// server or role default (`off` is not allowed: a 2xx means durable).
     #[arg(long, env = "DS_SYNCHRONOUS_COMMIT", default_value = "on",
@@ -285,6 +298,25 @@ mod tests {
         assert_eq!(c.synchronous_commit, "on");
         assert_eq!(c.rate_limit_per_second, 0);
         assert!(c.cors_origins.is_empty());
+        assert!(c.read_database_urls.is_empty());
+        assert_eq!(c.max_replica_lag_ms, 2_000);
+    }
+
+    #[test]
+    fn read_replicas_repeat() {
+        let c = Config::parse_from([
+            "ds-sidecar",
+            "--database-url",
+            "postgresql://p/db",
+            "--read-database-url",
+            "postgresql://s1/db",
+            "--read-database-url",
+            "host=s2,s3 dbname=db;postgresql://s4/db",
+        ]);
+        assert_eq!(
+            c.read_database_urls,
+            ["postgresql://s1/db", "host=s2,s3 dbname=db", "postgresql://s4/db"]
+        );
     }
 
     #[test]

@@ -197,6 +197,7 @@ const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_sec
      to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
      FROM ds.head($1)";
 const DELETE: &str = "SELECT ds.delete($1)";
+const TOUCH: &str = "SELECT ds.touch($1, as_roles => $2)";
 
 impl Created {
     /// The one row `ds.create` and `ds.fork` return.
@@ -263,7 +264,16 @@ fn connection_config_named(
     config: &Config,
     application_name: &str,
 ) -> Result<tokio_postgres::Config, UrlError> {
-    let mut pg = tokio_postgres::Config::from_str(&config.database_url)?;
+    connection_config_for(config, &config.database_url, application_name)
+}
+
+/// [`connection_config`] for another URL (a read replica's).
+pub fn connection_config_for(
+    config: &Config,
+    url: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, UrlError> {
+    let mut pg = tokio_postgres::Config::from_str(url)?;
     let options = pg.get_options().unwrap_or_default().to_owned();
     pg.options(
         format!(
@@ -289,6 +299,8 @@ pub struct Db {
     login_role: Option<String>,
     /// Pooled connections dropped because their server was read-only.
     discarded: Counter,
+    /// Where reads go when there are read replicas (`replica.rs`).
+    reads: Option<Arc<crate::replica::Router>>,
 }
 
 impl Db {
@@ -296,7 +308,12 @@ impl Db {
     /// settings of [`connection_config`]; a request waits at most
     /// `--pool-timeout-ms` for a connection.
     pub fn new(config: &Config) -> Result<Db, UrlError> {
-        let pg = connection_config(config)?;
+        Db::for_url(config, &config.database_url, "ds-sidecar")
+    }
+
+    /// [`Db::new`] for another URL (a read replica's).
+    pub fn for_url(config: &Config, url: &str, application_name: &str) -> Result<Db, UrlError> {
+        let pg = connection_config_for(config, url, application_name)?;
         // Creating a connection may try every host of a multi-host URL.
         let create_timeout = crate::failover::connect_limit(&pg);
         let login_role = pg.get_user().map(str::to_owned);
@@ -314,7 +331,36 @@ impl Db {
             .recycle_timeout(ms(config.connect_timeout_ms))
             .build()
             .expect("a pool with a runtime always builds");
-        Ok(Db { pool, login_role, discarded: Counter::default() })
+        Ok(Db { pool, login_role, discarded: Counter::default(), reads: None })
+    }
+
+    /// This pool, with reads (`read_chunk`, `head`) sent through `router`.
+    pub fn with_reads(mut self, router: Arc<crate::replica::Router>) -> Db {
+        self.reads = Some(router);
+        self
+    }
+
+    /// After a write of this sidecar committed, before it is acknowledged:
+    /// with read replicas, this sidecar's later reads will see it
+    /// (`replica.rs`); nothing otherwise.
+    pub async fn wrote(&self) {
+        if let Some(router) = &self.reads {
+            router.wrote().await;
+        }
+    }
+
+    /// `pg_current_wal_lsn()` as text.
+    pub async fn current_wal_lsn(&self) -> Result<String, DbError> {
+        let client = self.pool.get().await?;
+        let row = client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// `ds.touch(paths, as_roles)`: restarts sliding TTLs (read replicas).
+    pub async fn touch(&self, paths: &[&str], roles: &[Option<&str>]) -> Result<i64, DbError> {
+        let rows = self.query(TOUCH, &[&paths, &roles]).await?;
+        let row = rows.first().ok_or(DbError::Shape("ds.touch"))?;
+        Ok(row.try_get::<_, Option<i64>>(0)?.unwrap_or(0))
     }
 
     /// Counts connections dropped for a read-only server in `counter`.
@@ -542,6 +588,20 @@ impl Db {
         from: &str,
         max_bytes: Option<i64>,
     ) -> Result<Chunk, DbError> {
+        if let Some(router) = &self.reads {
+            return router.read_chunk(role, path, from, max_bytes).await;
+        }
+        self.read_chunk_here(role, path, from, max_bytes).await
+    }
+
+    /// [`Db::read_chunk`] on this pool's database, whatever `reads` says.
+    pub(crate) async fn read_chunk_here(
+        &self,
+        role: Option<&str>,
+        path: &str,
+        from: &str,
+        max_bytes: Option<i64>,
+    ) -> Result<Chunk, DbError> {
         let rows = self.query_as(role, READ_CHUNK, &[&path, &from, &max_bytes]).await?;
         let row = rows.first().ok_or(DbError::Shape("ds.read_chunk"))?;
         Ok(Chunk {
@@ -557,6 +617,18 @@ impl Db {
 
     /// `ds.head`, as `role`; `None` when the stream does not exist.
     pub async fn head(&self, role: Option<&str>, path: &str) -> Result<Option<Head>, DbError> {
+        if let Some(router) = &self.reads {
+            return router.head(role, path).await;
+        }
+        self.head_here(role, path).await
+    }
+
+    /// [`Db::head`] on this pool's database, whatever `reads` says.
+    pub(crate) async fn head_here(
+        &self,
+        role: Option<&str>,
+        path: &str,
+    ) -> Result<Option<Head>, DbError> {
         let rows = self.query_as(role, HEAD, &[&path]).await?;
         let Some(row) = rows.first() else { return Ok(None) };
         Ok(Some(Head {

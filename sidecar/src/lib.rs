@@ -9,7 +9,8 @@
 //! [`protocol`] (pure header/cursor/SSE code), [`http`] (routes and the
 //! error mapping), [`db`] (pool and SQL calls), [`tail`] (the LISTEN
 //! fan-out), [`failover`] (riding out the loss of the primary),
-//! [`ratelimit`], [`server`] (connection limits), [`metrics`].
+//! [`replica`] (reads on hot standbys), [`ratelimit`], [`server`]
+//! (connection limits), [`metrics`].
 // Unsafe code only where a module says why (`memory`).
 #![deny(unsafe_code)]
 
@@ -24,6 +25,7 @@ mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod replica;
 pub mod server;
 pub mod tail;
 
@@ -66,6 +68,8 @@ pub struct AppState {
     pub limiter: Option<Arc<ratelimit::Limiter>>,
     /// Cross-origin access.
     pub cors: Origins,
+    /// Read replicas (`None` without `--read-database-url`).
+    pub replicas: Option<Arc<replica::Router>>,
 }
 
 impl AppState {
@@ -77,6 +81,12 @@ impl AppState {
         let auth = auth::Authenticator::from_config(&config, db.login_role().map(str::to_owned))
             .map_err(RunError::Config)?;
         let cors = Origins::parse(&config.cors_origins).map_err(RunError::Config)?;
+        let replicas = replica::Router::new(&config, db.clone(), Arc::clone(&metrics))
+            .map_err(RunError::Config)?;
+        let db = match &replicas {
+            Some(router) => db.with_reads(Arc::clone(router)),
+            None => db,
+        };
         // Half the pool at most for appends that wait for a locked stream.
         let batcher = batch::Batcher::start(
             db.clone(),
@@ -105,6 +115,7 @@ impl AppState {
             auth: Arc::new(auth),
             limiter,
             cors,
+            replicas,
             shutdown,
             long_poll_slots: Arc::new(Semaphore::new(config.max_long_poll_waiters)),
             sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
@@ -153,9 +164,20 @@ pub async fn run(
         AuthMode::None => tracing::info!(%addr, "authentication: none (loopback only)"),
     }
     failover::check_hosts(&db::connection_config(&state.config)?);
+    // With read replicas, wake-ups pass the gate that holds them until the
+    // watermark has passed what they announce (replica.rs).
+    let (wake, replica_tasks): (Arc<dyn tail::Wake>, _) = match &state.replicas {
+        Some(router) => {
+            let timeout = std::time::Duration::from_millis(state.config.connect_timeout_ms.max(1));
+            router.check(timeout).await.map_err(RunError::Config)?;
+            let (gate, tasks) = replica::start(router, &state.hub, &shutdown);
+            (gate, tasks)
+        }
+        None => (Arc::clone(&state.hub) as Arc<dyn tail::Wake>, Vec::new()),
+    };
     let listen_task = tokio::spawn(tail::listen(
         db::listen_config(&state.config)?,
-        Arc::clone(&state.hub),
+        wake,
         Arc::clone(&state.metrics),
         shutdown.clone(),
     ));
@@ -193,6 +215,9 @@ pub async fn run(
     let served = server::serve(listener, http::app(state), limits, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = listen_task.await;
+    for t in replica_tasks {
+        let _ = t.await;
+    }
     let _ = trim_task.await;
     if let Some(t) = limiter_task {
         let _ = t.await;

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Requests answered 401.
     pub unauthenticated: Counter,
+    /// Read routing to read replicas.
+    pub replica: crate::replica::ReplicaMetrics,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,7 @@ impl Default for Metrics {
             connections_refused: Counter::default(),
             rate_limited: Counter::default(),
             unauthenticated: Counter::default(),
+            replica: Default::default(),
             registry: Registry::with_prefix("ds_sidecar"),
         };
         m.registry.register(
@@ -185,6 +188,7 @@ impl Default for Metrics {
         );
         m.registry.register("rate_limited", "Requests answered 429", m.rate_limited.clone());
         m.registry.register("unauthenticated", "Requests answered 401", m.unauthenticated.clone());
+        m.replica.register(&mut m.registry);
         m
     }
 }

@@ -164,6 +164,24 @@ impl TailHub {
     }
 }
 
+/// What the LISTEN connection wakes: the hub itself, or, with read
+/// replicas, the gate in front of it (`replica.rs`).
+pub trait Wake: Send + Sync + 'static {
+    /// Wakes the paths a notification payload names.
+    fn wake_from_payload(&self, payload: &str);
+    /// Wakes everybody.
+    fn wake_all(&self);
+}
+
+impl Wake for TailHub {
+    fn wake_from_payload(&self, payload: &str) {
+        TailHub::wake_from_payload(self, payload);
+    }
+    fn wake_all(&self) {
+        TailHub::wake_all(self);
+    }
+}
+
 /// One waiter's interest in one path; unsubscribes on drop.
 pub struct Subscription {
     hub: Arc<TailHub>,
@@ -192,7 +210,7 @@ impl Drop for Subscription {
 /// Runs the LISTEN connection until `shutdown`, reconnecting with backoff.
 pub async fn listen(
     database: tokio_postgres::Config,
-    hub: Arc<TailHub>,
+    hub: Arc<dyn Wake>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -257,7 +275,7 @@ async fn channel(client: &tokio_postgres::Client) -> Result<String, tokio_postgr
 
 async fn listen_once(
     database: &tokio_postgres::Config,
-    hub: &Arc<TailHub>,
+    hub: &Arc<dyn Wake>,
     metrics: &Metrics,
 ) -> Result<(), tokio_postgres::Error> {
     let limit = crate::failover::connect_limit(database);

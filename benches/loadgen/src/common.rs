@@ -63,7 +63,12 @@ impl Ctx {
 
     /// URL of stream `name`, unique to this run.
     pub fn stream_url(&self, name: &str) -> String {
-        format!("{}/v1/stream/bench/{}/{}", self.base, self.run, name)
+        self.stream_url_at(&self.base, name)
+    }
+
+    /// [`Ctx::stream_url`] on another server (`base` without a trailing `/`).
+    pub fn stream_url_at(&self, base: &str, name: &str) -> String {
+        format!("{}/v1/stream/bench/{}/{}", base.trim_end_matches('/'), self.run, name)
     }
 
     /// Nanoseconds since this run started: the clock of the message tokens.

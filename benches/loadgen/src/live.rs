@@ -174,18 +174,30 @@ fn put_sink(m: &mut Map<String, Value>, sink: &Sink, expected: u64) {
     m.insert("reader_errors".into(), json!(sink.errors.get()));
 }
 
+/// Who reads in scenario 4.
+pub struct Readers {
+    /// Long-poll readers on the server appended to.
+    pub long_poll: usize,
+    /// SSE readers on the server appended to (and as many on the replica).
+    pub sse: usize,
+    /// Base URL of a server reading from a hot standby of the same database.
+    pub replica_base: Option<String>,
+}
+
 /// Scenario 4: one writer every `interval`; `lp` long-poll and `sse` SSE
 /// readers on the same stream. One result per reader mode.
 pub async fn latency(
     ctx: Arc<Ctx>,
     interval: Duration,
     duration: Duration,
-    lp: usize,
-    sse: usize,
+    readers: Readers,
 ) -> Res<Vec<Value>> {
+    let Readers { long_poll: lp, sse, replica_base } = readers;
     let url = ctx.stream_url("latency");
     let tail = ctx.create(&url, TEXT).await?;
-    let (lp_sink, sse_sink) = (Sink::new(), Sink::new());
+    let (lp_sink, sse_sink, replica_sink) = (Sink::new(), Sink::new(), Sink::new());
+    let replica_url = replica_base.as_deref().map(|b| ctx.stream_url_at(b, "latency"));
+    let replicas = if replica_url.is_some() { sse } else { 0 };
     let deadline = Instant::now() + duration + Duration::from_secs(15);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     for _ in 0..lp {
@@ -206,18 +218,41 @@ pub async fn latency(
             deadline,
         )));
     }
+    if let Some(replica_url) = &replica_url {
+        for _ in 0..replicas {
+            tasks.push(tokio::spawn(sse_reader(
+                ctx.clone(),
+                replica_url.clone(),
+                tail.clone(),
+                replica_sink.clone(),
+                deadline,
+            )));
+        }
+    }
     wait_connected(&sse_sink, sse as u64, Duration::from_secs(10)).await;
+    wait_connected(&replica_sink, replicas as u64, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // long-polls reach the server
 
     let meter = CpuMeter::start();
     let (ok, bad) = paced_writer(&ctx, &url, interval, duration).await;
-    drain(&[(&lp_sink, ok * lp as u64), (&sse_sink, ok * sse as u64)], Duration::from_secs(5))
-        .await;
+    drain(
+        &[
+            (&lp_sink, ok * lp as u64),
+            (&sse_sink, ok * sse as u64),
+            (&replica_sink, ok * replicas as u64),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
     for t in &tasks {
         t.abort();
     }
     let mut out = Vec::new();
-    for (mode, sink, n) in [("long-poll", &lp_sink, lp), ("sse", &sse_sink, sse)] {
+    for (mode, sink, n) in [
+        ("long-poll", &lp_sink, lp),
+        ("sse", &sse_sink, sse),
+        ("sse-replica", &replica_sink, replicas),
+    ] {
         if n == 0 {
             continue;
         }

@@ -82,6 +82,11 @@ enum Scenario {
         long_poll_readers: usize,
         #[arg(long, default_value_t = 1)]
         sse_readers: usize,
+        /// Base URL of a second server reading the same database (a sidecar
+        /// reading from a hot standby): it gets --sse-readers SSE readers of
+        /// its own, reported as `sse-replica`; appends still go to --base.
+        #[arg(long)]
+        replica_base: Option<String>,
     },
     /// Catch-up read of a --mib MiB stream (scenario 5).
     Catchup {
@@ -161,9 +166,17 @@ async fn run(ctx: Arc<Ctx>, scenario: Scenario) -> Res<Vec<Value>> {
         Scenario::Read { readers, streams, seconds } => {
             vec![reads::run(ctx, readers, streams, secs(seconds)?).await?]
         }
-        Scenario::Latency { interval_ms, seconds, long_poll_readers, sse_readers } => {
+        Scenario::Latency {
+            interval_ms,
+            seconds,
+            long_poll_readers,
+            sse_readers,
+            replica_base,
+        } => {
             let interval = Duration::from_millis(interval_ms.max(1));
-            live::latency(ctx, interval, secs(seconds)?, long_poll_readers, sse_readers).await?
+            let readers =
+                live::Readers { long_poll: long_poll_readers, sse: sse_readers, replica_base };
+            live::latency(ctx, interval, secs(seconds)?, readers).await?
         }
         Scenario::Catchup { mib, reads } => {
             vec![catchup::run(ctx, mib.max(1), reads.max(1), 120).await?]

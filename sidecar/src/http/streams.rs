@@ -89,6 +89,7 @@ pub(super) async fn create(
         Some(f) => state.db.fork(caller.role(), &request, f).await?,
         None => state.db.create(caller.role(), &request).await?,
     };
+    state.db.wrote().await;
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, &created.content_type)
         .set(STREAM_NEXT_OFFSET, &created.next_offset)
@@ -145,6 +146,7 @@ pub(super) async fn append(
         Err(QueueError::Stopped) => return Err(ApiError::Busy("shutting down")),
     };
     state.metrics.appends.get_or_create(&OutcomeLabels { outcome: row.outcome.clone() }).inc();
+    state.db.wrote().await;
     if AppendOutcome::from_name(&row.outcome) == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.
         match row.next_offset.as_deref().map(Offset::parse) {
@@ -184,6 +186,7 @@ pub(super) async fn delete(
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     state.db.delete(caller.role(), &path).await?;
+    state.db.wrote().await;
     state.hub.wake(&path);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
