@@ -10,3 +10,15 @@
 -- role's name. oid and regrole are binary compatible: no table rewrite, and
 -- the index on the column is kept.
 ALTER TABLE ds.streams ALTER COLUMN owner_role TYPE pg_catalog.regrole;
+
+-- Read replicas: a hot standby cannot restart sliding TTLs, so the sidecar
+-- forwards the paths its standby reads served to the primary in batches.
+CREATE FUNCTION ds."touch"(
+	"paths" TEXT[],
+	"as_roles" TEXT[] DEFAULT NULL
+) RETURNS bigint
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'touch_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.touch(text[], text[]) FROM PUBLIC;

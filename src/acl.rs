@@ -232,6 +232,7 @@ fn grantee_oid(role: &str) -> DsResult<Oid> {
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn grant(role: &str, pattern: &str, privileges: &str) -> Result<(), ErrorReport> {
+    storage::require_primary("ds.grant")?;
     let parsed = Pattern::parse(pattern).map_err(DsError::from)?;
     let privileges = Privileges::parse(privileges).map_err(DsError::from)?;
     let grantee = grantee_oid(role)?;
@@ -263,6 +264,7 @@ fn revoke(
     pattern: &str,
     privileges: default!(&str, "'all'"),
 ) -> Result<(), ErrorReport> {
+    storage::require_primary("ds.revoke")?;
     let parsed = Pattern::parse(pattern).map_err(DsError::from)?;
     let privileges = Privileges::parse(privileges).map_err(DsError::from)?;
     let grantee = grantee_oid(role)?;

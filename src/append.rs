@@ -139,6 +139,7 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
 /// Validates a body against its stream up front, so simple calls raise the
 /// precise SQLSTATE rather than an outcome.
 fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
+    storage::require_primary("ds.append")?;
     limits::validate_path(path)?;
     if data.is_empty() {
         return Err(CoreError::EmptyAppend.into());
@@ -201,6 +202,7 @@ fn append_jsonb(path: &str, data: pgrx::JsonB) -> Result<String, ErrorReport> {
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn close(path: &str) -> Result<String, ErrorReport> {
+    storage::require_primary("ds.close")?;
     limits::validate_path(path).map_err(DsError::from)?;
     let r = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
@@ -251,6 +253,7 @@ fn try_append(
     >,
     ErrorReport,
 > {
+    storage::require_primary("ds.try_append")?;
     let r = match ProducerClaim::from_parts(producer_id, producer_epoch, producer_seq) {
         Err(e) => AppendResult::invalid(&e),
         Ok(producer) => Spi::connect_mut(|client| {
@@ -342,6 +345,7 @@ fn try_append_batch(
     >,
     ErrorReport,
 > {
+    storage::require_primary("ds.try_append_batch")?;
     let datas: Vec<Option<&[u8]>> = datas.iter().collect();
     let n = paths.len();
     let lengths = [

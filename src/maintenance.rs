@@ -31,6 +31,7 @@ fn rotate(
     TableIterator<'static, (name!(segments, i64), name!(messages, i64), name!(bytes, i64))>,
     ErrorReport,
 > {
+    storage::require_primary("ds.rotate")?;
     let done = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Admin)?;
         let s = live_stream(client, path, Lock::None)?;

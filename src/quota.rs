@@ -146,6 +146,7 @@ fn set_quota(
     max_bytes: Option<i64>,
     max_streams: Option<i64>,
 ) -> Result<(), ErrorReport> {
+    storage::require_primary("ds.set_quota")?;
     if max_bytes.is_some_and(|b| b < 0) || max_streams.is_some_and(|s| s < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "quota limits must be non-negative (or NULL for no limit)".into(),
@@ -184,6 +185,7 @@ fn set_quota(
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_stream_quota(path: &str, max_bytes: Option<i64>) -> Result<(), ErrorReport> {
+    storage::require_primary("ds.set_stream_quota")?;
     if max_bytes.is_some_and(|b| b < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "max_bytes must be non-negative (or NULL for no limit)".into(),

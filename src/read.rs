@@ -19,13 +19,6 @@ use crate::gucs;
 use crate::storage::{self, Lock, StoredMessage, StreamRow};
 use crate::streams::live_stream;
 
-/// Whether this server is in recovery (a hot standby): everything is
-/// read-only there, so reads leave sliding TTLs to the primary (`ds.touch`).
-pub(crate) fn in_recovery() -> bool {
-    // SAFETY: reads shared memory state; callable in any backend.
-    unsafe { pg_sys::RecoveryInProgress() }
-}
-
 /// Opens a stream for reading and restarts its sliding TTL (on a primary;
 /// a hot standby cannot write, see [`touch`]).
 fn open_for_read(
@@ -36,7 +29,7 @@ fn open_for_read(
     acl::check_path(client, path, Privilege::Read)?;
     let from = ReadFrom::parse(from)?;
     let stream = live_stream(client, path, Lock::None)?;
-    if stream.ttl_seconds.is_some() && !in_recovery() {
+    if stream.ttl_seconds.is_some() && !storage::in_recovery() {
         storage::touch_stream(client, stream.stream_id)?;
     }
     let start = from.resolve(stream.tail);
@@ -217,12 +210,7 @@ fn touch(
         ))
         .into());
     };
-    if in_recovery() {
-        return Err(DsError::ReadOnly(
-            "ds.touch writes: call it on the primary, not on a hot standby".into(),
-        )
-        .into());
-    }
+    storage::require_primary("ds.touch")?;
     if paths.len() > MAX_TOUCH_PATHS {
         return Err(DsError::LimitExceeded(format!(
             "ds.touch takes at most {MAX_TOUCH_PATHS} paths per call, not {}",

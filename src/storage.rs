@@ -17,7 +17,7 @@ use ds_core::producer::{ProducerClaim, ProducerState};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::spi::SpiClient;
 
-use crate::error::DsResult;
+use crate::error::{DsError, DsResult};
 
 /// Plans of the statements below, prepared once per backend and kept
 /// (`SPI_keepplan`): planning dominates the cost of these short statements.
@@ -537,6 +537,27 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
             seqs.into(),
         ],
     )?;
+    Ok(())
+}
+
+/// Whether this server is in recovery (a hot standby): everything is
+/// read-only there, so reads leave sliding TTLs to the primary (`ds.touch`).
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared memory state; callable in any backend.
+    unsafe { pgrx::pg_sys::RecoveryInProgress() }
+}
+
+/// Refuses a function that writes on a hot standby with 25006 and a message
+/// that says where to run it. Without it a write there fails deep inside
+/// Postgres with an internal error (XX000, "cannot assign TransactionIds
+/// during recovery"), which neither SQL users nor the sidecar can tell from
+/// a bug.
+pub fn require_primary(function: &str) -> DsResult<()> {
+    if in_recovery() {
+        return Err(DsError::ReadOnly(format!(
+            "{function} writes, and this server is a hot standby (read-only): run it on the primary"
+        )));
+    }
     Ok(())
 }
 

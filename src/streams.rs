@@ -123,6 +123,7 @@ struct ForkRequest<'a> {
 }
 
 fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, StreamRow)> {
+    storage::require_primary(if req.fork.is_some() { "ds.fork" } else { "ds.create" })?;
     limits::validate_path(req.path)?;
     if let Some(ct) = req.content_type {
         content_type::essence(ct)?;
@@ -443,6 +444,7 @@ fn head(
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete(path: &str) -> Result<(), ErrorReport> {
+    storage::require_primary("ds.delete")?;
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Delete)?;
         let s = live_stream(client, path, Lock::ForWrite)?;

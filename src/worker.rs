@@ -222,7 +222,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         }
         // A hot standby commits nothing of its own and cannot NOTIFY; once
         // promoted, its first ring says "*" (announce_everything stays set).
-        if crate::read::in_recovery() {
+        if storage::in_recovery() {
             continue;
         }
         let (mut streams, overflow) = doorbell::take_pending();
@@ -331,7 +331,7 @@ struct Cursors {
 fn maintenance_pass(cursors: &mut Cursors) {
     const BATCH: i64 = 100;
     // A hot standby replays what the primary's worker does; it cannot write.
-    if crate::read::in_recovery() {
+    if storage::in_recovery() {
         return;
     }
     let started = Instant::now();

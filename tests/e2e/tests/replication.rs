@@ -29,6 +29,30 @@ async fn a_hot_standby_reads_what_the_primary_committed() {
         .unwrap();
     let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(got, ["{\"n\":1}", "{\"n\":2}"]);
+
+    // Every function that writes says where to run it (25006), instead of
+    // failing inside Postgres with an internal error.
+    for (statement, function) in [
+        ("SELECT ds.append('orders', '{\"n\":3}'::jsonb)", "ds.append"),
+        ("SELECT * FROM ds.try_append('orders', '{}'::bytea, 'application/json')", "ds.try_append"),
+        ("SELECT * FROM ds.create('other', 'text/plain')", "ds.create"),
+        ("SELECT * FROM ds.fork('orders-fork', 'orders')", "ds.fork"),
+        ("SELECT ds.close('orders')", "ds.close"),
+        ("SELECT ds.delete('orders')", "ds.delete"),
+        ("SELECT * FROM ds.rotate('orders')", "ds.rotate"),
+        ("SELECT ds.grant('postgres', 'x/**', 'read')", "ds.grant"),
+        ("SELECT ds.set_quota('postgres', 1, 1)", "ds.set_quota"),
+        ("SELECT ds.touch(ARRAY['orders'])", "ds.touch"),
+    ] {
+        let e = replica.batch_execute(statement).await.expect_err(statement);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{statement}: {e}"));
+        assert_eq!(db.code().code(), "25006", "{statement}: {}", db.message());
+        assert!(
+            db.message().contains(function) && db.message().contains("hot standby"),
+            "{statement}: {}",
+            db.message()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
