@@ -299,7 +299,7 @@ pub struct Db {
     login_role: Option<String>,
     /// Pooled connections dropped because their server was read-only.
     discarded: Counter,
-    /// Where reads go when there are read replicas (`replica.rs`).
+    /// Where reads go when there are read replicas (`replica/`).
     reads: Option<Arc<crate::replica::Router>>,
 }
 
@@ -342,7 +342,7 @@ impl Db {
 
     /// After a write of this sidecar committed, before it is acknowledged:
     /// with read replicas, this sidecar's later reads will see it
-    /// (`replica.rs`); nothing otherwise.
+    /// (`replica/`); nothing otherwise.
     pub async fn wrote(&self) {
         if let Some(router) = &self.reads {
             router.wrote().await;

@@ -165,7 +165,7 @@ pub async fn run(
     }
     failover::check_hosts(&db::connection_config(&state.config)?);
     // With read replicas, wake-ups pass the gate that holds them until the
-    // watermark has passed what they announce (replica.rs).
+    // watermark has passed what they announce (replica/).
     let (wake, replica_tasks): (Arc<dyn tail::Wake>, _) = match &state.replicas {
         Some(router) => {
             let timeout = std::time::Duration::from_millis(state.config.connect_timeout_ms.max(1));

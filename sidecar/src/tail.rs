@@ -165,7 +165,7 @@ impl TailHub {
 }
 
 /// What the LISTEN connection wakes: the hub itself, or, with read
-/// replicas, the gate in front of it (`replica.rs`).
+/// replicas, the gate in front of it (`replica/`).
 pub trait Wake: Send + Sync + 'static {
     /// Wakes the paths a notification payload names.
     fn wake_from_payload(&self, payload: &str);

@@ -32,25 +32,28 @@
 //! standby served in a bounded set ([`TouchSet`]) and forwards them to the
 //! primary with `ds.touch(paths, as_roles)` every [`TOUCH_INTERVAL`].
 
-use std::collections::HashSet;
-use std::fmt;
-use std::str::FromStr;
+mod gate;
+mod lsn;
+mod metrics;
+mod probe;
+mod touch;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{Chunk, Db, DbError, Head};
-use crate::tail::{TailHub, Wake};
+use crate::tail::TailHub;
+
+pub use gate::WakeGate;
+pub use lsn::{Lsn, PrimaryClock};
+pub use metrics::{ReasonLabels, ReplicaMetrics, TargetLabels};
+pub use touch::{Inserted, TouchSet};
 
 /// Probe interval while a read waits for a standby to replay.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
@@ -70,206 +73,6 @@ const GATE_MAX_PAYLOADS: usize = 1_024;
 const GATE_MAX_BYTES: usize = 1 << 20;
 /// Longest wait for the primary's WAL position.
 const CLOCK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A WAL position (`pg_lsn`), ordered as Postgres orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Lsn(pub u64);
-
-impl FromStr for Lsn {
-    type Err = String;
-
-    /// Parses Postgres' text form, `XXXXXXXX/XXXXXXXX` (hex, 1 to 8 digits each).
-    fn from_str(s: &str) -> Result<Lsn, String> {
-        let bad = || format!("not a WAL position (expected hex/hex): {s:?}");
-        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
-        let part = |p: &str| {
-            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            u32::from_str_radix(p, 16).map_err(|_| bad())
-        };
-        Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-/// The (role, path) pairs whose sliding TTL a standby read should have
-/// restarted, deduplicated and bounded in count and bytes: beyond either
-/// bound new pairs are dropped (and counted) until the next flush.
-#[derive(Debug)]
-pub struct TouchSet {
-    entries: HashSet<(Option<String>, String)>,
-    bytes: usize,
-    max_entries: usize,
-    max_bytes: usize,
-}
-
-/// What [`TouchSet::insert`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
-    /// A new pair.
-    New,
-    /// Already there.
-    Known,
-    /// The set is full: dropped.
-    Dropped,
-}
-
-impl TouchSet {
-    /// An empty set holding at most `max_entries` pairs and `max_bytes`.
-    pub fn new(max_entries: usize, max_bytes: usize) -> TouchSet {
-        TouchSet { entries: HashSet::new(), bytes: 0, max_entries, max_bytes }
-    }
-
-    /// Remembers that `role` read `path`.
-    pub fn insert(&mut self, role: Option<&str>, path: &str) -> Inserted {
-        let key = (role.map(str::to_owned), path.to_owned());
-        if self.entries.contains(&key) {
-            return Inserted::Known;
-        }
-        let size = path.len() + role.map_or(0, str::len);
-        if self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
-            return Inserted::Dropped;
-        }
-        self.bytes += size;
-        self.entries.insert(key);
-        Inserted::New
-    }
-
-    /// Takes everything out (the set is empty afterwards).
-    pub fn take(&mut self) -> Vec<(Option<String>, String)> {
-        self.bytes = 0;
-        self.entries.drain().collect()
-    }
-
-    /// Number of pairs held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Bytes of roles and paths held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-/// Labels of `replica_reads`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TargetLabels {
-    /// `replica` or `primary` (a fallback).
-    pub target: &'static str,
-}
-
-/// Labels of `replica_fallbacks`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabels {
-    /// `lag` (did not replay in time), `down` (unreachable or failing),
-    /// `none` (no healthy standby to pick) or `unsuitable` (the standby
-    /// refused this read as read-only).
-    pub reason: &'static str,
-}
-
-/// Metrics of read routing (registered with the sidecar's registry).
-#[derive(Default)]
-pub struct ReplicaMetrics {
-    /// Reads by where they were served.
-    pub reads: Family<TargetLabels, Counter>,
-    /// Reads sent to the primary instead of a standby, by reason.
-    pub fallbacks: Family<ReasonLabels, Counter>,
-    /// Standby reads that had to wait for replay.
-    pub replay_waits: Counter,
-    /// Standbys currently taking reads.
-    pub up: Gauge,
-    /// Sliding-TTL restarts forwarded to the primary.
-    pub touches_forwarded: Counter,
-    /// Sliding-TTL restarts dropped because the set was full.
-    pub touches_dropped: Counter,
-    /// Failed `ds.touch` flushes.
-    pub touch_errors: Counter,
-}
-
-impl ReplicaMetrics {
-    /// Registers every metric in `registry`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register("replica_reads", "Reads by where they were served", self.reads.clone());
-        registry.register(
-            "replica_fallbacks",
-            "Reads sent to the primary instead of a standby, by reason",
-            self.fallbacks.clone(),
-        );
-        registry.register(
-            "replica_replay_waits",
-            "Standby reads that waited for the standby to replay",
-            self.replay_waits.clone(),
-        );
-        registry.register("replicas_up", "Standbys currently taking reads", self.up.clone());
-        registry.register(
-            "replica_touches_forwarded",
-            "Sliding-TTL restarts forwarded to the primary",
-            self.touches_forwarded.clone(),
-        );
-        registry.register(
-            "replica_touches_dropped",
-            "Sliding-TTL restarts dropped because the pending set was full",
-            self.touches_dropped.clone(),
-        );
-        registry.register(
-            "replica_touch_errors",
-            "Failed ds.touch flushes to the primary",
-            self.touch_errors.clone(),
-        );
-    }
-}
-
-/// The highest primary WAL position this sidecar knows about, advanced by
-/// coalesced reads of `pg_current_wal_lsn()`.
-#[derive(Default)]
-pub struct PrimaryClock {
-    watermark: AtomicU64,
-    requested: AtomicU64,
-    served: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
-}
-
-impl PrimaryClock {
-    /// The watermark now.
-    pub fn watermark(&self) -> Lsn {
-        Lsn(self.watermark.load(Ordering::SeqCst))
-    }
-
-    /// Raises the watermark to `lsn` (never lowers it).
-    pub fn raise(&self, lsn: Lsn) {
-        self.watermark.fetch_max(lsn.0, Ordering::SeqCst);
-    }
-
-    /// Raises the watermark to a primary position read after this call
-    /// began. Concurrent callers share one query: a caller that finds a
-    /// query running waits for it to end, then either finds that a later
-    /// query already covered it or runs the next one for everybody waiting.
-    pub async fn advance(&self, primary: &Db) -> Result<Lsn, DbError> {
-        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = self.lock.lock().await;
-        if self.served.load(Ordering::SeqCst) >= ticket {
-            return Ok(self.watermark());
-        }
-        let covers = self.requested.load(Ordering::SeqCst);
-        let text = primary.current_wal_lsn().await?;
-        let lsn = text.parse::<Lsn>().map_err(|_| DbError::Shape("pg_current_wal_lsn"))?;
-        self.raise(lsn);
-        self.served.store(covers, Ordering::SeqCst);
-        Ok(lsn)
-    }
-}
 
 /// One standby.
 pub struct Replica {
@@ -641,81 +444,6 @@ impl Router {
     }
 }
 
-/// The probe of one standby: its replay position, fast while reads wait.
-async fn probe(router: Arc<Router>, r: Arc<Replica>, shutdown: CancellationToken) {
-    const REPLAYED: &str = "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() \
-         THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END)::text";
-    let query_timeout = Duration::from_secs(5);
-    loop {
-        let connected = tokio::select! {
-            c = tokio::time::timeout(query_timeout, r.probe.connect(NoTls)) => c,
-            () = shutdown.cancelled() => return,
-        };
-        let client = match connected {
-            Ok(Ok((client, connection))) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(replica = %r.name, error = %e, "probe cannot connect");
-                r.set_up(false, router.m());
-                tokio::select! {
-                    () = tokio::time::sleep(IDLE_PROBE) => continue,
-                    () = shutdown.cancelled() => return,
-                }
-            }
-            Err(_) => {
-                r.set_up(false, router.m());
-                continue;
-            }
-        };
-        loop {
-            let answer = tokio::select! {
-                a = tokio::time::timeout(query_timeout, client.query_one(REPLAYED, &[])) => a,
-                () = shutdown.cancelled() => return,
-            };
-            let text: Option<String> = match answer {
-                Ok(Ok(row)) => row.get(0),
-                Ok(Err(e)) => {
-                    tracing::warn!(replica = %r.name, error = %e, "probe failed; reconnecting");
-                    r.set_up(false, router.m());
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(replica = %r.name, "probe timed out; reconnecting");
-                    r.set_up(false, router.m());
-                    break;
-                }
-            };
-            let at = text.as_deref().and_then(|t| t.parse::<Lsn>().ok()).unwrap_or_default();
-            r.replayed.send_if_modified(|v| {
-                let newer = at.0 > *v;
-                *v = (*v).max(at.0);
-                newer
-            });
-            r.set_up(true, router.m());
-            if r.waiters.load(Ordering::SeqCst) > 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(POLL_INTERVAL) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            } else {
-                tokio::select! {
-                    () = r.poke.notified() => {}
-                    () = tokio::time::sleep(IDLE_PROBE) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
 /// Flushes forwarded TTL restarts every [`TOUCH_INTERVAL`], and once more
 /// at shutdown.
 async fn flush_touches(router: Arc<Router>, shutdown: CancellationToken) {
@@ -726,79 +454,6 @@ async fn flush_touches(router: Arc<Router>, shutdown: CancellationToken) {
                 router.flush_touches().await;
                 return;
             }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Pending {
-    payloads: Vec<String>,
-    bytes: usize,
-    everything: bool,
-}
-
-/// Stands between the LISTEN connection and the hub: holds what the
-/// primary announced until the watermark has passed it, then wakes the
-/// waiters (whose standby reads then wait for replay). Never blocks the
-/// LISTEN connection; bounded (an overflow becomes "wake everyone").
-#[derive(Default)]
-pub struct WakeGate {
-    pending: Mutex<Pending>,
-    ready: Notify,
-}
-
-impl Wake for WakeGate {
-    fn wake_from_payload(&self, payload: &str) {
-        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if !p.everything {
-            if p.payloads.len() >= GATE_MAX_PAYLOADS || p.bytes + payload.len() > GATE_MAX_BYTES {
-                p.payloads = Vec::new();
-                p.bytes = 0;
-                p.everything = true;
-            } else {
-                p.bytes += payload.len();
-                p.payloads.push(payload.to_owned());
-            }
-        }
-        drop(p);
-        self.ready.notify_one();
-    }
-
-    fn wake_all(&self) {
-        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        p.payloads = Vec::new();
-        p.bytes = 0;
-        p.everything = true;
-        drop(p);
-        self.ready.notify_one();
-    }
-}
-
-/// Delivers what the gate holds, once per coalesced batch: reads the
-/// primary's position, raises the watermark, wakes.
-async fn run_gate(
-    gate: Arc<WakeGate>,
-    router: Arc<Router>,
-    hub: Arc<TailHub>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = gate.ready.notified() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let p = std::mem::take(&mut *gate.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if p.payloads.is_empty() && !p.everything {
-            continue;
-        }
-        // Woken even if this fails: the standbys serve what they have, and
-        // the next wake-up or the long-poll timeout catches up.
-        router.wrote().await;
-        for payload in &p.payloads {
-            hub.wake_from_payload(payload);
-        }
-        if p.everything {
-            hub.wake_all();
         }
     }
 }
@@ -814,10 +469,10 @@ pub fn start(
     let mut tasks: Vec<_> = router
         .replicas
         .iter()
-        .map(|r| tokio::spawn(probe(Arc::clone(router), Arc::clone(r), shutdown.clone())))
+        .map(|r| tokio::spawn(probe::probe(Arc::clone(router), Arc::clone(r), shutdown.clone())))
         .collect();
     tasks.push(tokio::spawn(flush_touches(Arc::clone(router), shutdown.clone())));
-    tasks.push(tokio::spawn(run_gate(
+    tasks.push(tokio::spawn(gate::run_gate(
         Arc::clone(&gate),
         Arc::clone(router),
         Arc::clone(hub),
@@ -831,71 +486,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lsns_parse_print_and_order_like_postgres() {
-        let a: Lsn = "0/16B3748".parse().unwrap();
-        assert_eq!(a, Lsn(0x16B_3748));
-        assert_eq!(a.to_string(), "0/16B3748");
-        let b: Lsn = "1/0".parse().unwrap();
-        assert_eq!(b, Lsn(1 << 32));
-        assert!(b > a, "the high part counts first");
-        assert!("0/16B3749".parse::<Lsn>().unwrap() > a);
-        assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap(), Lsn(u64::MAX));
-        assert_eq!("ffffffff/ffffffff".parse::<Lsn>().unwrap().to_string(), "FFFFFFFF/FFFFFFFF");
-        for bad in ["", "/", "0/", "/0", "0", "0/1/2", "g/0", "100000000/0", "-1/0", " 0/1", "0/+1"]
-        {
-            assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn the_touch_set_dedups_and_is_bounded_in_count_and_bytes() {
-        let mut s = TouchSet::new(3, 20);
-        assert_eq!(s.insert(None, "a"), Inserted::New);
-        assert_eq!(s.insert(None, "a"), Inserted::Known);
-        assert_eq!(s.insert(Some("r"), "a"), Inserted::New, "per role");
-        assert_eq!((s.len(), s.bytes()), (2, 3));
-        assert_eq!(s.insert(None, "0123456789abcdefg"), Inserted::New);
-        assert_eq!(s.insert(None, "b"), Inserted::Dropped, "count bound");
-        assert_eq!(s.insert(None, "a"), Inserted::Known, "known pairs are not dropped");
-        let taken = s.take();
-        assert_eq!(taken.len(), 3);
-        assert!(s.is_empty() && s.bytes() == 0);
-        assert_eq!(s.insert(None, "0123456789"), Inserted::New);
-        assert_eq!(s.insert(None, "0123456789a"), Inserted::Dropped, "byte bound");
-        assert_eq!(s.insert(None, "x"), Inserted::New);
-    }
-
-    #[tokio::test]
-    async fn the_gate_holds_payloads_and_collapses_an_overflow() {
-        let gate = WakeGate::default();
-        gate.wake_from_payload("1 a");
-        gate.wake_from_payload("2 b");
-        {
-            let p = gate.pending.lock().unwrap();
-            assert_eq!(p.payloads, ["1 a", "2 b"]);
-            assert!(!p.everything);
-        }
-        // The wake is not lost even though nobody waited yet.
-        tokio::time::timeout(Duration::from_secs(1), gate.ready.notified()).await.unwrap();
-        for i in 0..GATE_MAX_PAYLOADS {
-            gate.wake_from_payload(&format!("{i} x"));
-        }
-        let p = std::mem::take(&mut *gate.pending.lock().unwrap());
-        assert!(p.everything && p.payloads.is_empty(), "overflow became wake-everyone");
-        gate.wake_all();
-        assert!(gate.pending.lock().unwrap().everything);
-    }
-
-    #[test]
     fn protocol_answers_are_not_replica_trouble() {
         assert_eq!(failure(&DbError::Shape("x")), Failure::Answer);
-    }
-
-    #[tokio::test]
-    async fn the_watermark_only_rises() {
-        let c = PrimaryClock::default();
-        c.raise(Lsn(10));
-        c.raise(Lsn(5));
-        assert_eq!(c.watermark(), Lsn(10));
     }
 }
