@@ -359,7 +359,7 @@ fn try_append_batch(
     ];
     let as_roles = as_roles.unwrap_or_else(|| vec![None; n]);
     if lengths.iter().chain([&as_roles.len()]).any(|&l| l != n) {
-        return Err(DsError::Invalid(CoreError::InvalidProducer(
+        return Err(DsError::Invalid(CoreError::InvalidArguments(
             "try_append_batch needs arrays of equal length".into(),
         ))
         .into());

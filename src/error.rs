@@ -80,6 +80,7 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::EmptyJsonArray
         | CoreError::EmptyAppend
         | CoreError::InvalidProducer(_)
+        | CoreError::InvalidArguments(_)
         | CoreError::InvalidFork(_)
         | CoreError::InvalidGrant(_)
         | CoreError::InvalidQuota(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -205,7 +205,7 @@ fn touch(
     as_roles: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> Result<i64, ErrorReport> {
     let Some(paths) = paths else {
-        return Err(DsError::Invalid(ds_core::Error::InvalidProducer(
+        return Err(DsError::Invalid(ds_core::Error::InvalidArguments(
             "ds.touch needs an array of paths, not NULL".into(),
         ))
         .into());
@@ -219,7 +219,7 @@ fn touch(
         .into());
     }
     if as_roles.as_ref().is_some_and(|r| r.len() != paths.len()) {
-        return Err(DsError::Invalid(ds_core::Error::InvalidProducer(
+        return Err(DsError::Invalid(ds_core::Error::InvalidArguments(
             "ds.touch needs as many as_roles as paths".into(),
         ))
         .into());

@@ -73,6 +73,10 @@ pub enum Error {
     /// Producer id/epoch/seq incomplete or out of range.
     #[error("invalid producer arguments: {0}")]
     InvalidProducer(String),
+    /// Arguments of a SQL function that do not fit together (NULL where an
+    /// array is needed, arrays of different lengths).
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
