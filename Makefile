@@ -10,3 +10,5 @@ bench:
 	@bash benches/run.sh
 	@SKIP_BUILD=1 bash benches/auth.sh
 	@SKIP_BUILD=1 bash benches/standby.sh
+	@SKIP_INSTALL=1 bash benches/wal.sh
+	@bash benches/collect.sh
