@@ -98,6 +98,7 @@ pub enum QueueError {
 /// The lanes of group commit.
 pub struct Batcher {
     lanes: Vec<mpsc::Sender<Job>>,
+    answer_timeout: Option<std::time::Duration>,
 }
 
 /// How lanes form their batches.
@@ -111,6 +112,9 @@ pub struct Limits {
     pub queue: usize,
     /// Most detoured appends using a connection at once.
     pub detour_connections: usize,
+    /// Longest an append waits for its answer, queueing included (`None`:
+    /// unbounded); then 503, outcome unknown (it may still be carried out).
+    pub answer_timeout: Option<std::time::Duration>,
 }
 
 impl Batcher {
@@ -141,7 +145,7 @@ impl Batcher {
                 tx
             })
             .collect();
-        Batcher { lanes }
+        Batcher { lanes, answer_timeout: limits.answer_timeout }
     }
 
     /// Queues an append and waits for its committed outcome.
@@ -154,7 +158,16 @@ impl Batcher {
             mpsc::error::TrySendError::Full(_) => QueueError::Full,
             mpsc::error::TrySendError::Closed(_) => QueueError::Stopped,
         })?;
-        answer.await.map_err(|_| QueueError::Stopped)?
+        let Some(limit) = self.answer_timeout else {
+            return answer.await.map_err(|_| QueueError::Stopped)?;
+        };
+        match tokio::time::timeout(limit, answer).await {
+            Ok(answer) => answer.map_err(|_| QueueError::Stopped)?,
+            Err(_) => Ok(Err(DbError::Unavailable(
+                Outage::Unconfirmed,
+                format!("no answer within {} ms", limit.as_millis()),
+            ))),
+        }
     }
 }
 
@@ -286,8 +299,14 @@ impl Lane {
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(error = %message, batch = jobs.len(), "append batch failed");
+                let unconfirmed = failover::outage(&e) == Some(Outage::Unconfirmed);
                 for job in jobs {
-                    let _ = job.reply.send(Ok(Err(DbError::Batch(message.clone()))));
+                    let reply = if unconfirmed {
+                        DbError::Unavailable(Outage::Unconfirmed, message.clone())
+                    } else {
+                        DbError::Batch(message.clone())
+                    };
+                    let _ = job.reply.send(Ok(Err(reply)));
                 }
             }
         }

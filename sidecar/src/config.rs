@@ -211,6 +211,14 @@ pub struct Config {
     #[arg(long, env = "DS_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub statement_timeout_ms: u64,
 
+    /// How much longer than `--statement-timeout-ms` a database call may
+    /// take before the sidecar stops waiting for it and answers 503 (outcome
+    /// unknown). Postgres never cancels a commit's wait for a synchronous
+    /// standby, so without this bound an append hangs while that standby is
+    /// away.
+    #[arg(long, env = "DS_COMMIT_WAIT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub commit_wait_timeout_ms: u64,
+
     /// Longest time to open a database connection.
     #[arg(long, env = "DS_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,

@@ -65,6 +65,7 @@ impl DbError {
             DbError::Postgres(e) | DbError::Role { source: e, .. } => {
                 e.as_db_error().is_some() && !crate::failover::ends_session(e)
             }
+            DbError::Unavailable(crate::failover::Outage::Unconfirmed, _) => false,
             DbError::Unavailable(..) => true,
             _ => false,
         }
@@ -301,6 +302,8 @@ pub struct Db {
     discarded: Counter,
     /// Where reads go when there are read replicas (`replica/`).
     reads: Option<Arc<crate::replica::Router>>,
+    /// Longest wait for one call's answer (`None`: no statement timeout).
+    call_timeout: Option<Duration>,
 }
 
 impl Db {
@@ -331,7 +334,12 @@ impl Db {
             .recycle_timeout(ms(config.connect_timeout_ms))
             .build()
             .expect("a pool with a runtime always builds");
-        Ok(Db { pool, login_role, discarded: Counter::default(), reads: None })
+        let call_timeout = (config.statement_timeout_ms > 0).then(|| {
+            Duration::from_millis(
+                config.statement_timeout_ms.saturating_add(config.commit_wait_timeout_ms),
+            )
+        });
+        Ok(Db { pool, login_role, discarded: Counter::default(), reads: None, call_timeout })
     }
 
     /// This pool, with reads (`read_chunk`, `head`) sent through `router`.
@@ -405,6 +413,11 @@ impl Db {
         DbError::Unavailable(Outage::ReadOnly, error.to_string())
     }
 
+    /// Longest wait for one call's answer (`None`: unbounded).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
+    }
+
     /// The role named in `--database-url`, if any.
     pub fn login_role(&self) -> Option<&str> {
         self.login_role.as_deref()
@@ -427,7 +440,29 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let client = self.pool.get().await?;
-        match Self::query_on(&client, role, sql, params).await {
+        let call = Self::query_on(&client, role, sql, params);
+        let result = match self.call_timeout {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The connection goes back to the pool as it is: its
+                    // late answer is discarded, and the next call on it
+                    // queues behind it (a dropped connection would leave a
+                    // backend stuck in its commit, one per timeout).
+                    tracing::warn!(
+                        limit_ms = limit.as_millis(),
+                        "no answer from the database in time (a commit waiting for a \
+                         synchronous standby?); answering 503, outcome unknown"
+                    );
+                    return Err(DbError::Unavailable(
+                        crate::failover::Outage::Unconfirmed,
+                        format!("no answer within {} ms", limit.as_millis()),
+                    ));
+                }
+            },
+        };
+        match result {
             Err(e) => Err(self.release(client, e).await),
             ok => ok,
         }

@@ -35,6 +35,11 @@ pub enum Outage {
     /// Postgres gave up on the request for a passing reason (lock timeout,
     /// deadlock, serialization failure, cancel). Nothing was done.
     Transient,
+    /// The database did not answer within the call's time limit
+    /// (`--statement-timeout-ms` + `--commit-wait-timeout-ms`), typically a
+    /// commit waiting for a synchronous standby that is down: a write may
+    /// or may not be applied (it commits if the standby comes back).
+    Unconfirmed,
 }
 
 /// SQLSTATE classes and codes after which the server is gone or going.
@@ -114,6 +119,12 @@ pub fn explain(outage: Outage) -> &'static str {
         Outage::PoolBusy => {
             "service unavailable: every database connection stayed busy; nothing was done: retry \
              after Retry-After"
+        }
+        Outage::Unconfirmed => {
+            "service unavailable: the database did not confirm the request in time (a commit \
+             waits for a synchronous standby that is down, or the server is stuck); a write may \
+             or may not be applied: retry it (with Producer-Id/Epoch/Seq a retry is \
+             deduplicated)"
         }
         Outage::Transient => {
             "service unavailable: the database gave up on the request (a lock held too long by \

@@ -96,6 +96,8 @@ impl AppState {
                 max_batch_bytes: config.max_append_batch_bytes,
                 queue: 1024,
                 detour_connections: config.pool_size / 2,
+                // A batch may wait for the one before it on its lane.
+                answer_timeout: db.call_timeout().map(|t| t.saturating_mul(2)),
             },
             auth.enabled(),
             Arc::clone(&metrics),

@@ -425,3 +425,71 @@ async fn failover_to_a_synchronous_standby_loses_no_acknowledged_append() {
         t0.elapsed()
     );
 }
+
+/// Postgres never cancels a commit's wait for a synchronous standby (not
+/// even at `statement_timeout`), so with that standby away every commit
+/// waits. The sidecar stops waiting after `--statement-timeout-ms` +
+/// `--commit-wait-timeout-ms` and answers 503 "outcome unknown"; the commit
+/// completes when the standby is back (here: when synchronous replication
+/// is turned off), so a retry with the same producer seq is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_waiting_for_an_absent_synchronous_standby_is_answered_503_in_time() {
+    let primary = Cluster::primary("alone", &[]).await;
+    let url = primary.url(DATABASE);
+    let sidecar = Sidecar::start_with(
+        &url,
+        free_port(),
+        &["--statement-timeout-ms", "1000", "--commit-wait-timeout-ms", "1000"],
+    )
+    .await;
+    let path = "sync/absent-standby";
+    create_json(&sidecar, path).await;
+    let admin = primary.sql("postgres").await;
+    admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await.unwrap();
+    primary.reload().await;
+
+    let append = |seq: u64| {
+        http()
+            .post(sidecar.stream(path))
+            .header("content-type", "application/json")
+            .header("producer-id", "p")
+            .header("producer-epoch", "0")
+            .header("producer-seq", seq.to_string())
+            .body(format!("{{\"seq\":{seq}}}"))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    let started = Instant::now();
+    let r = append(0).await.unwrap();
+    let waited = started.elapsed();
+    let retry_after = r.headers().get("retry-after").cloned();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert!(body.contains("did not confirm") && body.contains("may or may not"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "answered after {waited:?}, expected about 2 s (statement + commit-wait timeouts)"
+    );
+
+    // The standby "comes back": the waiting commit completes.
+    admin.batch_execute("ALTER SYSTEM RESET synchronous_standby_names").await.unwrap();
+    primary.reload().await;
+    let db = primary.sql(DATABASE).await;
+    wait_for_rows(&db, path, 1).await;
+    let r = append(0).await.unwrap();
+    assert_eq!(r.status(), 204, "the retry of the committed seq is a duplicate");
+    let r = append(1).await.unwrap();
+    assert_eq!(r.status(), 200, "appends go on");
+    assert_eq!(messages(&db, path).await.len(), 2);
+}
+
+/// Waits (up to 20 s) until the stream has `n` messages.
+async fn wait_for_rows(db: &tokio_postgres::Client, path: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while messages(db, path).await.len() < n {
+        assert!(Instant::now() < deadline, "{path}: the waiting commit never completed");
+        sleep(Duration::from_millis(100)).await;
+    }
+}
