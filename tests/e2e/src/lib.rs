@@ -200,6 +200,19 @@ pub async fn read_events(
     false
 }
 
+/// Creates the JSON stream `path` through `sidecar` (asserting 201);
+/// returns its tail.
+pub async fn create_json_stream(sidecar: &Sidecar, path: &str) -> String {
+    let r = http()
+        .put(sidecar.stream(path))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "create {path}");
+    next_offset(&r)
+}
+
 /// `Stream-Next-Offset` of a response.
 pub fn next_offset(response: &reqwest::Response) -> String {
     response.headers()["stream-next-offset"].to_str().unwrap().to_owned()

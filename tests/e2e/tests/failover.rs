@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ds_e2e::cluster::{Cluster, DATABASE};
-use ds_e2e::{Sidecar, free_port, http, next_offset, read_events};
+use ds_e2e::{Sidecar, create_json_stream, free_port, http, next_offset, read_events};
 use tokio::time::{sleep, timeout};
 
 /// What one producer saw.
@@ -166,17 +166,6 @@ async fn messages(db: &tokio_postgres::Client, path: &str) -> Vec<serde_json::Va
     rows.iter().map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap()).collect()
 }
 
-async fn create_json(sidecar: &Sidecar, path: &str) -> String {
-    let r = http()
-        .put(sidecar.stream(path))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "create {path}");
-    next_offset(&r)
-}
-
 /// Asserts a 503 with `Retry-After` and a message about the database.
 async fn assert_unavailable(what: &str, r: reqwest::Response) {
     let status = r.status().as_u16();
@@ -248,7 +237,7 @@ async fn failover_to_a_synchronous_standby_loses_no_acknowledged_append() {
 
     let streams = ["orders-a", "orders-b"];
     for s in streams {
-        create_json(&sidecar, s).await;
+        create_json_stream(&sidecar, s).await;
     }
     let client = http();
     let r = client
@@ -268,7 +257,7 @@ async fn failover_to_a_synchronous_standby_loses_no_acknowledged_append() {
     let r = client.get(format!("{}?offset=-1", reader.stream("orders-a"))).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap().as_str()), (200, "[]"));
     let quiet = "quiet";
-    let quiet_tail = create_json(&sidecar, quiet).await;
+    let quiet_tail = create_json_stream(&sidecar, quiet).await;
     // Readers opened before the kill; nothing is appended to `quiet` until
     // after the promotion.
     let poll = tokio::spawn(long_poll_reader(sidecar.stream(quiet), quiet_tail.clone(), 2));
@@ -443,7 +432,7 @@ async fn a_commit_waiting_for_an_absent_synchronous_standby_is_answered_503_in_t
     )
     .await;
     let path = "sync/absent-standby";
-    create_json(&sidecar, path).await;
+    create_json_stream(&sidecar, path).await;
     let admin = primary.sql("postgres").await;
     admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'").await.unwrap();
     primary.reload().await;

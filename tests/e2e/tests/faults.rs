@@ -4,19 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ds_e2e::{Event, Sidecar, http, next_offset, read_events, sql, unique_path};
+use ds_e2e::{
+    Event, Sidecar, create_json_stream, http, next_offset, read_events, sql, unique_path,
+};
 use tokio::time::timeout;
-
-async fn create_json_stream(sidecar: &Sidecar, path: &str) -> String {
-    let r = http()
-        .put(sidecar.stream(path))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    next_offset(&r)
-}
 
 /// The whole stream from the start, as one catch-up read.
 async fn read_all(sidecar: &Sidecar, path: &str) -> String {

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use ds_e2e::{Event, Sidecar, http, next_offset, read_events, sql, unique_path};
+use ds_e2e::{
+    Event, Sidecar, create_json_stream, http, next_offset, read_events, sql, unique_path,
+};
 use tokio::time::timeout;
 
 async fn three() -> Vec<Sidecar> {
@@ -15,17 +17,6 @@ async fn three() -> Vec<Sidecar> {
         sidecars.push(Sidecar::start(&["--long-poll-timeout-ms", "20000"]).await);
     }
     sidecars
-}
-
-async fn create_json(sidecar: &Sidecar, path: &str) -> String {
-    let r = http()
-        .put(sidecar.stream(path))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    next_offset(&r)
 }
 
 fn values(body: &str) -> Vec<String> {
@@ -95,7 +86,7 @@ async fn post(
 async fn an_append_through_one_sidecar_wakes_the_readers_of_all() {
     let sidecars = three().await;
     let path = unique_path("many-wake");
-    let tail = create_json(&sidecars[0], &path).await;
+    let tail = create_json_stream(&sidecars[0], &path).await;
     let mut polls = Vec::new();
     let mut streams = Vec::new();
     for s in &sidecars {
@@ -128,7 +119,7 @@ async fn concurrent_appends_through_three_sidecars_are_one_gap_free_order() {
     let total = 3 * WRITERS_PER_SIDECAR * APPENDS;
     let sidecars = three().await;
     let path = unique_path("many-order");
-    let tail = create_json(&sidecars[0], &path).await;
+    let tail = create_json_stream(&sidecars[0], &path).await;
     let readers: Vec<_> = sidecars.iter().map(|s| sse(s, &path, &tail, total)).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -195,7 +186,7 @@ async fn concurrent_appends_through_three_sidecars_are_one_gap_free_order() {
 async fn one_producer_through_three_sidecars_is_ordered_deduplicated_and_fenced() {
     let sidecars = three().await;
     let path = unique_path("many-producer");
-    create_json(&sidecars[0], &path).await;
+    create_json_stream(&sidecars[0], &path).await;
     let msg = |epoch: u64, seq: u64| format!("{{\"e\":{epoch},\"s\":{seq}}}");
     // Each request through the next sidecar.
     for seq in 0..30u64 {

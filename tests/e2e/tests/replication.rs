@@ -254,22 +254,7 @@ async fn a_ttl_stream_read_on_the_standby_is_refreshed_on_the_primary() {
     assert_eq!(r.status(), 200);
     assert_eq!(messages(&r.text().await.unwrap()), [1]);
     assert!(replica_reads(&sidecar).await > before, "read on the standby");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let fresh: bool = db
-            .query_one(
-                "SELECT last_access > now() - interval '1 minute' FROM ds.streams WHERE path = $1",
-                &[&path],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if fresh {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the TTL was not restarted on the primary");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_ttl_restart(&db, path, "the TTL was not restarted on the primary").await;
     assert!(sidecar.metric("ds_sidecar_replica_touches_forwarded_total").await >= 1.0);
 }
 
@@ -415,22 +400,7 @@ async fn with_tokens_standby_reads_run_as_the_role_and_ttls_are_refreshed_as_it(
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello");
     assert!(replica_reads(&sidecar).await > before, "read on the standby");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let fresh: bool = db
-            .query_one(
-                "SELECT last_access > now() - interval '1 minute' FROM ds.streams WHERE path = $1",
-                &[&path],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if fresh {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the TTL was not restarted as the reader's role");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_ttl_restart(&db, path, "the TTL was not restarted as the reader's role").await;
     assert_eq!(sidecar.metric("ds_sidecar_replica_touch_errors_total").await, 0.0);
 }
 
@@ -462,4 +432,25 @@ async fn a_standby_lagging_past_the_bound_hands_its_readers_to_the_primary() {
     let r = http().get(format!("{}?offset={tail}", sidecar.stream(path))).send().await.unwrap();
     assert_eq!(messages(&r.text().await.unwrap()), [1]);
     assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+}
+
+/// Waits (up to 10 s) until the primary shows `path` accessed within the
+/// last minute (its sliding TTL restarted); `failure` says what did not happen.
+async fn wait_for_ttl_restart(db: &tokio_postgres::Client, path: &str, failure: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh: bool = db
+            .query_one(
+                "SELECT last_access > now() - interval '1 minute' FROM ds.streams WHERE path = $1",
+                &[&path],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if fresh {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
