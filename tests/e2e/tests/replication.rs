@@ -233,12 +233,7 @@ async fn a_ttl_stream_read_on_the_standby_is_refreshed_on_the_primary() {
     create_json(&sidecar, path, &[("stream-ttl", "3600")]).await;
     append_json(&sidecar, path, 1).await;
     let db = primary.sql(DATABASE).await;
-    db.execute(
-        "UPDATE ds.streams SET last_access = now() - interval '30 minutes' WHERE path = $1",
-        &[&path],
-    )
-    .await
-    .unwrap();
+    age_last_access(&db, path).await;
     standby.wait_replayed(&primary).await;
 
     // On the standby itself, reads work and ds.touch refuses clearly.
@@ -383,12 +378,7 @@ async fn with_tokens_standby_reads_run_as_the_role_and_ttls_are_refreshed_as_it(
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    db.execute(
-        "UPDATE ds.streams SET last_access = now() - interval '30 minutes' WHERE path = $1",
-        &[&path],
-    )
-    .await
-    .unwrap();
+    age_last_access(&db, path).await;
     standby.wait_replayed(&primary).await;
 
     // A role without a grant is refused by the standby, as by the primary.
@@ -432,6 +422,17 @@ async fn a_standby_lagging_past_the_bound_hands_its_readers_to_the_primary() {
     let r = http().get(format!("{}?offset={tail}", sidecar.stream(path))).send().await.unwrap();
     assert_eq!(messages(&r.text().await.unwrap()), [1]);
     assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+}
+
+/// Moves `path`'s last access 30 minutes back on the primary, so that a
+/// sliding-TTL restart shows (see [`wait_for_ttl_restart`]).
+async fn age_last_access(db: &tokio_postgres::Client, path: &str) {
+    db.execute(
+        "UPDATE ds.streams SET last_access = now() - interval '30 minutes' WHERE path = $1",
+        &[&path],
+    )
+    .await
+    .unwrap();
 }
 
 /// Waits (up to 10 s) until the primary shows `path` accessed within the
