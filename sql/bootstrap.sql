@@ -84,6 +84,22 @@ CREATE TABLE ds.producers (
     PRIMARY KEY (stream_id, producer_id)
 ) WITH (fillfactor = 70);
 
+-- Appends made with ds.enqueue: committed with the writing transaction but
+-- not yet given offsets. The sequencer (a background worker) and any
+-- locking append to the same stream move them into ds.messages, a
+-- transaction's rows together and in their order, transactions in xid order
+-- (a transaction that began after another committed has the larger xid).
+-- Rows live here for milliseconds; the table is vacuumed eagerly.
+CREATE TABLE ds.pending (
+    stream_id bigint NOT NULL,
+    xid       pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    -- The writing backend's counter: its order within the transaction.
+    seq       bigint NOT NULL,
+    data      bytea  COMPRESSION lz4 NOT NULL,
+    PRIMARY KEY (stream_id, xid, seq)
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_insert_scale_factor = 0);
+
 -- Access control: per-path grants (ds.grant / ds.revoke, the ds.grants
 -- view). `pattern` is a glob over stream paths (ds_core::acl), `privileges`
 -- a bit mask of ds_core::acl::Privilege. regrole so that dumps carry role
@@ -124,8 +140,9 @@ SELECT pg_catalog.pg_extension_config_dump('ds.streams_stream_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.producers', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.segments', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.pending', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.path_grants', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.role_quotas', '');
 
-REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers, ds.path_grants,
+REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers, ds.pending, ds.path_grants,
               ds.role_quotas, ds.settings FROM PUBLIC;

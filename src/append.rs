@@ -138,7 +138,7 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
 
 /// Validates a body against its stream up front, so simple calls raise the
 /// precise SQLSTATE rather than an outcome.
-fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
+pub(crate) fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
     storage::require_primary("ds.append")?;
     limits::validate_path(path)?;
     if data.is_empty() {

@@ -18,9 +18,11 @@ use pgrx::spi::SpiClient;
 use crate::acl;
 use crate::append::{AppendRequest, AppendResult, messages_for};
 use crate::doorbell;
+use crate::enqueue;
 use crate::error::DsResult;
 use crate::quota::Quotas;
 use crate::storage::{self, StreamRow, StreamUpdate};
+use crate::tails;
 
 /// Pending message bytes that trigger an early INSERT, so a batch of large
 /// bodies never holds more than this (plus one body) in extra memory.
@@ -34,6 +36,9 @@ struct Locked {
     row: StreamRow,
     /// Written by at least one request: its row is updated at the end.
     changed: bool,
+    /// Closed or given a Stream-Seq: more than its tail changed, so the row
+    /// is written even if this transaction wrote it before (`crate::tails`).
+    fields_changed: bool,
 }
 
 /// Messages waiting for their INSERT.
@@ -83,7 +88,7 @@ pub fn execute_all(
     let skip_locked = wait == LockWait::SkipLocked;
     let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, skip_locked)?
         .into_iter()
-        .map(|(path, row)| (path, Locked { row, changed: false }))
+        .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false }))
         .collect();
     if skip_locked {
         // A path not locked either does not exist or is someone else's now.
@@ -99,6 +104,24 @@ pub fn execute_all(
             }
         }
     }
+
+    let closing: Vec<&str> = requests
+        .iter()
+        .zip(&results)
+        .filter(|(q, r)| q.close && r.is_none() && streams.contains_key(q.path))
+        .map(|(q, _)| q.path)
+        .collect();
+    for path in closing {
+        // No `ds.enqueue` may be in flight into a stream while it closes.
+        if !enqueue::lock_out_enqueuers(path, wait) {
+            for (req, slot) in requests.iter().zip(results.iter_mut()) {
+                if slot.is_none() && req.path == path {
+                    *slot = Some(AppendResult::new(AppendOutcome::Busy));
+                }
+            }
+        }
+    }
+    sequence_pending(client, &mut streams)?;
 
     let mut owners: Vec<_> = streams.values().filter_map(|s| s.row.owner_role).collect();
     owners.sort_unstable_by_key(|o| o.to_u32());
@@ -131,11 +154,71 @@ pub fn execute_all(
     }
     pending.flush(client)?;
 
+    write_back(client, &streams)?;
+    if !dirty_producers.is_empty() {
+        storage::save_producers(client, dirty_producers)?;
+    }
+    Ok(results.into_iter().map(|r| r.expect("every request was decided")).collect())
+}
+
+/// Gives the committed `ds.enqueue` appends of the locked `streams` their
+/// offsets (before anything else is appended to them: real-time order).
+fn sequence_pending(
+    client: &mut SpiClient<'_>,
+    streams: &mut HashMap<String, Locked>,
+) -> DsResult<usize> {
+    let open: Vec<&Locked> = streams.values().filter(|s| !s.row.closed).collect();
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = open.iter().map(|s| s.row.stream_id).collect();
+    let tails: Vec<i64> = open.iter().map(|s| s.row.tail.as_i64()).collect();
+    let moved = storage::sequence_pending(client, ids, tails)?;
+    let mut messages = 0;
+    for (stream_id, tail, count) in moved {
+        if let Some(s) = streams.values_mut().find(|s| s.row.stream_id == stream_id) {
+            s.row.tail = ds_core::Offset::from_i64(tail);
+            s.changed = true;
+            messages += usize::try_from(count).unwrap_or(0);
+        }
+    }
+    Ok(messages)
+}
+
+/// What the sequencer does in one transaction: locks (at most `limit`)
+/// streams with committed `ds.enqueue` appends, skipping those another
+/// transaction holds (its own locking append sequences them), and gives
+/// their appends offsets. Returns how many messages were sequenced.
+pub fn sequence_committed(client: &mut SpiClient<'_>, limit: i64) -> DsResult<usize> {
+    let paths = storage::paths_with_pending(client, limit)?;
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, true)?
+        .into_iter()
+        .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false }))
+        .collect();
+    let messages = sequence_pending(client, &mut streams)?;
+    write_back(client, &streams)?;
+    Ok(messages)
+}
+
+/// Writes the changed streams' rows (or only remembers their tails, see
+/// `crate::tails`) and announces them.
+fn write_back(client: &mut SpiClient<'_>, streams: &HashMap<String, Locked>) -> DsResult<()> {
     let changed: Vec<(&String, &Locked)> = streams.iter().filter(|(_, s)| s.changed).collect();
-    if !changed.is_empty() {
-        let updates: Vec<StreamUpdate<'_>> = changed
+    // A stream whose row this transaction already wrote only has its tail
+    // remembered; the pre-commit callback writes it once (crate::tails).
+    let to_write: Vec<&Locked> = changed
+        .iter()
+        .map(|(_, s)| *s)
+        .filter(|s| s.fields_changed || !tails::advance(s.row.stream_id, s.row.tail))
+        .collect();
+    if !to_write.is_empty() {
+        let updates: Vec<StreamUpdate<'_>> = to_write
             .iter()
-            .map(|(_, s)| StreamUpdate {
+            .map(|s| StreamUpdate {
                 stream_id: s.row.stream_id,
                 tail: s.row.tail,
                 closed: s.row.closed,
@@ -144,14 +227,14 @@ pub fn execute_all(
             })
             .collect();
         storage::update_streams(client, &updates)?;
-    }
-    if !dirty_producers.is_empty() {
-        storage::save_producers(client, dirty_producers)?;
+        for s in &to_write {
+            tails::stored(&s.row);
+        }
     }
     for (path, s) in changed {
         doorbell::stream_advanced(client, s.row.stream_id, path, s.row.tail, s.row.closed)?;
     }
-    Ok(results.into_iter().map(|r| r.expect("every request was decided")).collect())
+    Ok(())
 }
 
 /// Checks that need no stream: a result here means the request is done.
@@ -309,9 +392,11 @@ fn decide_one(
     if req.close {
         row.closed = true;
         row.closed_by = req.producer.clone();
+        stream.fields_changed = true;
     }
     if let Some(seq) = req.stream_seq {
         row.last_stream_seq = Some(seq.to_owned());
+        stream.fields_changed = true;
     }
     if let Some((key, state)) = accepted {
         producers.insert(key.clone(), state);

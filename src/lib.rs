@@ -15,13 +15,16 @@ mod acl;
 mod append;
 mod apply;
 mod doorbell;
+mod enqueue;
 mod error;
 mod gucs;
 mod maintenance;
 mod quota;
 mod read;
+mod sequencer;
 mod storage;
 mod streams;
+mod tails;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -37,7 +40,9 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         doorbell::init_shared_memory();
+        enqueue::init_shared_memory();
         worker::register();
+        sequencer::register();
     }
 }
 

@@ -138,7 +138,7 @@ pub fn expire(client: &mut SpiClient<'_>, path: &str) -> DsResult<bool> {
     if !s.expired || s.soft_deleted {
         return Ok(false);
     }
-    retire_stream(client, s, true)?;
+    retire_stream(client, path, s, true)?;
     storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())?;
     Ok(true)
 }

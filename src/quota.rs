@@ -82,7 +82,7 @@ impl Quotas {
                 Budget {
                     max_bytes: row.get(2)?,
                     max_streams: row.get(3)?,
-                    bytes: row.get(4)?.unwrap_or(0),
+                    bytes: row.get::<i64>(4)?.unwrap_or(0) + crate::tails::unstored_bytes_of(role),
                     streams: row.get(5)?.unwrap_or(0),
                 },
             );

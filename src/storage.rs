@@ -285,7 +285,7 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         }
         _ => None,
     };
-    Ok(StreamRow {
+    let mut stream = StreamRow {
         stream_id: row.get(1)?.expect("stream_id is NOT NULL"),
         content_type: row.get(2)?.expect("content_type is NOT NULL"),
         ttl_seconds: row.get(3)?,
@@ -300,7 +300,10 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         soft_deleted: row.get(18)?.expect("soft_deleted is NOT NULL"),
         owner_role: row.get(19)?,
         max_bytes: row.get(20)?,
-    })
+    };
+    // This transaction may have appended past what the row holds yet.
+    crate::tails::overlay(&mut stream);
+    Ok(stream)
 }
 
 /// Settings of a stream being created.
@@ -382,6 +385,7 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         "DELETE FROM ds.messages WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.segments WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.producers WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.pending WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1",
     ] {
         update(client, query, None, &[stream_id.into()])?;
@@ -538,6 +542,125 @@ pub fn update_streams(client: &mut SpiClient<'_>, updates: &[StreamUpdate<'_>]) 
         ],
     )?;
     Ok(())
+}
+
+/// Writes tails this transaction deferred (`crate::tails`), in one
+/// statement; the rows are this transaction's own (it locked them).
+pub fn write_tails(client: &mut SpiClient<'_>, ids: Vec<i64>, tails: Vec<i64>) -> DsResult<()> {
+    update(
+        client,
+        "UPDATE ds.streams s SET tail_pos = u.tail \
+         FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) \
+              AS u(id, tail) \
+         WHERE s.stream_id OPERATOR(pg_catalog.=) u.id",
+        None,
+        &[ids.into(), tails.into()],
+    )?;
+    Ok(())
+}
+
+/// Stores appends made by `ds.enqueue` (`seqs[i]`, `datas[i]`) for the
+/// sequencer, under the calling transaction's id.
+pub fn insert_pending(
+    client: &mut SpiClient<'_>,
+    stream_id: i64,
+    seqs: Vec<i64>,
+    datas: Vec<Vec<u8>>,
+) -> DsResult<()> {
+    if let ([seq], [_]) = (seqs.as_slice(), datas.as_slice()) {
+        let seq = *seq;
+        let data = datas.into_iter().next().expect("one message");
+        update(
+            client,
+            "INSERT INTO ds.pending (stream_id, seq, data) VALUES ($1, $2, $3)",
+            None,
+            &[stream_id.into(), seq.into(), data.into()],
+        )?;
+        return Ok(());
+    }
+    update(
+        client,
+        "INSERT INTO ds.pending (stream_id, seq, data) \
+         SELECT $1, * FROM ROWS FROM (pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bytea[]))",
+        None,
+        &[stream_id.into(), seqs.into(), datas.into()],
+    )?;
+    Ok(())
+}
+
+/// Moves every committed `ds.enqueue` append of the streams `ids` (which the
+/// caller holds locked, with tails `tails`) into the hot log, in ONE
+/// statement: per stream, transactions in xid order, each transaction's
+/// messages together and in its order, back to back from the tail. Returns
+/// (stream, new tail, messages moved) for the streams that had any.
+pub fn sequence_pending(
+    client: &mut SpiClient<'_>,
+    ids: Vec<i64>,
+    tails: Vec<i64>,
+) -> DsResult<Vec<(i64, i64, i64)>> {
+    let table = update(
+        client,
+        "WITH moved AS ( \
+             DELETE FROM ds.pending p \
+             WHERE p.stream_id OPERATOR(pg_catalog.=) ANY($1::bigint[]) \
+             RETURNING p.stream_id, p.xid, p.seq, p.data), \
+         placed AS ( \
+             SELECT m.stream_id, m.data, \
+                    t.tail OPERATOR(pg_catalog.+) coalesce(pg_catalog.sum(pg_catalog.octet_length(m.data)) \
+                        OVER (PARTITION BY m.stream_id ORDER BY m.xid, m.seq \
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS start_pos \
+             FROM moved m \
+             JOIN ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) \
+                  AS t(id, tail) ON t.id OPERATOR(pg_catalog.=) m.stream_id), \
+         inserted AS ( \
+             INSERT INTO ds.messages (stream_id, start_pos, data) \
+             SELECT stream_id, start_pos, data FROM placed \
+             RETURNING stream_id, start_pos OPERATOR(pg_catalog.+) pg_catalog.octet_length(data) AS end_pos) \
+         SELECT stream_id, pg_catalog.max(end_pos)::bigint, pg_catalog.count(*)::bigint \
+         FROM inserted GROUP BY stream_id",
+        None,
+        &[ids.into(), tails.into()],
+    )?;
+    let mut out = Vec::new();
+    for row in table {
+        out.push((
+            row.get(1)?.expect("stream_id"),
+            row.get(2)?.expect("max of a non-empty group"),
+            row.get(3)?.expect("count"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Drops the unsequenced `ds.enqueue` appends of a stream being deleted.
+pub fn discard_pending(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
+    update(
+        client,
+        "DELETE FROM ds.pending WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        None,
+        &[stream_id.into()],
+    )?;
+    Ok(())
+}
+
+/// Paths of (at most `limit`) live streams that have `ds.enqueue` appends
+/// waiting for the sequencer.
+pub fn paths_with_pending(client: &SpiClient<'_>, limit: i64) -> DsResult<Vec<String>> {
+    let table = select(
+        client,
+        "SELECT s.path FROM ds.streams s \
+         WHERE s.stream_id OPERATOR(pg_catalog.=) ANY( \
+                 ARRAY(SELECT DISTINCT p.stream_id FROM ds.pending p LIMIT $1)) \
+           AND s.path IS NOT NULL \
+         ORDER BY s.path",
+        None,
+        &[limit.into()],
+    )?;
+    let mut out = Vec::new();
+    for row in table {
+        out.push(row.get::<String>(1)?.expect("path IS NOT NULL"));
+    }
+    Ok(out)
 }
 
 /// Whether this server is in recovery (a hot standby): everything is

@@ -153,7 +153,7 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
                     ));
                 }
                 if existing.expired {
-                    retire_stream(client, existing, true)?;
+                    retire_stream(client, req.path, existing, true)?;
                     continue;
                 }
                 let differences = config_differences(req, &existing);
@@ -372,9 +372,14 @@ fn config_differences(req: &CreateRequest<'_>, existing: &StreamRow) -> Vec<&'st
 /// whose last fork this was.
 pub(crate) fn retire_stream(
     client: &mut SpiClient<'_>,
+    path: &str,
     stream: StreamRow,
     release_path: bool,
 ) -> DsResult<()> {
+    // Enqueues in flight finish first; what they left unsequenced goes
+    // with the stream (nobody can read past its tail any more).
+    crate::enqueue::lock_out_enqueuers(path, crate::apply::LockWait::Wait);
+    storage::discard_pending(client, stream.stream_id)?;
     if stream.fork_count > 0 {
         return storage::soft_delete_stream(client, stream.stream_id, release_path);
     }
@@ -448,7 +453,7 @@ fn delete(path: &str) -> Result<(), ErrorReport> {
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Delete)?;
         let s = live_stream(client, path, Lock::ForWrite)?;
-        retire_stream(client, s, false)?;
+        retire_stream(client, path, s, false)?;
         storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())
     })?;
     Ok(())

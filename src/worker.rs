@@ -42,7 +42,7 @@ const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// postmaster does not restart them in a loop). An extension that is not
 /// installed (yet) is not a mismatch: each worker already waits for it.
 #[derive(Default)]
-struct VersionGate {
+pub(crate) struct VersionGate {
     checked: Option<Instant>,
     open: bool,
     /// The mismatching version last warned about (warn once per version).
@@ -52,7 +52,7 @@ struct VersionGate {
 impl VersionGate {
     /// Whether the worker may act now; looks the catalog up at most once per
     /// [`VERSION_CHECK_INTERVAL`].
-    fn open(&mut self, who: &str, database: &str) -> bool {
+    pub(crate) fn open(&mut self, who: &str, database: &str) -> bool {
         if self.checked.is_some_and(|t| t.elapsed() < VERSION_CHECK_INTERVAL) {
             return self.open;
         }
@@ -94,7 +94,7 @@ impl VersionGate {
     }
 
     /// How long the worker may sleep before it should look again.
-    fn recheck_in(&self) -> Duration {
+    pub(crate) fn recheck_in(&self) -> Duration {
         VERSION_CHECK_INTERVAL.saturating_sub(self.checked.map_or(Duration::ZERO, |t| t.elapsed()))
     }
 }
@@ -145,7 +145,7 @@ pub fn register() {
 /// every statement names its tables, functions and operators with their
 /// schema (`storage.rs`), so objects a database owner creates in `public`
 /// (say, `+(timestamptz, interval)`) are never resolved.
-fn start_worker() -> String {
+pub(crate) fn start_worker() -> String {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::worker_database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
@@ -170,7 +170,7 @@ fn start_worker() -> String {
 }
 
 /// Applies a pending SIGHUP (config reload).
-fn reload_if_asked(who: &str) {
+pub(crate) fn reload_if_asked(who: &str) {
     if BackgroundWorker::sighup_received() {
         // SAFETY: standard config reload in a background worker.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -412,7 +412,7 @@ struct PassReport {
 
 /// Runs `work` in its own transaction. An error (returned or raised) rolls
 /// the transaction back, is logged at WARNING with `what`, and gives `None`.
-fn in_transaction<R>(
+pub(crate) fn in_transaction<R>(
     what: &str,
     work: impl FnOnce() -> DsResult<R> + UnwindSafe + RefUnwindSafe,
 ) -> Option<R> {

@@ -3,6 +3,7 @@
 //! cluster and sets `DS_TEST_DATABASE_URL`; each test uses its own streams.
 
 mod access;
+mod bulk;
 mod concurrency;
 mod forks;
 mod notify;

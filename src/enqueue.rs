@@ -1,0 +1,248 @@
+//! `ds.enqueue`: an append that takes no stream lock, for hot streams that
+//! many transactions write at once (the transactional outbox).
+//!
+//! `ds.append` locks its stream's row until commit, so appenders of one
+//! stream commit one after another. `ds.enqueue` only inserts its messages
+//! into `ds.pending` under its transaction id and returns nothing: the
+//! offsets are given after commit, by the sequencer worker
+//! (`sequencer.rs`) or by the next locking append to the stream, whichever
+//! comes first (`apply::sequence_pending`). Transactions are sequenced in
+//! xid order per batch, each one's messages together and in its order.
+//!
+//! Closing or deleting a stream must not race an enqueue in flight (its
+//! messages would land after the close). Enqueuers therefore hold a shared
+//! lock on the stream's path (a heavyweight advisory-type lock in a space of
+//! our own, so no user advisory lock collides) until they end, and
+//! closers take it exclusively, then sequence what committed.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use ds_core::acl::Privilege;
+use ds_core::content_type::{self, Mode};
+use ds_core::json::Purpose;
+use ds_core::{Error as CoreError, limits};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{PgAtomic, pg_shmem_init};
+
+use crate::acl;
+use crate::append::messages_for;
+use crate::apply::LockWait;
+use crate::error::{DsError, DsResult};
+use crate::quota::Quotas;
+use crate::storage::{self, Lock};
+
+/// The sequencer's latch (a pointer into shared memory), 0 while none runs.
+static SEQUENCER_LATCH: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"durable_streams_sequencer_latch") };
+/// The database the sequencer serves.
+static SEQUENCER_DATABASE: PgAtomic<AtomicU32> =
+    unsafe { PgAtomic::new(c"durable_streams_sequencer_database") };
+
+thread_local! {
+    /// Order of this backend's enqueued messages (unique within a
+    /// transaction, which is all `ds.pending`'s key needs).
+    static NEXT_SEQ: Cell<i64> = const { Cell::new(0) };
+    /// Whether this transaction enqueued (its commit wakes the sequencer).
+    static ENQUEUED: Cell<bool> = const { Cell::new(false) };
+    static CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether shared memory exists (the library was preloaded).
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `field4` of our lock tags: "ds". SQL advisory locks use 1 and 2.
+const LOCK_SPACE: u16 = 0x6473;
+
+/// Allocates the shared state; only from `_PG_init` during preload.
+pub fn init_shared_memory() {
+    pg_shmem_init!(SEQUENCER_LATCH);
+    pg_shmem_init!(SEQUENCER_DATABASE);
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// Sequencer side: registers its latch for `MyDatabaseId`.
+pub fn register_sequencer() {
+    // SAFETY: called in the worker after it connected to its database.
+    unsafe {
+        SEQUENCER_DATABASE.get().store(pg_sys::MyDatabaseId.to_u32(), Ordering::Relaxed);
+        SEQUENCER_LATCH.get().store(pg_sys::MyLatch as u64, Ordering::Release);
+    }
+}
+
+/// Sequencer side: on a clean exit, so enqueuers fall back to locking.
+pub fn unregister_sequencer() {
+    SEQUENCER_LATCH.get().store(0, Ordering::Release);
+}
+
+fn sequencer_serves_this_database() -> bool {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: MyDatabaseId is set once the backend is connected.
+    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    SEQUENCER_LATCH.get().load(Ordering::Acquire) != 0
+        && SEQUENCER_DATABASE.get().load(Ordering::Relaxed) == here
+}
+
+fn wake_sequencer() {
+    let latch = SEQUENCER_LATCH.get().load(Ordering::Acquire);
+    if latch != 0 {
+        // SAFETY: the sequencer registered its own latch, in shared memory.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// The lock tag of `path` in this database (FNV-1a of the path: a collision
+/// only makes two paths' enqueuers and closers wait for each other).
+fn lock_tag(path: &str) -> pg_sys::LOCKTAG {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once the backend is connected.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (hash >> 32) as u32,
+        locktag_field3: hash as u32,
+        locktag_field4: LOCK_SPACE,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    }
+}
+
+/// Waits until no `ds.enqueue` into `path` is in flight and keeps new ones
+/// out until this transaction ends. With `LockWait::SkipLocked`, returns
+/// false instead of waiting.
+pub fn lock_out_enqueuers(path: &str, wait: LockWait) -> bool {
+    let tag = lock_tag(path);
+    let dont_wait = wait == LockWait::SkipLocked;
+    // SAFETY: a transaction-level heavyweight lock on a tag we own.
+    let got = unsafe {
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait)
+    };
+    got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+fn register_callback() {
+    if CALLBACK.with(Cell::get) {
+        return;
+    }
+    // SAFETY: registering a callback for the rest of this backend's life.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
+    CALLBACK.with(|c| c.set(true));
+}
+
+/// Commit: the sequencer has work (a prepared transaction's rows wait for
+/// its next periodic look). Must not fail.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT => {
+            if ENQUEUED.with(|e| e.replace(false)) {
+                wake_sequencer();
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            ENQUEUED.with(|e| e.set(false));
+        }
+        _ => {}
+    }
+}
+
+/// Whether this transaction can enqueue without locking: a sequencer
+/// serves the database, and the isolation level is READ COMMITTED (a
+/// snapshot older than the statement could miss a close that committed
+/// while this transaction waited for the path lock).
+fn lock_free_possible() -> bool {
+    // SAFETY: plain read of the session's isolation level.
+    let read_committed = unsafe { pg_sys::XactIsoLevel } <= pg_sys::XACT_READ_COMMITTED as i32;
+    read_committed && sequencer_serves_this_database()
+}
+
+fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
+    storage::require_primary("ds.enqueue")?;
+    limits::validate_path(path)?;
+    if data.is_empty() {
+        return Err(CoreError::EmptyAppend.into());
+    }
+    if !lock_free_possible() {
+        // Same outcome, ordered now: the locking append.
+        crate::append::simple_append(path, data, json_only)?;
+        return Ok(());
+    }
+    let tag = lock_tag(path);
+    // SAFETY: a transaction-level heavyweight lock on a tag we own.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
+    Spi::connect_mut(|client| {
+        acl::check_path(client, path, Privilege::Append)?;
+        // Read after the lock: a close that committed meanwhile is seen.
+        let stream = storage::find_stream(client, path, Lock::None)?
+            .filter(|s| !s.expired)
+            .ok_or_else(|| DsError::NotFound(path.to_owned()))?;
+        if stream.soft_deleted {
+            return Err(DsError::Gone(path.to_owned()));
+        }
+        if stream.closed {
+            return Err(DsError::Closed {
+                path: path.to_owned(),
+                final_offset: stream.tail.to_string(),
+            });
+        }
+        let mode = content_type::mode(&stream.content_type)?;
+        if json_only && mode != Mode::Json {
+            return Err(DsError::ContentTypeMismatch {
+                path: path.to_owned(),
+                stream_type: stream.content_type,
+                given: "application/json (jsonb argument)".into(),
+            });
+        }
+        let messages = messages_for(mode, &stream.content_type, data, Purpose::Append)?;
+        let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
+        let owners: Vec<_> = stream.owner_role.into_iter().collect();
+        let mut quotas = Quotas::load(client, &owners)?;
+        quotas.charge_bytes(path, &stream, bytes).map_err(DsError::QuotaExceeded)?;
+        let seqs: Vec<i64> = messages
+            .iter()
+            .map(|_| {
+                NEXT_SEQ.with(|n| {
+                    n.set(n.get() + 1);
+                    n.get()
+                })
+            })
+            .collect();
+        storage::insert_pending(client, stream.stream_id, seqs, messages)?;
+        register_callback();
+        ENQUEUED.with(|e| e.set(true));
+        Ok(())
+    })
+}
+
+/// Appends bytes without locking the stream: the offset is given after
+/// commit (see the module docs), so nothing is returned.
+#[pg_extern(name = "enqueue", security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn enqueue_bytea(path: &str, data: &[u8]) -> Result<(), ErrorReport> {
+    Ok(enqueue(path, data, false)?)
+}
+
+/// Appends text (UTF-8 bytes) without locking the stream.
+#[pg_extern(name = "enqueue", security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn enqueue_text(path: &str, data: &str) -> Result<(), ErrorReport> {
+    Ok(enqueue(path, data.as_bytes(), false)?)
+}
+
+/// Appends JSON to a JSON stream without locking it (a top-level array is
+/// one level of messages, as with `ds.append`).
+#[pg_extern(name = "enqueue", security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn enqueue_jsonb(path: &str, data: pgrx::JsonB) -> Result<(), ErrorReport> {
+    let text = serde_json::to_vec(&data.0).map_err(|e| DsError::Internal(e.to_string()))?;
+    Ok(enqueue(path, &text, true)?)
+}

@@ -1,0 +1,81 @@
+//! The sequencer worker: gives `ds.enqueue` appends their offsets after
+//! their transactions commit (see `enqueue.rs`).
+//!
+//! Woken by an enqueuing transaction's commit (its latch), it runs short
+//! transactions, each locking up to `BATCH_STREAMS` streams that have
+//! committed pending appends (`SKIP LOCKED`: a stream another transaction
+//! holds is sequenced by that transaction's own locking append, or in a
+//! later round) and moving their appends into the hot log in ONE statement
+//! (`apply::sequence_committed`). Its commit rings the doorbell like any
+//! append. Each batch is a durable commit of its own (synchronous_commit
+//! stays on): readers must never see an offset that a crash could give to
+//! other bytes.
+//!
+//! Ordering: a batch takes every pending append its snapshot sees as
+//! committed, per stream in (xid, order within the transaction). A
+//! transaction T2 that began after T1 committed has a larger xid and is
+//! never visible to a snapshot that misses T1, so T1's appends always come
+//! first; transactions that overlapped may be sequenced either way.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::prelude::*;
+
+use crate::worker::{VersionGate, in_transaction, reload_if_asked, start_worker};
+use crate::{apply, enqueue, storage};
+
+/// Streams one sequencing transaction locks at most.
+const BATCH_STREAMS: i64 = 256;
+/// How often the sequencer looks without being woken: rows of a prepared
+/// transaction (whose COMMIT PREPARED wakes nobody), or of commits made
+/// while it restarted.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Rounds in a row without progress before the sequencer waits for its
+/// latch (streams held by long transactions are retried at `IDLE_WAKE`).
+const MAX_ROUNDS_PER_WAKE: usize = 64;
+
+/// Registers the worker with the postmaster.
+pub fn register() {
+    let name = "durable_streams sequencer";
+    BackgroundWorkerBuilder::new(name)
+        .set_type(name)
+        .set_function("durable_streams_sequencer_main")
+        .set_library("durable_streams")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Entry point of the sequencer worker.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
+    let database = start_worker();
+    enqueue::register_sequencer();
+    log!("durable_streams sequencer: sequencing ds.enqueue appends in database \"{database}\"");
+    let mut gate = VersionGate::default();
+    let mut wake = Duration::ZERO;
+    while BackgroundWorker::wait_latch(Some(wake)) {
+        reload_if_asked("sequencer");
+        if !gate.open("sequencer", &database) {
+            wake = gate.recheck_in().max(Duration::from_millis(100));
+            continue;
+        }
+        wake = IDLE_WAKE;
+        if storage::in_recovery() {
+            continue;
+        }
+        for _ in 0..MAX_ROUNDS_PER_WAKE {
+            let sequenced = in_transaction("sequencing enqueued appends", || {
+                Spi::connect_mut(|client| apply::sequence_committed(client, BATCH_STREAMS))
+            });
+            // None: the round failed (logged at WARNING); retried next wake.
+            if sequenced.unwrap_or(0) == 0 {
+                break;
+            }
+        }
+    }
+    enqueue::unregister_sequencer();
+    log!("durable_streams sequencer: exiting");
+}

@@ -1,0 +1,138 @@
+//! Deferred tail writes: many appends to one stream in one transaction write
+//! its `ds.streams` row twice at most (the first append, and once just
+//! before commit), not once per append (see `ds_core::deferred` for why).
+//!
+//! The first append of a transaction to a stream writes the row as always
+//! (locking it until the end of the transaction); later ones only advance
+//! the tail remembered here. Every read of a stream row in this backend
+//! sees the remembered tail (`overlay`), and a pre-commit callback writes
+//! the changed tails in one statement. That callback runs before the
+//! transaction's commit record: if it fails, the transaction aborts, so a
+//! committed stream row always holds its true tail.
+
+use std::cell::{Cell, RefCell};
+
+use ds_core::deferred::{DeferredTails, Tail};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::storage::{self, StreamRow};
+
+thread_local! {
+    static TAILS: RefCell<DeferredTails> = RefCell::new(DeferredTails::default());
+    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn current_subxact() -> u32 {
+    // SAFETY: plain read of the current subtransaction's id.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// The tail this transaction left `stream_id` at, if it wrote its row.
+pub fn get(stream_id: i64) -> Option<Tail> {
+    TAILS.with(|t| t.borrow().get(stream_id))
+}
+
+/// Gives `row` the tail this transaction advanced it to (its stored row
+/// may be behind until commit).
+pub fn overlay(row: &mut StreamRow) {
+    if let Some(t) = get(row.stream_id) {
+        row.tail = ds_core::Offset::from_i64(t.current);
+    }
+}
+
+/// The row of `row.stream_id` was just written with tail `row.tail`.
+pub fn stored(row: &StreamRow) {
+    register_callbacks();
+    let owner = row.owner_role.map(|o| o.to_u32());
+    TAILS.with(|t| {
+        t.borrow_mut().stored(current_subxact(), row.stream_id, row.tail.as_i64(), owner)
+    });
+}
+
+/// Advances `stream_id` to `tail` without writing its row, if this
+/// transaction already wrote it; false means the caller must write it.
+pub fn advance(stream_id: i64, tail: ds_core::Offset) -> bool {
+    TAILS.with(|t| t.borrow_mut().advance(current_subxact(), stream_id, tail.as_i64()))
+}
+
+/// Bytes appended to streams of `owner` that their rows do not show yet
+/// (for quota usage read in the same transaction).
+pub fn unstored_bytes_of(owner: pg_sys::Oid) -> i64 {
+    TAILS.with(|t| t.borrow().unstored_bytes_of(owner.to_u32()))
+}
+
+fn register_callbacks() {
+    if CALLBACKS.with(Cell::get) {
+        return;
+    }
+    // SAFETY: registering callbacks for the rest of this backend's life.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+    CALLBACKS.with(|c| c.set(true));
+}
+
+/// Writes every remembered tail that its row does not hold yet.
+fn write_unstored() {
+    let unstored = TAILS.with(|t| t.borrow().unstored());
+    if unstored.is_empty() {
+        return;
+    }
+    let (ids, tails): (Vec<i64>, Vec<i64>) = unstored.into_iter().unzip();
+    // Pre-commit has no active snapshot any more; the rows are this
+    // transaction's own, so any current snapshot sees them.
+    // SAFETY: pushed and popped around one statement, at transaction level.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let written = Spi::connect_mut(|client| storage::write_tails(client, ids, tails));
+    // SAFETY: pops what was pushed above (an error would have left through
+    // the transaction abort, which resets the snapshot stack).
+    unsafe { pg_sys::PopActiveSnapshot() };
+    if let Err(e) = written {
+        // Raising here aborts the transaction: its appends are not committed
+        // with a stale tail.
+        pgrx::error!("durable_streams: could not write stream tails before commit: {e}");
+    }
+    TAILS.with(|t| t.borrow_mut().mark_stored());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        // The last moment database access is allowed; deferred triggers have
+        // fired, so no user code can append after this.
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_unstored(),
+        XACT_EVENT_COMMIT
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PREPARE
+        | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PARALLEL_ABORT => TAILS.with(|t| t.borrow_mut().clear()),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    TAILS.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_empty() {
+            return;
+        }
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => t.abort_sub(subxact),
+            SUBXACT_EVENT_COMMIT_SUB => t.commit_sub(subxact, parent),
+            _ => {}
+        }
+    });
+}
