@@ -41,6 +41,35 @@ CREATE TABLE ds.pending (
 SELECT pg_catalog.pg_extension_config_dump('ds.pending', '');
 REVOKE ALL ON ds.pending FROM PUBLIC;
 
+-- Hot streams: ds.enqueue appends without locking the stream; the sequencer
+-- worker gives the appends offsets after commit.
+CREATE FUNCTION ds."enqueue"(
+	"path" TEXT,
+	"data" bytea
+) RETURNS VOID
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'enqueue_bytea_wrapper';
+CREATE FUNCTION ds."enqueue"(
+	"path" TEXT,
+	"data" jsonb
+) RETURNS VOID
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'enqueue_jsonb_wrapper';
+CREATE FUNCTION ds."enqueue"(
+	"path" TEXT,
+	"data" TEXT
+) RETURNS VOID
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'enqueue_text_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.enqueue(text, bytea), ds.enqueue(text, jsonb),
+    ds.enqueue(text, text) FROM PUBLIC;
+
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the
 -- default plan_cache_mode Postgres re-plans those that take arrays at every

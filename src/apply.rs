@@ -123,7 +123,11 @@ pub fn execute_all(
     }
     sequence_pending(client, &mut streams)?;
 
-    let mut owners: Vec<_> = streams.values().filter_map(|s| s.row.owner_role).collect();
+    let mut owners: Vec<_> = streams
+        .values()
+        .filter(|s| s.row.owner_has_quota)
+        .filter_map(|s| s.row.owner_role)
+        .collect();
     owners.sort_unstable_by_key(|o| o.to_u32());
     owners.dedup();
     let mut quotas = Quotas::load(client, &owners)?;

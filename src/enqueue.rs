@@ -15,7 +15,8 @@
 //! our own, so no user advisory lock collides) until they end, and
 //! closers take it exclusively, then sequence what committed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use ds_core::acl::Privilege;
@@ -47,7 +48,14 @@ thread_local! {
     /// Whether this transaction enqueued (its commit wakes the sequencer).
     static ENQUEUED: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// Path → (stream id, content type) of streams this backend enqueued
+    /// into: both never change for a stream id, so a hit needs only the
+    /// one INSERT that also checks the stream is still there and open.
+    static KNOWN: RefCell<HashMap<String, (i64, String)>> = RefCell::new(HashMap::new());
 }
+
+/// Streams `KNOWN` remembers at most (then it starts over).
+const KNOWN_CAPACITY: usize = 1024;
 
 /// Whether shared memory exists (the library was preloaded).
 static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -181,6 +189,19 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
+        if let Some((stream_id, content_type)) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
+            let mode = content_type::mode(&content_type)?;
+            if !json_only || mode == Mode::Json {
+                let messages = messages_for(mode, &content_type, data, Purpose::Append)?;
+                let seqs = next_seqs(messages.len());
+                if storage::insert_pending_if_plain(client, path, stream_id, seqs, messages)? {
+                    enqueued();
+                    return Ok(());
+                }
+            }
+            // Closed, deleted, under a quota...: the full path says which.
+            KNOWN.with(|k| k.borrow_mut().remove(path));
+        }
         // Read after the lock: a close that committed meanwhile is seen.
         let stream = storage::find_stream(client, path, Lock::None)?
             .filter(|s| !s.expired)
@@ -204,23 +225,37 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
         }
         let messages = messages_for(mode, &stream.content_type, data, Purpose::Append)?;
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
-        let owners: Vec<_> = stream.owner_role.into_iter().collect();
+        let owners: Vec<_> =
+            stream.owner_role.filter(|_| stream.owner_has_quota).into_iter().collect();
         let mut quotas = Quotas::load(client, &owners)?;
         quotas.charge_bytes(path, &stream, bytes).map_err(DsError::QuotaExceeded)?;
-        let seqs: Vec<i64> = messages
-            .iter()
-            .map(|_| {
-                NEXT_SEQ.with(|n| {
-                    n.set(n.get() + 1);
-                    n.get()
-                })
-            })
-            .collect();
+        let seqs = next_seqs(messages.len());
         storage::insert_pending(client, stream.stream_id, seqs, messages)?;
-        register_callback();
-        ENQUEUED.with(|e| e.set(true));
+        enqueued();
+        KNOWN.with(|k| {
+            let mut known = k.borrow_mut();
+            if known.len() >= KNOWN_CAPACITY {
+                known.clear();
+            }
+            known.insert(path.to_owned(), (stream.stream_id, stream.content_type));
+        });
         Ok(())
     })
+}
+
+/// The next `n` numbers of this backend's enqueue order.
+fn next_seqs(n: usize) -> Vec<i64> {
+    NEXT_SEQ.with(|next| {
+        let first = next.get() + 1;
+        next.set(next.get() + n as i64);
+        (first..=next.get()).collect()
+    })
+}
+
+/// This transaction enqueued: its commit wakes the sequencer.
+fn enqueued() {
+    register_callback();
+    ENQUEUED.with(|e| e.set(true));
 }
 
 /// Appends bytes without locking the stream: the offset is given after

@@ -98,6 +98,9 @@ pub struct StreamRow {
     pub owner_role: Option<pgrx::pg_sys::Oid>,
     /// Its own byte limit (`ds.set_stream_quota`).
     pub max_bytes: Option<i64>,
+    /// Whether its owner has a quota (`ds.set_quota`): only then is the
+    /// owner's usage read (`Quotas::load`).
+    pub owner_has_quota: bool,
 }
 
 impl StreamRow {
@@ -148,7 +151,9 @@ static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
         "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
          closed_by_producer, closed_by_epoch, closed_by_seq, last_stream_seq, {expired}, \
          fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, \
-         soft_deleted, owner_role::pg_catalog.oid, max_bytes",
+         soft_deleted, owner_role::pg_catalog.oid, max_bytes, \
+         EXISTS (SELECT FROM ds.role_quotas q \
+                 WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid)",
         expired = *EXPIRED
     )
 });
@@ -240,7 +245,7 @@ pub fn lock_streams(
     };
     let mut rows = Vec::with_capacity(paths.len());
     for row in table {
-        let path: String = row.get(21)?.expect("path = ANY(...) is not NULL");
+        let path: String = row.get(22)?.expect("path = ANY(...) is not NULL");
         rows.push((path, stream_row(&row)?));
     }
     Ok(rows)
@@ -300,6 +305,7 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         soft_deleted: row.get(18)?.expect("soft_deleted is NOT NULL"),
         owner_role: row.get(19)?,
         max_bytes: row.get(20)?,
+        owner_has_quota: row.get(21)?.expect("EXISTS is never NULL"),
     };
     // This transaction may have appended past what the row holds yet.
     crate::tails::overlay(&mut stream);
@@ -586,6 +592,36 @@ pub fn insert_pending(
         &[stream_id.into(), seqs.into(), datas.into()],
     )?;
     Ok(())
+}
+
+/// `insert_pending` in one statement, only if the stream `stream_id` is
+/// still at `path`, open, live, and under no quota (which the caller would
+/// have to check first); false (nothing inserted) otherwise.
+pub fn insert_pending_if_plain(
+    client: &mut SpiClient<'_>,
+    path: &str,
+    stream_id: i64,
+    seqs: Vec<i64>,
+    datas: Vec<Vec<u8>>,
+) -> DsResult<bool> {
+    let table = update(
+        client,
+        &format!(
+            "INSERT INTO ds.pending (stream_id, seq, data) \
+             SELECT $2, * FROM ROWS FROM (pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bytea[])) \
+             WHERE EXISTS ( \
+                 SELECT FROM ds.streams \
+                 WHERE stream_id OPERATOR(pg_catalog.=) $2 AND path OPERATOR(pg_catalog.=) $1 \
+                   AND NOT closed AND NOT soft_deleted AND max_bytes IS NULL \
+                   AND NOT {expired} \
+                   AND NOT EXISTS (SELECT FROM ds.role_quotas q \
+                       WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid))",
+            expired = *EXPIRED
+        ),
+        None,
+        &[path.into(), stream_id.into(), seqs.into(), datas.into()],
+    )?;
+    Ok(table.len() > 0)
 }
 
 /// Moves every committed `ds.enqueue` append of the streams `ids` (which the

@@ -6,6 +6,7 @@ mod access;
 mod bulk;
 mod concurrency;
 mod forks;
+mod hot;
 mod notify;
 mod transactions;
 mod ttl;

@@ -1,0 +1,341 @@
+//! `ds.enqueue`: appends without a stream lock, sequenced after commit.
+//! The guarantees (README, "Hot streams"): offsets gap-free and never
+//! reused; readers see only a gap-free committed prefix; a transaction's
+//! appends contiguous and in its own order; real-time order between
+//! transactions that do not overlap; atomic with the application's rows;
+//! nothing visible before commit; close and delete wait for enqueues in
+//! flight; the same errors as `ds.append`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{connect, off, sqlstate, unique_path};
+
+/// Reads every JSON message of `path` (paging), with its start offset.
+async fn messages(client: &tokio_postgres::Client, path: &str) -> Vec<(String, String)> {
+    let (mut out, mut from) = (Vec::new(), "-1".to_owned());
+    loop {
+        let rows = client
+            .query(
+                "SELECT start_offset, next_offset, convert_from(data, 'UTF8') FROM ds.read($1, $2)",
+                &[&path, &from],
+            )
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            return out;
+        }
+        for r in &rows {
+            out.push((r.get(0), r.get(2)));
+            from = r.get(1);
+        }
+    }
+}
+
+/// Waits until the stream's tail reaches `bytes` (the sequencer is
+/// asynchronous); panics after 10 s.
+async fn wait_for_tail(client: &tokio_postgres::Client, path: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tail: String =
+            client.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
+        if tail == off(bytes) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tail {tail}, expected {}", off(bytes));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn enqueued_appends_are_visible_only_after_commit_and_in_order() {
+    let path = unique_path("hot-basic");
+    let mut client = connect().await;
+    let reader = connect().await;
+    client.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("SELECT ds.enqueue($1, '{\"n\":1}'::jsonb)", &[&path]).await.unwrap();
+    tx.execute("SELECT ds.enqueue($1, '[{\"n\":2},{\"n\":3}]'::jsonb)", &[&path]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(messages(&reader, &path).await.is_empty(), "nothing visible before commit");
+    tx.commit().await.unwrap();
+    wait_for_tail(&reader, &path, 21).await;
+    let got: Vec<String> = messages(&reader, &path).await.into_iter().map(|m| m.1).collect();
+    assert_eq!(got, vec![r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute("SELECT ds.enqueue($1, '{\"n\":4}'::jsonb)", &[&path]).await.unwrap();
+    tx.rollback().await.unwrap();
+    client.execute("SELECT ds.enqueue($1, '{\"n\":5}'::jsonb)", &[&path]).await.unwrap();
+    wait_for_tail(&reader, &path, 28).await;
+    assert_eq!(messages(&reader, &path).await.last().unwrap().1, r#"{"n":5}"#, "4 rolled back");
+}
+
+#[tokio::test]
+async fn a_locking_append_comes_after_committed_enqueues() {
+    let path = unique_path("hot-then-append");
+    let client = connect().await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    // Committed, and sequenced either by the worker or by the append below.
+    client.execute("SELECT ds.enqueue($1, 'aaaa'::bytea)", &[&path]).await.unwrap();
+    let offset: String =
+        client.query_one("SELECT ds.append($1, 'b'::bytea)", &[&path]).await.unwrap().get(0);
+    assert_eq!(offset, off(5), "the enqueued bytes come first");
+}
+
+#[tokio::test]
+async fn close_and_delete_wait_for_enqueues_in_flight() {
+    let path = unique_path("hot-close");
+    let mut enqueuer = connect().await;
+    let closer = connect().await;
+    enqueuer.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    let tx = enqueuer.transaction().await.unwrap();
+    tx.execute("SELECT ds.enqueue($1, 'in-flight'::bytea)", &[&path]).await.unwrap();
+    let p = path.clone();
+    let close = tokio::spawn(async move {
+        closer.query_one("SELECT ds.close($1)", &[&p]).await.unwrap().get::<_, String>(0)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!close.is_finished(), "the close waits for the enqueue in flight");
+    tx.commit().await.unwrap();
+    let final_offset = tokio::time::timeout(Duration::from_secs(10), close).await.unwrap().unwrap();
+    assert_eq!(final_offset, off(9), "the committed enqueue is sequenced before the close");
+    let e = enqueuer.execute("SELECT ds.enqueue($1, 'late'::bytea)", &[&path]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{e}");
+
+    let gone = unique_path("hot-delete");
+    enqueuer.execute("SELECT ds.create($1)", &[&gone]).await.unwrap();
+    let tx = enqueuer.transaction().await.unwrap();
+    tx.execute("SELECT ds.enqueue($1, 'x'::bytea)", &[&gone]).await.unwrap();
+    let deleter = connect().await;
+    let g = gone.clone();
+    let delete =
+        tokio::spawn(async move { deleter.execute("SELECT ds.delete($1)", &[&g]).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delete.is_finished(), "the delete waits for the enqueue in flight");
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), delete).await.unwrap().unwrap();
+    let left: i64 = enqueuer
+        .query_one("SELECT count(*) FROM ds.pending p WHERE NOT EXISTS (SELECT FROM ds.streams s WHERE s.stream_id = p.stream_id)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "no pending rows outlive their stream");
+}
+
+#[tokio::test]
+async fn enqueue_refuses_what_append_refuses_with_the_same_sqlstate() {
+    let client = connect().await;
+    let bytes = unique_path("hot-errors-bytes");
+    let json = unique_path("hot-errors-json");
+    let closed = unique_path("hot-errors-closed");
+    client.execute("SELECT ds.create($1)", &[&bytes]).await.unwrap();
+    client.execute("SELECT ds.create($1, 'application/json')", &[&json]).await.unwrap();
+    client.execute("SELECT ds.create($1, closed => true)", &[&closed]).await.unwrap();
+    let missing = unique_path("hot-errors-missing");
+    let cases: Vec<(String, &str)> = vec![
+        (missing, "'x'::bytea"),
+        (bytes.clone(), "'{}'::jsonb"),
+        (json.clone(), "'not json'::text"),
+        (json.clone(), "'[]'::jsonb"),
+        (bytes.clone(), "''::bytea"),
+        (closed, "'x'::bytea"),
+        ("bad path with spaces?".to_owned(), "'x'::bytea"),
+    ];
+    for (path, arg) in cases {
+        let append = client
+            .execute(&format!("SELECT ds.append($1, {arg})"), &[&path])
+            .await
+            .expect_err("append refuses");
+        let enqueue = client
+            .execute(&format!("SELECT ds.enqueue($1, {arg})"), &[&path])
+            .await
+            .expect_err("enqueue refuses");
+        assert_eq!(sqlstate(&enqueue), sqlstate(&append), "{path} {arg}: {enqueue} vs {append}");
+    }
+}
+
+#[tokio::test]
+async fn under_repeatable_read_enqueue_is_a_locking_append() {
+    let path = unique_path("hot-rr");
+    let client = connect().await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;
+             SELECT ds.enqueue('{path}', 'abc'::bytea);
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    // Sequenced in the transaction itself: no sequencer round needed.
+    let tail: String =
+        client.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
+    assert_eq!(tail, off(3));
+    let pending: i64 = client
+        .query_one("SELECT count(*) FROM ds.pending p JOIN ds.streams s USING (stream_id) WHERE s.path = $1", &[&path])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0);
+}
+
+/// A tiny deterministic PRNG (xorshift64*): tests print their seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One committed transaction as its client saw it.
+#[derive(Debug, Clone)]
+struct Committed {
+    /// Shared clock before BEGIN and after COMMIT returned.
+    began: u64,
+    ended: u64,
+    /// Its messages, in the order it enqueued them.
+    messages: Vec<String>,
+}
+
+#[tokio::test]
+async fn concurrent_enqueuers_get_a_gap_free_contiguous_real_time_order() {
+    const SESSIONS: u64 = 24;
+    const TRANSACTIONS: u64 = 30;
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("seed {seed}");
+    let path = unique_path("hot-concurrent");
+    let admin = connect().await;
+    admin.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE IF NOT EXISTS it_hot_orders (id text PRIMARY KEY)")
+        .await
+        .unwrap();
+    let clock = Arc::new(AtomicU64::new(0));
+
+    // A reader tails the stream all along: every page starts where the last
+    // ended, and what it saw never changes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = connect().await;
+            let mut seen: Vec<(String, String, String)> = Vec::new();
+            let mut from = "-1".to_owned();
+            while !stop.load(Ordering::Relaxed) {
+                let rows = client
+                    .query(
+                        "SELECT start_offset, next_offset, convert_from(data, 'UTF8') FROM ds.read($1, $2)",
+                        &[&path, &from],
+                    )
+                    .await
+                    .unwrap();
+                for r in rows {
+                    let (start, next, data): (String, String, String) =
+                        (r.get(0), r.get(1), r.get(2));
+                    assert_eq!(start, from.replace("-1", &off(0)), "a gap before {start}");
+                    from = next.clone();
+                    seen.push((start, next, data));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+
+    let mut writers = Vec::new();
+    for session in 0..SESSIONS {
+        let (path, clock) = (path.clone(), clock.clone());
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(seed ^ (session + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut client = connect().await;
+            let mut committed = Vec::new();
+            for t in 0..TRANSACTIONS {
+                let began = clock.fetch_add(1, Ordering::SeqCst);
+                let tx = client.transaction().await.unwrap();
+                let mut kept = Vec::new();
+                for i in 0..1 + rng.below(4) {
+                    // Keys in jsonb's order, so the stored text is the same.
+                    let msg = format!(r#"{{"i":{i},"s":{session},"t":{t}}}"#);
+                    if rng.below(5) == 0 {
+                        // A savepoint rolled back: this message must vanish.
+                        tx.batch_execute("SAVEPOINT sp").await.unwrap();
+                        tx.execute("SELECT ds.enqueue($1, $2::text::jsonb)", &[&path, &msg])
+                            .await
+                            .unwrap();
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT sp").await.unwrap();
+                        continue;
+                    }
+                    tx.execute("SELECT ds.enqueue($1, $2::text::jsonb)", &[&path, &msg])
+                        .await
+                        .unwrap();
+                    kept.push(msg);
+                }
+                let order = format!("{path}-{session}-{t}");
+                tx.execute("INSERT INTO it_hot_orders VALUES ($1)", &[&order]).await.unwrap();
+                if rng.below(6) == 0 {
+                    tx.rollback().await.unwrap();
+                    continue;
+                }
+                tx.commit().await.unwrap();
+                let ended = clock.fetch_add(1, Ordering::SeqCst);
+                if !kept.is_empty() {
+                    committed.push(Committed { began, ended, messages: kept });
+                }
+            }
+            committed
+        }));
+    }
+    let mut all: Vec<Committed> = Vec::new();
+    for w in writers {
+        all.extend(w.await.unwrap());
+    }
+    let expected_count: usize = all.iter().map(|c| c.messages.len()).sum();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        let stored = messages(&admin, &path).await;
+        if stored.len() >= expected_count || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+
+    // Exactly the committed messages, once each.
+    let position: HashMap<&str, usize> =
+        stored.iter().enumerate().map(|(i, m)| (m.1.as_str(), i)).collect();
+    assert_eq!(position.len(), stored.len(), "a message stored twice");
+    assert_eq!(stored.len(), expected_count, "messages lost or extra (seed {seed})");
+    // Each transaction's messages contiguous and in its order.
+    for c in &all {
+        let first = position[c.messages[0].as_str()];
+        for (k, m) in c.messages.iter().enumerate() {
+            assert_eq!(position[m.as_str()], first + k, "{c:?} split or reordered (seed {seed})");
+        }
+    }
+    // Real-time order: committed before the other began => comes first.
+    for a in &all {
+        for b in &all {
+            if a.ended < b.began {
+                assert!(
+                    position[a.messages[0].as_str()] < position[b.messages[0].as_str()],
+                    "{a:?} committed before {b:?} began but comes later (seed {seed})"
+                );
+            }
+        }
+    }
+    // The reader saw a prefix of the final stream, never anything else.
+    for (k, (start, _, data)) in seen.iter().enumerate() {
+        assert_eq!((&stored[k].0, &stored[k].1), (start, data), "the reader saw other bytes");
+    }
+}
