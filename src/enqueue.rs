@@ -151,11 +151,7 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT => {
-            if ENQUEUED.with(|e| e.replace(false)) {
-                wake_sequencer();
-            }
-        }
+        XACT_EVENT_COMMIT if ENQUEUED.with(|e| e.replace(false)) => wake_sequencer(),
         XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
             ENQUEUED.with(|e| e.set(false));
         }

@@ -621,7 +621,7 @@ pub fn insert_pending_if_plain(
         None,
         &[path.into(), stream_id.into(), seqs.into(), datas.into()],
     )?;
-    Ok(table.len() > 0)
+    Ok(!table.is_empty())
 }
 
 /// Moves every committed `ds.enqueue` append of the streams `ids` (which the
