@@ -171,6 +171,16 @@ fn sequence_pending(
     client: &mut SpiClient<'_>,
     streams: &mut HashMap<String, Locked>,
 ) -> DsResult<usize> {
+    if !enqueue::may_have_pending() {
+        return Ok(0);
+    }
+    sequence_pending_always(client, streams)
+}
+
+fn sequence_pending_always(
+    client: &mut SpiClient<'_>,
+    streams: &mut HashMap<String, Locked>,
+) -> DsResult<usize> {
     let open: Vec<&Locked> = streams.values().filter(|s| !s.row.closed).collect();
     if open.is_empty() {
         return Ok(0);
@@ -193,19 +203,30 @@ fn sequence_pending(
 /// streams with committed `ds.enqueue` appends, skipping those another
 /// transaction holds (its own locking append sequences them), and gives
 /// their appends offsets. Returns how many messages were sequenced.
-pub fn sequence_committed(client: &mut SpiClient<'_>, limit: i64) -> DsResult<usize> {
+pub fn sequence_committed(client: &mut SpiClient<'_>, limit: i64) -> DsResult<Round> {
     let paths = storage::paths_with_pending(client, limit)?;
     if paths.is_empty() {
-        return Ok(0);
+        return Ok(Round { messages: 0, drained: true });
     }
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, true)?
         .into_iter()
         .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false }))
         .collect();
-    let messages = sequence_pending(client, &mut streams)?;
+    let messages = sequence_pending_always(client, &mut streams)?;
     write_back(client, &streams)?;
-    Ok(messages)
+    // Drained if every stream that had pending appends was locked and the
+    // candidate list was not cut short.
+    let drained = streams.len() == paths.len() && (paths.len() as i64) < limit;
+    Ok(Round { messages, drained })
+}
+
+/// What one sequencer round did.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub messages: usize,
+    /// Nothing committed was left pending (as of the round's snapshot).
+    pub drained: bool,
 }
 
 /// Writes the changed streams' rows (or only remembers their tails, see

@@ -40,6 +40,17 @@ static SEQUENCER_LATCH: PgAtomic<AtomicU64> =
 /// The database the sequencer serves.
 static SEQUENCER_DATABASE: PgAtomic<AtomicU32> =
     unsafe { PgAtomic::new(c"durable_streams_sequencer_database") };
+/// Enqueuing transactions that reached pre-commit (their rows are about to
+/// become visible), and those of them that have ended since.
+static PRE_COMMITTED: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"durable_streams_enqueue_pre_committed") };
+static ENDED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_enqueue_ended") };
+/// One more than `PRE_COMMITTED` as of the last sequencer round that left
+/// nothing pending: while it still matches `PRE_COMMITTED`, no committed
+/// enqueue waits for an offset and a locking append need not look (0, as
+/// shared memory starts: unknown, always look).
+static SEQUENCED_THROUGH: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"durable_streams_enqueue_sequenced_through") };
 
 thread_local! {
     /// Order of this backend's enqueued messages (unique within a
@@ -47,6 +58,8 @@ thread_local! {
     static NEXT_SEQ: Cell<i64> = const { Cell::new(0) };
     /// Whether this transaction enqueued (its commit wakes the sequencer).
     static ENQUEUED: Cell<bool> = const { Cell::new(false) };
+    /// Whether this transaction counted itself in `PRE_COMMITTED`.
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// Path → (stream id, content type) of streams this backend enqueued
     /// into: both never change for a stream id, so a hit needs only the
@@ -67,7 +80,37 @@ const LOCK_SPACE: u16 = 0x6473;
 pub fn init_shared_memory() {
     pg_shmem_init!(SEQUENCER_LATCH);
     pg_shmem_init!(SEQUENCER_DATABASE);
+    pg_shmem_init!(PRE_COMMITTED);
+    pg_shmem_init!(ENDED);
+    pg_shmem_init!(SEQUENCED_THROUGH);
     PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// Whether committed `ds.enqueue` appends may be waiting for offsets (a
+/// locking append must sequence them first). False only when the
+/// sequencer has proven the contrary since the last enqueue pre-committed.
+pub fn may_have_pending() -> bool {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return true;
+    }
+    let through = SEQUENCED_THROUGH.get().load(Ordering::Acquire);
+    through == 0 || through - 1 != PRE_COMMITTED.get().load(Ordering::Acquire)
+}
+
+/// Sequencer side, before a round's snapshot: the enqueues that round is
+/// sure to see, if every one that pre-committed has also ended.
+pub fn quiet_point() -> Option<u64> {
+    // ENDED first: ENDED <= PRE_COMMITTED at every instant, so equality of
+    // the two reads means nobody was between pre-commit and its end.
+    let ended = ENDED.get().load(Ordering::Acquire);
+    let pre = PRE_COMMITTED.get().load(Ordering::Acquire);
+    (ended == pre).then_some(pre)
+}
+
+/// Sequencer side, after a committed round that left nothing pending and
+/// began at `quiet` (from `quiet_point`).
+pub fn sequenced_through(quiet: u64) {
+    SEQUENCED_THROUGH.get().store(quiet + 1, Ordering::Release);
 }
 
 /// Sequencer side: registers its latch for `MyDatabaseId`.
@@ -142,8 +185,11 @@ fn register_callback() {
     CALLBACK.with(|c| c.set(true));
 }
 
-/// Commit: the sequencer has work (a prepared transaction's rows wait for
-/// its next periodic look). Must not fail.
+/// Pre-commit: counted as about to make rows visible. Commit: the
+/// sequencer has work. A transaction that enqueued cannot be prepared
+/// (two-phase commit): its rows would become visible at a COMMIT PREPARED
+/// that nobody counts, and a locking append could then be ordered before
+/// them although it began after.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
@@ -151,9 +197,26 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT if ENQUEUED.with(|e| e.replace(false)) => wake_sequencer(),
-        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+        XACT_EVENT_PRE_COMMIT if ENQUEUED.with(Cell::get) => {
+            if PRELOADED.load(Ordering::Relaxed) {
+                PRE_COMMITTED.get().fetch_add(1, Ordering::AcqRel);
+                COUNTED.with(|c| c.set(true));
+            }
+        }
+        XACT_EVENT_PRE_PREPARE if ENQUEUED.with(Cell::get) => {
             ENQUEUED.with(|e| e.set(false));
+            pgrx::error!(
+                "durable_streams: a transaction that called ds.enqueue cannot be prepared \
+                 (PREPARE TRANSACTION); use ds.append in two-phase transactions"
+            );
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            if COUNTED.with(|c| c.replace(false)) {
+                ENDED.get().fetch_add(1, Ordering::AcqRel);
+            }
+            if ENQUEUED.with(|e| e.replace(false)) && event == XACT_EVENT_COMMIT {
+                wake_sequencer();
+            }
         }
         _ => {}
     }

@@ -78,11 +78,20 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
                 std::thread::sleep(MIN_ROUND_INTERVAL - since);
             }
             last_round = Instant::now();
-            let sequenced = in_transaction("sequencing enqueued appends", || {
+            // Read before the round's snapshot (see enqueue::quiet_point).
+            let quiet = enqueue::quiet_point();
+            let round = in_transaction("sequencing enqueued appends", || {
                 Spi::connect_mut(|client| apply::sequence_committed(client, BATCH_STREAMS))
             });
             // None: the round failed (logged at WARNING); retried next wake.
-            if sequenced.unwrap_or(0) == 0 {
+            let Some(round) = round else { break };
+            if round.drained
+                && let Some(quiet) = quiet
+            {
+                // Committed: locking appends may skip looking for pending rows.
+                enqueue::sequenced_through(quiet);
+            }
+            if round.messages == 0 {
                 break;
             }
         }

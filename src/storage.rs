@@ -684,9 +684,19 @@ pub fn discard_pending(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<(
 pub fn paths_with_pending(client: &SpiClient<'_>, limit: i64) -> DsResult<Vec<String>> {
     let table = select(
         client,
-        "SELECT s.path FROM ds.streams s \
+        // Distinct stream ids by walking the primary key (a loose index
+        // scan): the table is small but DELETE-heavy, so a sequential scan
+        // would read every dead row since the last vacuum.
+        "WITH RECURSIVE ids(id) AS ( \
+             (SELECT p.stream_id FROM ds.pending p ORDER BY p.stream_id LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT p.stream_id FROM ds.pending p \
+                     WHERE p.stream_id OPERATOR(pg_catalog.>) ids.id \
+                     ORDER BY p.stream_id LIMIT 1) \
+             FROM ids WHERE ids.id IS NOT NULL) \
+         SELECT s.path FROM ds.streams s \
          WHERE s.stream_id OPERATOR(pg_catalog.=) ANY( \
-                 ARRAY(SELECT DISTINCT p.stream_id FROM ds.pending p LIMIT $1)) \
+                 ARRAY(SELECT ids.id FROM ids WHERE ids.id IS NOT NULL LIMIT $1)) \
            AND s.path IS NOT NULL \
          ORDER BY s.path",
         None,

@@ -339,3 +339,29 @@ async fn concurrent_enqueuers_get_a_gap_free_contiguous_real_time_order() {
         assert_eq!((&stored[k].0, &stored[k].1), (start, data), "the reader saw other bytes");
     }
 }
+
+#[tokio::test]
+async fn a_transaction_that_enqueued_cannot_be_prepared() {
+    let path = unique_path("hot-2pc");
+    let client = connect().await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    let gid = format!("ds-it-{}", unique_path("hot-gid"));
+    let e = client
+        .batch_execute(&format!(
+            "BEGIN; SELECT ds.enqueue('{path}', 'x'::bytea); PREPARE TRANSACTION '{gid}'"
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be prepared"), "{e}");
+    client.batch_execute("ROLLBACK").await.ok();
+    let prepared: i64 = client
+        .query_one("SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tail: String =
+        client.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
+    assert_eq!(tail, off(0), "nothing was enqueued");
+}
