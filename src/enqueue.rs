@@ -197,11 +197,9 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT if ENQUEUED.with(Cell::get) => {
-            if PRELOADED.load(Ordering::Relaxed) {
-                PRE_COMMITTED.get().fetch_add(1, Ordering::AcqRel);
-                COUNTED.with(|c| c.set(true));
-            }
+        XACT_EVENT_PRE_COMMIT if ENQUEUED.with(Cell::get) && PRELOADED.load(Ordering::Relaxed) => {
+            PRE_COMMITTED.get().fetch_add(1, Ordering::AcqRel);
+            COUNTED.with(|c| c.set(true));
         }
         XACT_EVENT_PRE_PREPARE if ENQUEUED.with(Cell::get) => {
             ENQUEUED.with(|e| e.set(false));

@@ -352,7 +352,7 @@ async fn a_transaction_that_enqueued_cannot_be_prepared() {
         ))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("cannot be prepared"), "{e}");
+    assert!(format!("{e:?}").contains("cannot be prepared"), "{e:?}");
     client.batch_execute("ROLLBACK").await.ok();
     let prepared: i64 = client
         .query_one("SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
