@@ -16,6 +16,7 @@ use crate::apply::{self, LockWait};
 use crate::error::{DsError, DsResult, core_sqlstate, sqlstate_text};
 use crate::gucs;
 use crate::storage::{self, Lock};
+use crate::tails;
 
 /// One append or close request.
 pub struct AppendRequest<'a> {
@@ -146,9 +147,11 @@ pub(crate) fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResul
     }
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
-        if let Some(s) = storage::find_stream(client, path, Lock::None)?
-            .filter(|s| !s.expired && !s.soft_deleted)
-        {
+        let known = match tails::written_row(path) {
+            Some(row) => Some(row),
+            None => storage::find_stream(client, path, Lock::None)?,
+        };
+        if let Some(s) = known.filter(|s| !s.expired && !s.soft_deleted) {
             let mode = content_type::mode(&s.content_type)?;
             if json_only && mode != Mode::Json {
                 return Err(DsError::ContentTypeMismatch {

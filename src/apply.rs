@@ -86,10 +86,21 @@ pub fn execute_all(
     paths.sort_unstable();
     paths.dedup();
     let skip_locked = wait == LockWait::SkipLocked;
-    let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, skip_locked)?
-        .into_iter()
-        .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false }))
-        .collect();
+    // Streams this transaction already wrote are locked by it: their rows
+    // come from memory (crate::tails), the rest with one statement.
+    let mut streams: HashMap<String, Locked> = HashMap::new();
+    paths.retain(|p| match tails::written_row(p) {
+        Some(row) => {
+            streams.insert((*p).to_owned(), Locked { row, changed: false, fields_changed: false });
+            false
+        }
+        None => true,
+    });
+    streams.extend(
+        storage::lock_streams(client, &paths, skip_locked)?
+            .into_iter()
+            .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false })),
+    );
     if skip_locked {
         // A path not locked either does not exist or is someone else's now.
         let missing: Vec<&str> =
@@ -235,15 +246,15 @@ fn write_back(client: &mut SpiClient<'_>, streams: &HashMap<String, Locked>) -> 
     let changed: Vec<(&String, &Locked)> = streams.iter().filter(|(_, s)| s.changed).collect();
     // A stream whose row this transaction already wrote only has its tail
     // remembered; the pre-commit callback writes it once (crate::tails).
-    let to_write: Vec<&Locked> = changed
+    let to_write: Vec<(&String, &Locked)> = changed
         .iter()
-        .map(|(_, s)| *s)
-        .filter(|s| s.fields_changed || !tails::advance(s.row.stream_id, s.row.tail))
+        .copied()
+        .filter(|(_, s)| s.fields_changed || !tails::advance(s.row.stream_id, s.row.tail))
         .collect();
     if !to_write.is_empty() {
         let updates: Vec<StreamUpdate<'_>> = to_write
             .iter()
-            .map(|s| StreamUpdate {
+            .map(|(_, s)| StreamUpdate {
                 stream_id: s.row.stream_id,
                 tail: s.row.tail,
                 closed: s.row.closed,
@@ -252,8 +263,8 @@ fn write_back(client: &mut SpiClient<'_>, streams: &HashMap<String, Locked>) -> 
             })
             .collect();
         storage::update_streams(client, &updates)?;
-        for s in &to_write {
-            tails::stored(&s.row);
+        for (path, s) in &to_write {
+            tails::stored(path, &s.row);
         }
     }
     for (path, s) in changed {

@@ -147,6 +147,7 @@ fn set_quota(
     max_streams: Option<i64>,
 ) -> Result<(), ErrorReport> {
     storage::require_primary("ds.set_quota")?;
+    crate::tails::forget_rows();
     if max_bytes.is_some_and(|b| b < 0) || max_streams.is_some_and(|s| s < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "quota limits must be non-negative (or NULL for no limit)".into(),
@@ -186,6 +187,7 @@ fn set_quota(
 #[search_path(pg_catalog, pg_temp)]
 fn set_stream_quota(path: &str, max_bytes: Option<i64>) -> Result<(), ErrorReport> {
     storage::require_primary("ds.set_stream_quota")?;
+    crate::tails::forget_rows();
     if max_bytes.is_some_and(|b| b < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "max_bytes must be non-negative (or NULL for no limit)".into(),

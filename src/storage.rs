@@ -356,6 +356,7 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
 
 /// Adds `delta` to a stream's count of live forks; returns the new count.
 pub fn add_forks(client: &mut SpiClient<'_>, stream_id: i64, delta: i32) -> DsResult<i32> {
+    crate::tails::forget_row(stream_id);
     let table = update(
         client,
         "UPDATE ds.streams SET fork_count = fork_count OPERATOR(pg_catalog.+) $2 \
@@ -374,6 +375,7 @@ pub fn soft_delete_stream(
     stream_id: i64,
     release_path: bool,
 ) -> DsResult<()> {
+    crate::tails::forget_row(stream_id);
     update(
         client,
         "UPDATE ds.streams SET soft_deleted = true, \
@@ -387,6 +389,7 @@ pub fn soft_delete_stream(
 
 /// Removes a stream and everything stored for it.
 pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
+    crate::tails::forget_row(stream_id);
     for query in [
         "DELETE FROM ds.messages WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.segments WHERE stream_id OPERATOR(pg_catalog.=) $1",
@@ -733,6 +736,7 @@ pub fn require_primary(function: &str) -> DsResult<()> {
 /// Restarts a sliding TTL after a read. Skips a row an appender holds: that
 /// appender refreshes the clock itself, and a reader must never wait.
 pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> {
+    crate::tails::forget_row(stream_id);
     update(
         client,
         "UPDATE ds.streams SET last_access = pg_catalog.now() \
@@ -749,6 +753,9 @@ pub fn touch_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()> 
 /// (`ds.touch`), skipping rows a writer holds as [`touch_stream`] does.
 /// Returns how many rows it updated.
 pub fn touch_streams(client: &mut SpiClient<'_>, stream_ids: Vec<i64>) -> DsResult<i64> {
+    for id in &stream_ids {
+        crate::tails::forget_row(*id);
+    }
     if stream_ids.is_empty() {
         return Ok(0);
     }

@@ -11,6 +11,7 @@
 //! committed stream row always holds its true tail.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use ds_core::deferred::{DeferredTails, Tail};
 use pgrx::pg_sys;
@@ -19,7 +20,12 @@ use pgrx::prelude::*;
 use crate::storage::{self, StreamRow};
 
 thread_local! {
-    static TAILS: RefCell<DeferredTails> = RefCell::new(DeferredTails::default());
+    /// Per stream: its tail, and the row as this transaction last wrote it
+    /// (with its path), so later appends need not look it up or lock it.
+    static TAILS: RefCell<DeferredTails<(String, StreamRow)>> =
+        RefCell::new(DeferredTails::default());
+    /// Path → stream id of the rows in `TAILS` (checked against the row).
+    static PATHS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -41,13 +47,40 @@ pub fn overlay(row: &mut StreamRow) {
     }
 }
 
-/// The row of `row.stream_id` was just written with tail `row.tail`.
-pub fn stored(row: &StreamRow) {
+/// The row of `row.stream_id` (at `path`) was just written, as `row`: this
+/// transaction holds it locked until it ends.
+pub fn stored(path: &str, row: &StreamRow) {
     register_callbacks();
     let owner = row.owner_role.map(|o| o.to_u32());
+    let kept = Some((path.to_owned(), row.clone()));
     TAILS.with(|t| {
-        t.borrow_mut().stored(current_subxact(), row.stream_id, row.tail.as_i64(), owner)
+        t.borrow_mut().stored(current_subxact(), row.stream_id, row.tail.as_i64(), owner, kept)
     });
+    PATHS.with(|p| p.borrow_mut().insert(path.to_owned(), row.stream_id));
+}
+
+/// The row of the stream at `path` as this transaction wrote it (and holds
+/// it locked), with its current tail; `None`: look it up and lock it.
+pub fn written_row(path: &str) -> Option<StreamRow> {
+    let id = PATHS.with(|p| p.borrow().get(path).copied())?;
+    TAILS.with(|t| {
+        let t = t.borrow();
+        let (kept_path, row) = t.row(id)?;
+        let mut row = row.clone();
+        row.tail = ds_core::Offset::from_i64(t.get(id)?.current);
+        (kept_path == path).then_some(row)
+    })
+}
+
+/// The stream's row was written in some other way (forks, deletion, TTL):
+/// the next append reads it again.
+pub fn forget_row(stream_id: i64) {
+    TAILS.with(|t| t.borrow_mut().forget_row(current_subxact(), stream_id));
+}
+
+/// Quotas changed: every stream's row is read again.
+pub fn forget_rows() {
+    TAILS.with(|t| t.borrow_mut().forget_rows(current_subxact()));
 }
 
 /// Advances `stream_id` to `tail` without writing its row, if this
@@ -111,7 +144,10 @@ unsafe extern "C-unwind" fn on_xact_event(
         | XACT_EVENT_ABORT
         | XACT_EVENT_PREPARE
         | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => TAILS.with(|t| t.borrow_mut().clear()),
+        | XACT_EVENT_PARALLEL_ABORT => {
+            TAILS.with(|t| t.borrow_mut().clear());
+            PATHS.with(|p| p.borrow_mut().clear());
+        }
         _ => {}
     }
 }

@@ -34,26 +34,55 @@ impl Tail {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
+#[derive(Debug, Clone)]
+struct Entry<R> {
     tail: Tail,
+    /// What the caller keeps with it (the extension: the stream's row).
+    row: Option<R>,
     /// The subtransaction that last changed it (undo is kept once per level).
     changed_in: SubXact,
 }
 
 /// The tails of one transaction, with undo records per subtransaction.
-#[derive(Debug, Default)]
-pub struct DeferredTails {
-    entries: HashMap<i64, Entry>,
+#[derive(Debug)]
+pub struct DeferredTails<R = ()> {
+    entries: HashMap<i64, Entry<R>>,
     /// (subtransaction, stream, value before that subtransaction changed it).
-    undo: Vec<(SubXact, i64, Option<Entry>)>,
+    undo: Vec<(SubXact, i64, Option<Entry<R>>)>,
 }
 
-impl DeferredTails {
+impl<R> Default for DeferredTails<R> {
+    fn default() -> Self {
+        DeferredTails { entries: HashMap::new(), undo: Vec::new() }
+    }
+}
+
+impl<R: Clone> DeferredTails<R> {
     /// The stream's tail if this transaction wrote its row (and so holds it
     /// locked until the end: the value here is the truth for the stream).
     pub fn get(&self, stream_id: i64) -> Option<Tail> {
         self.entries.get(&stream_id).map(|e| e.tail)
+    }
+
+    /// What the caller stored with the stream's tail, if anything.
+    pub fn row(&self, stream_id: i64) -> Option<&R> {
+        self.entries.get(&stream_id).and_then(|e| e.row.as_ref())
+    }
+
+    /// Forgets what the caller stored with the stream (its tail stays).
+    pub fn forget_row(&mut self, sub: SubXact, stream_id: i64) {
+        if let Some(e) = self.entries.get(&stream_id).filter(|e| e.row.is_some()) {
+            let tail = e.tail;
+            self.change(sub, stream_id, tail, None);
+        }
+    }
+
+    /// Forgets every stored row (their tails stay).
+    pub fn forget_rows(&mut self, sub: SubXact) {
+        let ids: Vec<i64> = self.entries.keys().copied().collect();
+        for id in ids {
+            self.forget_row(sub, id);
+        }
     }
 
     /// Whether nothing is remembered.
@@ -62,8 +91,15 @@ impl DeferredTails {
     }
 
     /// The row of `stream_id` was just written with tail `stored` in `sub`.
-    pub fn stored(&mut self, sub: SubXact, stream_id: i64, stored: i64, owner: Option<u32>) {
-        self.change(sub, stream_id, Tail { stored, current: stored, owner });
+    pub fn stored(
+        &mut self,
+        sub: SubXact,
+        stream_id: i64,
+        stored: i64,
+        owner: Option<u32>,
+        row: Option<R>,
+    ) {
+        self.change(sub, stream_id, Tail { stored, current: stored, owner }, row);
     }
 
     /// `stream_id` (whose row this transaction wrote) advanced to `current`.
@@ -71,28 +107,28 @@ impl DeferredTails {
     /// transaction: the caller must write the row instead.
     pub fn advance(&mut self, sub: SubXact, stream_id: i64, current: i64) -> bool {
         let Some(entry) = self.entries.get(&stream_id) else { return false };
-        let tail = Tail { current, ..entry.tail };
-        self.change(sub, stream_id, tail);
+        let (tail, row) = (Tail { current, ..entry.tail }, entry.row.clone());
+        self.change(sub, stream_id, tail, row);
         true
     }
 
-    fn change(&mut self, sub: SubXact, stream_id: i64, tail: Tail) {
-        let previous = self.entries.get(&stream_id).copied();
+    fn change(&mut self, sub: SubXact, stream_id: i64, tail: Tail, row: Option<R>) {
+        let previous = self.entries.get(&stream_id);
         if previous.is_none_or(|p| p.changed_in != sub) {
-            self.undo.push((sub, stream_id, previous));
+            self.undo.push((sub, stream_id, previous.cloned()));
         }
-        self.entries.insert(stream_id, Entry { tail, changed_in: sub });
+        self.entries.insert(stream_id, Entry { tail, row, changed_in: sub });
     }
 
     /// A savepoint was rolled back: its changes are undone (its row writes
     /// were rolled back by Postgres too).
     pub fn abort_sub(&mut self, sub: SubXact) {
         // Records of `sub` are the newest: children ended before it did.
-        while let Some(&(s, stream_id, previous)) = self.undo.last() {
+        while let Some(&(s, _, _)) = self.undo.last() {
             if s != sub {
                 break;
             }
-            self.undo.pop();
+            let (_, stream_id, previous) = self.undo.pop().expect("checked above");
             match previous {
                 Some(e) => self.entries.insert(stream_id, e),
                 None => self.entries.remove(&stream_id),
@@ -161,9 +197,9 @@ mod tests {
 
     #[test]
     fn advancing_needs_a_stored_row() {
-        let mut t = DeferredTails::default();
+        let mut t: DeferredTails = DeferredTails::default();
         assert!(!t.advance(TOP, 7, 10));
-        t.stored(TOP, 7, 10, Some(3));
+        t.stored(TOP, 7, 10, Some(3), None);
         assert!(t.advance(TOP, 7, 25));
         assert_eq!(t.get(7), Some(Tail { stored: 10, current: 25, owner: Some(3) }));
         assert_eq!(t.unstored(), vec![(7, 25)]);
@@ -176,13 +212,13 @@ mod tests {
 
     #[test]
     fn a_rolled_back_savepoint_restores_tails_and_forgets_rows_it_wrote() {
-        let mut t = DeferredTails::default();
-        t.stored(TOP, 1, 100, None);
+        let mut t: DeferredTails = DeferredTails::default();
+        t.stored(TOP, 1, 100, None, None);
         t.advance(TOP, 1, 110);
         // SAVEPOINT a (2): advances 1, writes the row of 2.
         t.advance(2, 1, 130);
         t.advance(2, 1, 140);
-        t.stored(2, 2, 5, None);
+        t.stored(2, 2, 5, None, None);
         t.abort_sub(2);
         assert_eq!(t.get(1).unwrap().current, 110);
         assert_eq!(t.get(2), None);
@@ -191,8 +227,8 @@ mod tests {
 
     #[test]
     fn a_released_savepoint_hands_changes_to_its_parent() {
-        let mut t = DeferredTails::default();
-        t.stored(TOP, 1, 0, None);
+        let mut t: DeferredTails = DeferredTails::default();
+        t.stored(TOP, 1, 0, None, None);
         // SAVEPOINT a (2) { SAVEPOINT b (3) { advance } RELEASE b } then ROLLBACK TO a.
         t.advance(2, 1, 10);
         t.advance(3, 1, 20);
@@ -204,8 +240,8 @@ mod tests {
 
     #[test]
     fn released_savepoints_keep_the_log_at_one_record_per_stream_and_level() {
-        let mut t = DeferredTails::default();
-        t.stored(TOP, 1, 0, None);
+        let mut t: DeferredTails = DeferredTails::default();
+        t.stored(TOP, 1, 0, None, None);
         for i in 0..1000u32 {
             let sub = 2 + i;
             t.advance(sub, 1, i64::from(i) + 1);
@@ -216,10 +252,24 @@ mod tests {
     }
 
     #[test]
+    fn rows_follow_savepoints_and_can_be_forgotten() {
+        let mut t: DeferredTails<&str> = DeferredTails::default();
+        t.stored(TOP, 1, 0, None, Some("v1"));
+        t.forget_row(2, 1);
+        assert_eq!(t.row(1), None);
+        assert!(t.advance(2, 1, 5), "the tail stays without its row");
+        t.abort_sub(2);
+        assert_eq!(t.row(1), Some(&"v1"));
+        assert_eq!(t.get(1).unwrap().current, 0);
+        t.forget_rows(TOP);
+        assert_eq!(t.row(1), None);
+    }
+
+    #[test]
     fn nested_release_then_parent_release_then_abort_of_grandparent() {
-        let mut t = DeferredTails::default();
+        let mut t: DeferredTails = DeferredTails::default();
         // SAVEPOINT a(2) { stored 9; SAVEPOINT b(3) { advance 9 } RELEASE b } RELEASE a
-        t.stored(2, 9, 50, None);
+        t.stored(2, 9, 50, None, None);
         t.advance(3, 9, 60);
         t.commit_sub(3, 2);
         t.commit_sub(2, TOP);
