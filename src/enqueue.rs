@@ -45,6 +45,9 @@ static SEQUENCER_DATABASE: PgAtomic<AtomicU32> =
 static PRE_COMMITTED: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"durable_streams_enqueue_pre_committed") };
 static ENDED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_enqueue_ended") };
+/// Bumped by every quota change (`ds.set_quota`, `ds.set_stream_quota`):
+/// `KNOWN` entries from before are not trusted to be quota-free.
+static QUOTA_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_quota_epoch") };
 /// One more than `PRE_COMMITTED` as of the last sequencer round that left
 /// nothing pending: while it still matches `PRE_COMMITTED`, no committed
 /// enqueue waits for an offset and a locking append need not look (0, as
@@ -58,13 +61,16 @@ thread_local! {
     static NEXT_SEQ: Cell<i64> = const { Cell::new(0) };
     /// Whether this transaction enqueued (its commit wakes the sequencer).
     static ENQUEUED: Cell<bool> = const { Cell::new(false) };
+    /// Whether this transaction changed a quota (see `quota_changed`).
+    static QUOTA_CHANGED: Cell<bool> = const { Cell::new(false) };
     /// Whether this transaction counted itself in `PRE_COMMITTED`.
     static COUNTED: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
-    /// Path → (stream id, content type) of streams this backend enqueued
-    /// into: both never change for a stream id, so a hit needs only the
-    /// one INSERT that also checks the stream is still there and open.
-    static KNOWN: RefCell<HashMap<String, (i64, String)>> = RefCell::new(HashMap::new());
+    /// Path → (stream id, content type, quota epoch) of quota-free streams
+    /// this backend enqueued into: id and type never change for a stream,
+    /// so a hit needs only the one INSERT that also checks the stream is
+    /// still there, open and live, as long as no quota changed since.
+    static KNOWN: RefCell<HashMap<String, (i64, String, u64)>> = RefCell::new(HashMap::new());
 }
 
 /// Streams `KNOWN` remembers at most (then it starts over).
@@ -83,7 +89,22 @@ pub fn init_shared_memory() {
     pg_shmem_init!(PRE_COMMITTED);
     pg_shmem_init!(ENDED);
     pg_shmem_init!(SEQUENCED_THROUGH);
+    pg_shmem_init!(QUOTA_EPOCH);
     PRELOADED.store(true, Ordering::Relaxed);
+}
+
+/// This transaction changes a quota: once it commits, every backend's
+/// `KNOWN` streams are checked in full again (bumped after the commit, so
+/// a backend that reads the new epoch also sees the new quota).
+pub fn quota_changed() {
+    if PRELOADED.load(Ordering::Relaxed) {
+        QUOTA_CHANGED.with(|q| q.set(true));
+        register_callback();
+    }
+}
+
+fn quota_epoch() -> Option<u64> {
+    PRELOADED.load(Ordering::Relaxed).then(|| QUOTA_EPOCH.get().load(Ordering::Acquire))
 }
 
 /// Whether committed `ds.enqueue` appends may be waiting for offsets (a
@@ -209,6 +230,9 @@ unsafe extern "C-unwind" fn on_xact_event(
             );
         }
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            if QUOTA_CHANGED.with(|q| q.replace(false)) && event == XACT_EVENT_COMMIT {
+                QUOTA_EPOCH.get().fetch_add(1, Ordering::AcqRel);
+            }
             if COUNTED.with(|c| c.replace(false)) {
                 ENDED.get().fetch_add(1, Ordering::AcqRel);
             }
@@ -246,12 +270,14 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
-        if let Some((stream_id, content_type)) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
+        if let Some((stream_id, content_type, epoch)) =
+            KNOWN.with(|k| k.borrow().get(path).cloned())
+        {
             let mode = content_type::mode(&content_type)?;
-            if !json_only || mode == Mode::Json {
+            if quota_epoch() == Some(epoch) && (!json_only || mode == Mode::Json) {
                 let messages = messages_for(mode, &content_type, data, Purpose::Append)?;
                 let seqs = next_seqs(messages.len());
-                if storage::insert_pending_if_plain(client, path, stream_id, seqs, messages)? {
+                if storage::insert_pending_if_open(client, path, stream_id, seqs, messages)? {
                     enqueued();
                     return Ok(());
                 }
@@ -282,6 +308,9 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
         }
         let messages = messages_for(mode, &stream.content_type, data, Purpose::Append)?;
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
+        // Read before the quota check: a change after it invalidates the entry.
+        let epoch = quota_epoch();
+        let quota_free = !stream.owner_has_quota && stream.max_bytes.is_none();
         let owners: Vec<_> =
             stream.owner_role.filter(|_| stream.owner_has_quota).into_iter().collect();
         let mut quotas = Quotas::load(client, &owners)?;
@@ -289,13 +318,15 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
         let seqs = next_seqs(messages.len());
         storage::insert_pending(client, stream.stream_id, seqs, messages)?;
         enqueued();
-        KNOWN.with(|k| {
-            let mut known = k.borrow_mut();
-            if known.len() >= KNOWN_CAPACITY {
-                known.clear();
-            }
-            known.insert(path.to_owned(), (stream.stream_id, stream.content_type));
-        });
+        if let (true, Some(epoch)) = (quota_free, epoch) {
+            KNOWN.with(|k| {
+                let mut known = k.borrow_mut();
+                if known.len() >= KNOWN_CAPACITY {
+                    known.clear();
+                }
+                known.insert(path.to_owned(), (stream.stream_id, stream.content_type, epoch));
+            });
+        }
         Ok(())
     })
 }

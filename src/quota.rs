@@ -148,6 +148,7 @@ fn set_quota(
 ) -> Result<(), ErrorReport> {
     storage::require_primary("ds.set_quota")?;
     crate::tails::forget_rows();
+    crate::enqueue::quota_changed();
     if max_bytes.is_some_and(|b| b < 0) || max_streams.is_some_and(|s| s < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "quota limits must be non-negative (or NULL for no limit)".into(),
@@ -188,6 +189,7 @@ fn set_quota(
 fn set_stream_quota(path: &str, max_bytes: Option<i64>) -> Result<(), ErrorReport> {
     storage::require_primary("ds.set_stream_quota")?;
     crate::tails::forget_rows();
+    crate::enqueue::quota_changed();
     if max_bytes.is_some_and(|b| b < 0) {
         return Err(DsError::Invalid(ds_core::Error::InvalidQuota(
             "max_bytes must be non-negative (or NULL for no limit)".into(),

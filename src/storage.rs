@@ -598,32 +598,41 @@ pub fn insert_pending(
 }
 
 /// `insert_pending` in one statement, only if the stream `stream_id` is
-/// still at `path`, open, live, and under no quota (which the caller would
-/// have to check first); false (nothing inserted) otherwise.
-pub fn insert_pending_if_plain(
+/// still at `path`, open and live; false (nothing inserted) otherwise. The
+/// caller knows the stream is under no quota (`enqueue::KNOWN`).
+pub fn insert_pending_if_open(
     client: &mut SpiClient<'_>,
     path: &str,
     stream_id: i64,
     seqs: Vec<i64>,
     datas: Vec<Vec<u8>>,
 ) -> DsResult<bool> {
-    let table = update(
-        client,
-        &format!(
+    static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "INSERT INTO ds.pending (stream_id, seq, data) \
-             SELECT $2, * FROM ROWS FROM (pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bytea[])) \
-             WHERE EXISTS ( \
-                 SELECT FROM ds.streams \
-                 WHERE stream_id OPERATOR(pg_catalog.=) $2 AND path OPERATOR(pg_catalog.=) $1 \
-                   AND NOT closed AND NOT soft_deleted AND max_bytes IS NULL \
-                   AND NOT {expired} \
-                   AND NOT EXISTS (SELECT FROM ds.role_quotas q \
-                       WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid))",
+             SELECT s.stream_id, $3, $4 FROM ds.streams s \
+             WHERE s.stream_id OPERATOR(pg_catalog.=) $2 AND s.path OPERATOR(pg_catalog.=) $1 \
+               AND NOT s.closed AND NOT s.soft_deleted AND NOT {expired}",
             expired = *EXPIRED
-        ),
-        None,
-        &[path.into(), stream_id.into(), seqs.into(), datas.into()],
-    )?;
+        )
+    });
+    static MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO ds.pending (stream_id, seq, data) \
+             SELECT s.stream_id, u.seq, u.data FROM ds.streams s, \
+                  ROWS FROM (pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bytea[])) AS u(seq, data) \
+             WHERE s.stream_id OPERATOR(pg_catalog.=) $2 AND s.path OPERATOR(pg_catalog.=) $1 \
+               AND NOT s.closed AND NOT s.soft_deleted AND NOT {expired}",
+            expired = *EXPIRED
+        )
+    });
+    let table = if let ([seq], [_]) = (seqs.as_slice(), datas.as_slice()) {
+        let seq = *seq;
+        let data = datas.into_iter().next().expect("one message");
+        update(client, &ONE, None, &[path.into(), stream_id.into(), seq.into(), data.into()])?
+    } else {
+        update(client, &MANY, None, &[path.into(), stream_id.into(), seqs.into(), datas.into()])?
+    };
     Ok(!table.is_empty())
 }
 

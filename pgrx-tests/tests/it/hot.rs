@@ -365,3 +365,19 @@ async fn a_transaction_that_enqueued_cannot_be_prepared() {
         client.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
     assert_eq!(tail, off(0), "nothing was enqueued");
 }
+
+#[tokio::test]
+async fn a_quota_set_after_an_enqueue_applies_to_the_next_one() {
+    let path = unique_path("hot-quota");
+    let client = connect().await;
+    let admin = connect().await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    // The first enqueue lets this backend remember the stream as quota-free.
+    client.execute("SELECT ds.enqueue($1, 'abc'::bytea)", &[&path]).await.unwrap();
+    admin.execute("SELECT ds.set_stream_quota($1, 5)", &[&path]).await.unwrap();
+    wait_for_tail(&admin, &path, 3).await;
+    let e = client.execute("SELECT ds.enqueue($1, 'defghij'::bytea)", &[&path]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53400", "{e}");
+    client.execute("SELECT ds.enqueue($1, 'de'::bytea)", &[&path]).await.unwrap();
+    wait_for_tail(&admin, &path, 5).await;
+}
