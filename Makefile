@@ -11,4 +11,5 @@ bench:
 	@SKIP_BUILD=1 bash benches/auth.sh
 	@SKIP_BUILD=1 bash benches/standby.sh
 	@SKIP_INSTALL=1 bash benches/wal.sh
+	@SKIP_INSTALL=1 bash benches/sql.sh
 	@bash benches/collect.sh
