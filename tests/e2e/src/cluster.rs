@@ -220,6 +220,25 @@ impl Cluster {
         }
     }
 
+    /// `kill -9` of the postmaster and every process it started, at once:
+    /// a power cut. `start` then runs crash recovery.
+    pub async fn crash(&self) {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid of a running cluster");
+        let pid = pid_file.lines().next().unwrap().trim().to_owned();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().expect("pgrep");
+        let mut victims = vec![pid.clone()];
+        victims
+            .extend(String::from_utf8_lossy(&children.stdout).split_whitespace().map(String::from));
+        let ok = Command::new("kill").arg("-9").args(&victims).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -9 {victims:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while victims.iter().any(|v| std::path::Path::new(&format!("/proc/{v}")).exists()) {
+            assert!(Instant::now() < deadline, "{} still has processes", self.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `pg_ctl promote` (waits until the standby accepts writes).
     pub fn promote(&self) {
         run_pg("pg_ctl", &["-D", &self.data_str(), "-w", "-t", "60", "promote"]);
