@@ -233,7 +233,7 @@ impl Cluster {
         let ok = Command::new("kill").arg("-9").args(&victims).status().is_ok_and(|s| s.success());
         assert!(ok, "kill -9 {victims:?}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while victims.iter().any(|v| std::path::Path::new(&format!("/proc/{v}")).exists()) {
+        while victims.iter().any(|v| Path::new(&format!("/proc/{v}")).exists()) {
             assert!(Instant::now() < deadline, "{} still has processes", self.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
