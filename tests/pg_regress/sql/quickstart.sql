@@ -15,6 +15,14 @@ SELECT ds.append('orders', jsonb_build_object('id', 4, 'status', 'created'));
 COMMIT;
 SELECT convert_from(data, 'UTF8') AS message FROM ds.read('orders', '0000000000000000_0000000000000043');
 
+-- A hot stream that many transactions write at once: ds.enqueue takes no
+-- stream lock and returns no offset; the appends get offsets right after
+-- commit (see "Hot streams: ds.enqueue").
+BEGIN;
+INSERT INTO shop_orders VALUES (5, 'created');
+SELECT ds.enqueue('orders', jsonb_build_object('id', 5, 'status', 'created'));
+COMMIT;
+
 -- A text stream, read from an offset returned earlier.
 SELECT * FROM ds.create('logs', 'text/plain', ttl_seconds => 86400);
 SELECT ds.append('logs', E'line 1\n');
