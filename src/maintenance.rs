@@ -69,10 +69,12 @@ impl Cursor {
 /// The next `limit` streams whose cold part fills at least one segment,
 /// round-robin from `cursor`.
 pub fn rotation_candidates(
-    client: &SpiClient<'_>,
+    client: &mut SpiClient<'_>,
     cursor: &mut Cursor,
     limit: i64,
 ) -> DsResult<Vec<i64>> {
+    // The SQL below reads tail_pos: this transaction's appends must be in it.
+    crate::tails::write_now(client)?;
     let s = gucs::rotation();
     cursor.next(
         limit,
@@ -180,7 +182,9 @@ fn stats() -> Result<
     >,
     ErrorReport,
 > {
-    let rows = Spi::connect(|client| -> DsResult<Vec<_>> {
+    let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
+        // The SQL below reads tail_pos: this transaction's appends must be in it.
+        crate::tails::write_now(client)?;
         let table = client.select(
             "SELECT s.path, s.stream_id, s.tail_pos, \
                     coalesce(h.n, 0::bigint), coalesce(h.b, 0::bigint), coalesce(g.n, 0::bigint), \

@@ -976,6 +976,8 @@ pub fn rotate(
     stream_id: i64,
     settings: &crate::gucs::RotationSettings,
 ) -> DsResult<Rotated> {
+    // The SQL below reads tail_pos: this transaction's appends must be in it.
+    crate::tails::write_now(client)?;
     let crate::gucs::RotationSettings { hot_tail, target, max_bytes, max_rows, pause } = *settings;
     let max_bytes = max_bytes.max(target);
     let max_rows = max_rows.max(1);

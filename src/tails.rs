@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use ds_core::deferred::{DeferredTails, Tail};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::error::DsResult;
 
 use crate::storage::{self, StreamRow};
 
@@ -107,18 +110,31 @@ fn register_callbacks() {
     CALLBACKS.with(|c| c.set(true));
 }
 
-/// Writes every remembered tail that its row does not hold yet.
-fn write_unstored() {
+/// Writes every remembered tail that its row does not hold yet, now, in
+/// the current (sub)transaction: for statements that read `tail_pos` of
+/// many streams in SQL (rotation, statistics) in a transaction that
+/// appended.
+pub fn write_now(client: &mut SpiClient<'_>) -> DsResult<()> {
     let unstored = TAILS.with(|t| t.borrow().unstored());
     if unstored.is_empty() {
-        return;
+        return Ok(());
     }
     let (ids, tails): (Vec<i64>, Vec<i64>) = unstored.into_iter().unzip();
+    storage::write_tails(client, ids, tails)?;
+    TAILS.with(|t| t.borrow_mut().mark_stored(current_subxact()));
+    Ok(())
+}
+
+/// At pre-commit: writes every remembered tail its row does not hold yet.
+fn write_unstored() {
+    if TAILS.with(|t| t.borrow().unstored().is_empty()) {
+        return;
+    }
     // Pre-commit has no active snapshot any more; the rows are this
     // transaction's own, so any current snapshot sees them.
     // SAFETY: pushed and popped around one statement, at transaction level.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let written = Spi::connect_mut(|client| storage::write_tails(client, ids, tails));
+    let written = Spi::connect_mut(write_now);
     // SAFETY: pops what was pushed above (an error would have left through
     // the transaction abort, which resets the snapshot stack).
     unsafe { pg_sys::PopActiveSnapshot() };
@@ -127,7 +143,6 @@ fn write_unstored() {
         // with a stale tail.
         pgrx::error!("durable_streams: could not write stream tails before commit: {e}");
     }
-    TAILS.with(|t| t.borrow_mut().mark_stored());
 }
 
 #[pg_guard]

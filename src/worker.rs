@@ -346,7 +346,7 @@ fn maintenance_pass(cursors: &mut Cursors) {
     let cursor = cursors.rotation;
     let candidates = in_transaction("listing rotation candidates", move || {
         let mut cursor = cursor;
-        Spi::connect(|c| {
+        Spi::connect_mut(|c| {
             maintenance::rotation_candidates(c, &mut cursor, BATCH).map(|v| (v, cursor))
         })
     })

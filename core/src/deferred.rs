@@ -175,10 +175,18 @@ impl<R: Clone> DeferredTails<R> {
             .sum()
     }
 
-    /// Every unstored tail was written: the rows hold them now.
-    pub fn mark_stored(&mut self) {
-        for e in self.entries.values_mut() {
-            e.tail.stored = e.tail.current;
+    /// Every unstored tail was written (in `sub`): the rows hold them now.
+    /// Undone like any change if `sub` rolls back, since its write does.
+    pub fn mark_stored(&mut self, sub: SubXact) {
+        let unstored: Vec<(i64, Entry<R>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.tail.unstored_bytes() != 0)
+            .map(|(&id, e)| (id, e.clone()))
+            .collect();
+        for (id, e) in unstored {
+            let tail = Tail { stored: e.tail.current, ..e.tail };
+            self.change(sub, id, tail, e.row);
         }
     }
 
@@ -205,7 +213,7 @@ mod tests {
         assert_eq!(t.unstored(), vec![(7, 25)]);
         assert_eq!(t.unstored_bytes_of(3), 15);
         assert_eq!(t.unstored_bytes_of(4), 0);
-        t.mark_stored();
+        t.mark_stored(TOP);
         assert!(t.unstored().is_empty());
         assert_eq!(t.get(7).unwrap().current, 25);
     }
@@ -249,6 +257,18 @@ mod tests {
         }
         assert!(t.undo.len() <= 1, "{}", t.undo.len());
         assert_eq!(t.get(1).unwrap().current, 1000);
+    }
+
+    #[test]
+    fn a_write_in_a_rolled_back_savepoint_is_unstored_again() {
+        let mut t: DeferredTails = DeferredTails::default();
+        t.stored(TOP, 1, 0, None, None);
+        t.advance(TOP, 1, 10);
+        // SAVEPOINT (2): the tails are written there, then it rolls back.
+        t.mark_stored(2);
+        assert!(t.unstored().is_empty());
+        t.abort_sub(2);
+        assert_eq!(t.unstored(), vec![(1, 10)], "the write was rolled back with the savepoint");
     }
 
     #[test]

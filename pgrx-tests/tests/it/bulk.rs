@@ -197,3 +197,28 @@ async fn reads_and_quotas_inside_the_transaction_see_its_own_appends() {
     tx.rollback().await.unwrap();
     assert_eq!(tail(&client, &path).await, off(0));
 }
+
+#[tokio::test]
+async fn tails_written_early_in_a_rolled_back_savepoint_are_written_again() {
+    let path = unique_path("bulk-early-write");
+    let client = connect().await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    // ds.rotate and ds.stats read tail_pos in SQL, so they write the
+    // transaction's remembered tails first; here inside a savepoint that
+    // rolls back, which undoes that write.
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT count(ds.append('{path}', 'abcd'::bytea)) FROM generate_series(1, 5);
+             SAVEPOINT s;
+             SELECT count(*) FROM ds.stats();
+             ROLLBACK TO SAVEPOINT s;
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(tail(&client, &path).await, off(20));
+    let next: String =
+        client.query_one("SELECT ds.append($1, 'y'::bytea)", &[&path]).await.unwrap().get(0);
+    assert_eq!(next, off(21));
+}
