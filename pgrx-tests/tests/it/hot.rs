@@ -209,8 +209,8 @@ struct Committed {
 
 #[tokio::test]
 async fn concurrent_enqueuers_get_a_gap_free_contiguous_real_time_order() {
-    const SESSIONS: u64 = 24;
-    const TRANSACTIONS: u64 = 30;
+    const SESSIONS: u64 = 64;
+    const TRANSACTIONS: u64 = 12;
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("seed {seed}");
     let path = unique_path("hot-concurrent");
