@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod content_type;
+pub mod doorbell;
 pub mod error;
 pub mod json;
 pub mod limits;

@@ -6,6 +6,7 @@ mod access;
 mod concurrency;
 mod forks;
 mod notify;
+mod storm;
 mod transactions;
 mod ttl;
 mod worker;
