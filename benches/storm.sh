@@ -155,7 +155,7 @@ for r in rows:
     cells[(r["writers"], r["target"])].append(r)
 def med(rs, f):
     v = [f(r) for r in rs if f(r) is not None]
-    return statistics.median(v) if v else None
+    return round(statistics.median(v), 1) if v else None
 out = [f"## Wake storms (benches/storm.sh, revision {sys.argv[3]}, {sys.argv[4]} cores)", ""]
 r0 = rows[0] if rows else {}
 out.append(f"{r0.get('waiters')} SSE waiters over {r0.get('streams')} streams; every writer appends 100 bytes "
@@ -167,7 +167,8 @@ out.append("")
 out.append("| writers | build | appends/s | delivered / expected | p50 ms | p99 ms | max ms | reads per delivery | read_chunk calls | server CPU s | loadgen CPU % |")
 out.append("|---|---|---|---|---|---|---|---|---|---|---|")
 for (w, t), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "before")):
-    rpd = med(rs, lambda r: r["read_chunk_calls"] / r["delivered"] if r.get("delivered") else None)
+    v = [r["read_chunk_calls"] / r["delivered"] for r in rs if r.get("delivered")]
+    rpd = statistics.median(v) if v else float("nan")
     out.append(f"| {w} | {t} | {med(rs, lambda r: r.get('appends_per_s'))} | "
                f"{int(med(rs, lambda r: r.get('delivered')))} / {int(med(rs, lambda r: r.get('expected')))} | "
                f"{med(rs, lambda r: r.get('p50_ms'))} | {med(rs, lambda r: r.get('p99_ms'))} | {med(rs, lambda r: r.get('max_ms'))} | "
