@@ -6,9 +6,17 @@
 //! Instead, an appending transaction only remembers which streams it advanced
 //! (id, new tail, closed); its commit callback merges them into a bounded set
 //! in shared memory and sets the worker's latch. The worker (`worker.rs`) then
-//! sends ONE notification per wake-up naming every stream that advanced, with
-//! the tail its last commit left, without reading the tables (it only looks a
-//! path up the first time it meets a stream id).
+//! announces every stream that advanced, with the tail its last commit left,
+//! in as few notifications as fit (< 8000 bytes each), without reading the
+//! tables (it only looks a path up the first time it meets a stream id).
+//!
+//! Both sets are bounded (`PER_TRANSACTION`, `CAPACITY`) and O(1) per stream,
+//! so a group-commit batch over thousands of streams costs no more per stream
+//! than a single append. A stream that does not fit marks an *overflow*: the
+//! worker then compares the streams' tails in the tables with the last state
+//! it announced for each and announces exactly those that differ (`*`, "wake
+//! everybody", only after a restart or promotion, when nothing better is
+//! known).
 //!
 //! Without `shared_preload_libraries` (no shared memory), or when no worker
 //! serves this database, appends fall back to a plain `pg_notify` each.
@@ -25,11 +33,12 @@
 //! `COMMIT PREPARED` (from any session) is announced at once. Prepared
 //! transactions whose entries could not be kept (no room, or prepared before
 //! this server started) are "untracked": while there are any, the worker
-//! announces `*` whenever this database's number of prepared transactions
-//! drops. No utility hook is involved, so no statement's errors pass through
+//! compares the tables with what it announced (as after an overflow)
+//! whenever this database's number of prepared transactions drops. No utility hook is involved, so no statement's errors pass through
 //! this library.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use pgrx::prelude::*;
@@ -37,36 +46,26 @@ use pgrx::spi::SpiClient;
 use pgrx::{PGRXSharedMemory, PgAtomic, PgLwLock};
 
 use crate::error::DsResult;
+use ds_core::doorbell::PendingSet;
 use ds_core::notification::Announcement;
 
 use crate::storage;
 
-/// Stream ids waiting for the worker; beyond this the worker announces "*".
-const CAPACITY: usize = 1024;
-/// Distinct streams one transaction remembers before it announces "*".
-const PER_TRANSACTION: usize = 64;
-/// Entries (stream x subtransaction) one transaction keeps before it
-/// announces "*" instead (bounds nested savepoints that each append).
-const ENTRIES_PER_TRANSACTION: usize = 1024;
+/// Streams waiting for the worker. Beyond this the committing transaction
+/// marks an overflow and the worker finds the changed streams in the tables.
+const CAPACITY: usize = 8192;
+/// Hash slots of the shared set (a power of two, twice `CAPACITY`).
+const SLOTS: usize = 2 * CAPACITY;
+/// Distinct streams one transaction remembers before it marks an overflow
+/// (more could not fit into the shared set anyway).
+const PER_TRANSACTION: usize = CAPACITY;
+/// Entries (stream x subtransaction) one transaction keeps before it marks
+/// an overflow instead (bounds nested savepoints that each append).
+const ENTRIES_PER_TRANSACTION: usize = 2 * CAPACITY;
 /// Stream entries of prepared transactions waiting for `COMMIT PREPARED`.
 const PREPARED_CAPACITY: usize = 128;
 
-/// One stream's latest committed state, as announced.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Advanced {
-    pub stream_id: i64,
-    pub tail: i64,
-    pub closed: bool,
-}
-
-impl Advanced {
-    /// Folds a later (or concurrent) commit of the same stream into this one:
-    /// tails only grow and a closed stream stays closed.
-    fn merge(&mut self, other: Advanced) {
-        self.tail = self.tail.max(other.tail);
-        self.closed |= other.closed;
-    }
-}
+pub use ds_core::doorbell::Advanced;
 
 /// One stream a prepared transaction advanced (or, with `everything`, the
 /// marker of a prepared transaction that overflowed its per-transaction set).
@@ -95,7 +94,8 @@ pub struct Pending {
     worker_latch: usize,
     /// Database the worker serves.
     database: u32,
-    /// Set when ids were dropped because the set was full.
+    /// Set when streams were dropped because a set was full: the worker
+    /// then compares the tables with what it announced.
     overflow: bool,
     /// Worker statistics, for `ds.worker_stats()`.
     passes: i64,
@@ -103,8 +103,7 @@ pub struct Pending {
     segments_written: i64,
     streams_expired: i64,
     errors: i64,
-    len: usize,
-    streams: [Advanced; CAPACITY],
+    streams: PendingSet<CAPACITY, SLOTS>,
     /// Prepared transactions' streams, by transaction id, until they end.
     prepared: [PreparedEntry; PREPARED_CAPACITY],
     /// Some prepared transaction's streams are not in `prepared` (no room,
@@ -126,8 +125,7 @@ impl Default for Pending {
             segments_written: 0,
             streams_expired: 0,
             errors: 0,
-            len: 0,
-            streams: [Advanced { stream_id: 0, tail: 0, closed: false }; CAPACITY],
+            streams: PendingSet::new(),
             prepared: [PreparedEntry::EMPTY; PREPARED_CAPACITY],
             prepared_untracked: true,
             untracked_generation: 0,
@@ -162,18 +160,59 @@ struct Entry {
 #[derive(Default)]
 struct Local {
     entries: Vec<Entry>,
-    /// Too many streams: announce "*".
+    /// Where each (subtransaction, stream) is in `entries`: a batch over
+    /// thousands of streams must not search the list per stream.
+    index: HashMap<(pg_sys::SubTransactionId, i64), usize>,
+    /// Entries per stream (the bound counts distinct streams).
+    per_stream: HashMap<i64, u32>,
+    /// Some stream was not remembered: the worker must look at the tables.
     overflow: bool,
 }
 
 impl Local {
+    /// Remembers that `subxact` advanced a stream (merged with what it
+    /// already advanced there), or marks an overflow beyond the bounds.
+    fn add(&mut self, subxact: pg_sys::SubTransactionId, advanced: Advanced) {
+        if let Some(&i) = self.index.get(&(subxact, advanced.stream_id)) {
+            self.entries[i].advanced.merge(advanced);
+            return;
+        }
+        let known = self.per_stream.contains_key(&advanced.stream_id);
+        if self.entries.len() >= ENTRIES_PER_TRANSACTION
+            || (!known && self.per_stream.len() >= PER_TRANSACTION)
+        {
+            self.overflow = true;
+            return;
+        }
+        self.index.insert((subxact, advanced.stream_id), self.entries.len());
+        *self.per_stream.entry(advanced.stream_id).or_default() += 1;
+        self.entries.push(Entry { subxact, advanced });
+    }
+
+    /// Keeps the entries `keep` says yes to, each under the subtransaction
+    /// it returns (merging entries that end up under the same one).
+    fn remap(&mut self, keep: impl Fn(&Entry) -> Option<pg_sys::SubTransactionId>) {
+        let entries = std::mem::take(&mut self.entries);
+        self.index.clear();
+        self.per_stream.clear();
+        for e in entries {
+            if let Some(subxact) = keep(&e) {
+                self.add(subxact, e.advanced);
+            }
+        }
+    }
+
     /// Everything to announce, one entry per stream (tails only grow).
     fn merged(entries: Vec<Entry>) -> Vec<Advanced> {
         let mut out: Vec<Advanced> = Vec::with_capacity(entries.len());
+        let mut at: HashMap<i64, usize> = HashMap::with_capacity(entries.len());
         for e in entries {
-            match out.iter_mut().find(|a| a.stream_id == e.advanced.stream_id) {
-                Some(a) => a.merge(e.advanced),
-                None => out.push(e.advanced),
+            match at.get(&e.advanced.stream_id) {
+                Some(&i) => out[i].merge(e.advanced),
+                None => {
+                    at.insert(e.advanced.stream_id, out.len());
+                    out.push(e.advanced);
+                }
             }
         }
         out
@@ -219,31 +258,7 @@ pub fn stream_advanced(
     // SAFETY: plain read of the current subtransaction's id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let advanced = Advanced { stream_id, tail: tail.as_i64(), closed };
-    LOCAL.with(|cell| {
-        let mut local = cell.borrow_mut();
-        if let Some(e) = local
-            .entries
-            .iter_mut()
-            .find(|e| e.subxact == subxact && e.advanced.stream_id == stream_id)
-        {
-            e.advanced.merge(advanced);
-            return;
-        }
-        let known = local.entries.iter().any(|e| e.advanced.stream_id == stream_id);
-        let streams = || {
-            let mut ids: Vec<i64> = local.entries.iter().map(|e| e.advanced.stream_id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids.len()
-        };
-        if local.entries.len() >= ENTRIES_PER_TRANSACTION
-            || (!known && streams() >= PER_TRANSACTION)
-        {
-            local.overflow = true;
-        } else {
-            local.entries.push(Entry { subxact, advanced });
-        }
-    });
+    LOCAL.with(|cell| cell.borrow_mut().add(subxact, advanced));
     Ok(())
 }
 
@@ -316,27 +331,17 @@ unsafe extern "C-unwind" fn on_subxact_event(
     use pg_sys::SubXactEvent::*;
     LOCAL.with(|cell| {
         let mut local = cell.borrow_mut();
-        match event {
-            SUBXACT_EVENT_ABORT_SUB => local.entries.retain(|e| e.subxact != subxact),
-            SUBXACT_EVENT_COMMIT_SUB => {
-                if !local.entries.iter().any(|e| e.subxact == subxact) {
-                    return;
-                }
-                let entries = std::mem::take(&mut local.entries);
-                for mut e in entries {
-                    if e.subxact == subxact {
-                        e.subxact = parent;
-                    }
-                    match local.entries.iter_mut().find(|x| {
-                        x.subxact == e.subxact && x.advanced.stream_id == e.advanced.stream_id
-                    }) {
-                        Some(x) => x.advanced.merge(e.advanced),
-                        None => local.entries.push(e),
-                    }
-                }
-            }
-            _ => {}
+        if !matches!(event, SUBXACT_EVENT_ABORT_SUB | SUBXACT_EVENT_COMMIT_SUB)
+            || !local.entries.iter().any(|e| e.subxact == subxact)
+        {
+            return;
         }
+        let aborted = event == SUBXACT_EVENT_ABORT_SUB;
+        local.remap(|e| match e.subxact == subxact {
+            true if aborted => None,
+            true => Some(parent),
+            false => Some(e.subxact),
+        });
     });
 }
 
@@ -346,14 +351,8 @@ fn ring(streams: &[Advanced], overflow: bool) {
         let mut shared = PENDING.exclusive();
         shared.overflow |= overflow;
         for &advanced in streams {
-            let len = shared.len;
-            match shared.streams[..len].iter().position(|s| s.stream_id == advanced.stream_id) {
-                Some(i) => shared.streams[i].merge(advanced),
-                None if len < CAPACITY => {
-                    shared.streams[len] = advanced;
-                    shared.len += 1;
-                }
-                None => shared.overflow = true,
+            if !shared.streams.add(advanced) {
+                shared.overflow = true;
             }
         }
         shared.worker_latch
@@ -407,7 +406,7 @@ fn mark_untracked(shared: &mut Pending) {
 }
 
 /// Worker side: the streams of prepared transactions that committed since
-/// the last look (and whether one of them overflowed: announce `*`); the
+/// the last look (and whether one of them overflowed: look at the tables); the
 /// entries of those that ended either way are freed.
 pub fn take_finished_prepared() -> (Vec<Advanced>, bool) {
     if PREPARED_USED.get().load(Ordering::Relaxed) == 0 {
@@ -488,11 +487,9 @@ pub fn unregister_worker() {
 /// Worker side: takes the pending streams and the overflow flag.
 pub fn take_pending() -> (Vec<Advanced>, bool) {
     let mut shared = PENDING.exclusive();
-    let ids = shared.streams[..shared.len].to_vec();
-    let overflow = shared.overflow;
-    shared.len = 0;
-    shared.overflow = false;
-    (ids, overflow)
+    let streams = shared.streams.take();
+    let overflow = std::mem::take(&mut shared.overflow);
+    (streams, overflow)
 }
 
 /// Worker side: adds one maintenance pass to the shared statistics.

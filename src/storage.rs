@@ -1072,6 +1072,34 @@ pub fn stream_paths(client: &SpiClient<'_>, ids: &[i64]) -> DsResult<Vec<(i64, S
     Ok(paths)
 }
 
+/// One page of the states of streams that have a path, by stream id after
+/// `after` (the doorbell worker compares them with what it announced after
+/// an overflow): (stream id, path, tail, closed).
+pub fn stream_states_after(
+    client: &SpiClient<'_>,
+    after: i64,
+    limit: i64,
+) -> DsResult<Vec<(i64, String, i64, bool)>> {
+    let table = select(
+        client,
+        "SELECT stream_id, path, tail_pos, closed FROM ds.streams \
+         WHERE stream_id OPERATOR(pg_catalog.>) $1 AND path IS NOT NULL \
+         ORDER BY stream_id LIMIT $2",
+        None,
+        &[after.into(), limit.into()],
+    )?;
+    let mut states = Vec::with_capacity(table.len());
+    for row in table {
+        states.push((
+            row.get(1)?.expect("stream_id is NOT NULL"),
+            row.get(2)?.expect("path IS NOT NULL"),
+            row.get(3)?.expect("tail_pos is NOT NULL"),
+            row.get(4)?.expect("closed is NOT NULL"),
+        ));
+    }
+    Ok(states)
+}
+
 /// Sends a notification on this installation's private channel (see
 /// `ds.settings` and `ds.notify_channel()`); delivered at commit.
 pub fn notify(client: &mut SpiClient<'_>, payload: &str) -> DsResult<()> {

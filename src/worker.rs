@@ -1,6 +1,8 @@
 //! The background worker, registered from `_PG_init` when the library is in
-//! `shared_preload_libraries`. It rings the doorbell (`doorbell.rs`): one
-//! notification per wake-up naming every stream that advanced; and every
+//! `shared_preload_libraries`. It rings the doorbell (`doorbell.rs`): per
+//! wake-up, packed notifications naming every stream that advanced (after an
+//! overflow: every stream whose tail in the tables differs from the one it
+//! last announced); and every
 //! `ds.rotation_interval_ms` it runs a maintenance pass (`maintenance.rs`):
 //! rotation, expiry, producer-state retention. Each unit of work is its own
 //! short transaction; an error is logged at WARNING and retried next pass.
@@ -14,6 +16,7 @@ use pgrx::prelude::*;
 use crate::error::DsResult;
 use crate::{maintenance, storage};
 
+use ds_core::doorbell::Announced;
 use ds_core::notification::{self, Announcement, MAX_PAYLOAD};
 
 use crate::{doorbell, gucs};
@@ -178,7 +181,7 @@ pub(crate) fn reload_if_asked(who: &str) {
     }
 }
 
-/// Entry point of the doorbell worker: one notification per wake-up.
+/// Entry point of the doorbell worker: one round of notifications per wake-up.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
@@ -197,7 +200,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     // Hints may have been lost while no worker ran: the first ring says "*".
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
-    let mut paths = PathCache::default();
+    let mut announced = Announced::new(MAX_KNOWN_STREAMS);
     let mut untracked = UntrackedPrepared::default();
     let mut gate = VersionGate::default();
     // The first round runs at once: it checks the version and says "*".
@@ -236,14 +239,15 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         if streams.is_empty() && !overflow && !announce_everything {
             continue;
         }
-        let everything = overflow || announce_everything;
-        // A panic half-way leaves the cache with correct entries only.
-        let cache = std::panic::AssertUnwindSafe(&mut paths);
-        let announced = in_transaction("announcing stream changes", move || {
-            let cache = cache; // the whole wrapper, not just its field
-            announce(&streams, everything, cache.0)
+        let ring = Ring { streams, overflow, everything: announce_everything };
+        // A panic half-way leaves the record with correct entries only. On
+        // failure the taken streams are lost: the next ring says "*".
+        let record = std::panic::AssertUnwindSafe(&mut announced);
+        let announced_ok = in_transaction("announcing stream changes", move || {
+            let record = record; // the whole wrapper, not just its field
+            announce(&ring, record.0)
         });
-        announce_everything = announced != Some(true);
+        announce_everything = announced_ok != Some(true);
         last_ring = Instant::now();
     }
     doorbell::unregister_worker();
@@ -451,51 +455,97 @@ pub(crate) fn in_transaction<R>(
     }
 }
 
-/// Paths of stream ids, remembered by the doorbell: a stream id never
-/// changes its path (a new stream at the same path gets a new id), so an
-/// entry never goes stale; the map is simply emptied when it grows too big.
-#[derive(Default)]
-struct PathCache(std::collections::HashMap<i64, String>);
+/// Streams whose path and last announced state the doorbell remembers
+/// (emptied when full; a stream id never changes its path, a new stream at
+/// the same path gets a new id, so an entry never goes stale).
+const MAX_KNOWN_STREAMS: usize = 65_536;
 
-impl PathCache {
-    const MAX: usize = 65_536;
+/// Streams read per statement when comparing the tables after an overflow.
+const SCAN_PAGE: i64 = 10_000;
+
+/// Most streams announced from one comparison with the tables; beyond it
+/// (a database with more changed or never-announced streams) the worker
+/// says `*` instead.
+const MAX_SCAN_ANNOUNCED: usize = 65_536;
+
+/// What one wake-up of the doorbell announces.
+struct Ring {
+    /// Streams the doorbell's sets remembered.
+    streams: Vec<doorbell::Advanced>,
+    /// Some streams did not fit: compare the tables with what was announced.
+    overflow: bool,
+    /// Nothing is known (after a restart or promotion): say `*`.
+    everything: bool,
 }
 
 /// Sends the notifications for one wake-up; false if the extension is not
 /// installed in this database (yet), so nothing could be said.
-fn announce(
-    streams: &[doorbell::Advanced],
-    everything: bool,
-    paths: &mut PathCache,
-) -> DsResult<bool> {
+fn announce(ring: &Ring, announced: &mut Announced) -> DsResult<bool> {
     Spi::connect_mut(|client| {
         if !storage::extension_installed(client)? {
             return Ok(false);
         }
-        let unknown: Vec<i64> =
-            streams.iter().map(|s| s.stream_id).filter(|id| !paths.0.contains_key(id)).collect();
+        let unknown = announced.unknown(ring.streams.iter().map(|s| s.stream_id));
         if !unknown.is_empty() {
-            if paths.0.len() + unknown.len() > PathCache::MAX {
-                paths.0.clear();
+            announced.reserve(unknown.len());
+            for (id, path) in storage::stream_paths(client, &unknown)? {
+                announced.learn_path(id, path);
             }
-            paths.0.extend(storage::stream_paths(client, &unknown)?);
         }
         let mut lines = Vec::new();
-        if everything {
+        if ring.everything {
             lines.push(Announcement::Everything.line());
-        }
-        for s in streams {
-            // No path: the stream is gone (deleted, or expired and kept for forks).
-            if let Some(path) = paths.0.get(&s.stream_id) {
-                let tail = ds_core::Offset::from_i64(s.tail);
-                lines.push(
-                    Announcement::Advanced { path: path.clone(), tail, closed: s.closed }.line(),
-                );
+        } else if ring.overflow {
+            match changed_in_tables(client, announced)? {
+                Some(changed) => lines.extend(changed),
+                None => lines.push(Announcement::Everything.line()),
             }
+        }
+        for s in &ring.streams {
+            // Skipped: a stream without a path (gone: deleted, or expired and
+            // kept for forks), or a state already announced (by a comparison
+            // with the tables that ran after its commit).
+            if !announced.should_announce(*s) {
+                continue;
+            }
+            let path = announced.path(s.stream_id).expect("announced streams have a path");
+            let tail = ds_core::Offset::from_i64(s.tail);
+            lines.push(
+                Announcement::Advanced { path: path.to_owned(), tail, closed: s.closed }.line(),
+            );
         }
         for payload in notification::pack(&lines, MAX_PAYLOAD) {
             storage::notify(client, &payload)?;
         }
         Ok(true)
     })
+}
+
+/// After an overflow: the announcement lines of every stream whose state in
+/// the tables differs from the one last announced (or that was never
+/// announced), read page by page; `None` when there are more than
+/// [`MAX_SCAN_ANNOUNCED`] of them.
+fn changed_in_tables(
+    client: &spi::SpiClient<'_>,
+    announced: &mut Announced,
+) -> DsResult<Option<Vec<String>>> {
+    let mut lines = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = storage::stream_states_after(client, after, SCAN_PAGE)?;
+        let last_page = (page.len() as i64) < SCAN_PAGE;
+        for (stream_id, path, tail, closed) in page {
+            after = stream_id;
+            if announced.changed(doorbell::Advanced { stream_id, tail, closed }, &path) {
+                if lines.len() == MAX_SCAN_ANNOUNCED {
+                    return Ok(None);
+                }
+                let tail = ds_core::Offset::from_i64(tail);
+                lines.push(Announcement::Advanced { path, tail, closed }.line());
+            }
+        }
+        if last_page {
+            return Ok(Some(lines));
+        }
+    }
 }

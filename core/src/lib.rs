@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod content_type;
 pub mod deferred;
+pub mod doorbell;
 pub mod error;
 pub mod json;
 pub mod limits;

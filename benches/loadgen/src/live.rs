@@ -17,15 +17,15 @@ use crate::common::{
 
 /// What a group of readers saw.
 #[derive(Default)]
-struct Sink {
+pub(crate) struct Sink {
     hist: Mutex<Option<Histogram<u64>>>,
-    received: Counter,
-    errors: Counter,
-    connected: Counter,
+    pub(crate) received: Counter,
+    pub(crate) errors: Counter,
+    pub(crate) connected: Counter,
 }
 
 impl Sink {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self { hist: Mutex::new(Some(histogram())), ..Self::default() })
     }
 
@@ -44,7 +44,7 @@ impl Sink {
 
 /// Follows `url` over SSE from `offset` until `deadline` (reconnecting from
 /// the last `streamNextOffset` when the server closes the connection).
-async fn sse_reader(
+pub(crate) async fn sse_reader(
     ctx: Arc<Ctx>,
     url: String,
     mut offset: String,
@@ -99,7 +99,7 @@ async fn sse_reader(
 }
 
 /// Follows `url` with long-polls from `offset` until `deadline`.
-async fn long_poll_reader(
+pub(crate) async fn long_poll_reader(
     ctx: Arc<Ctx>,
     url: String,
     mut offset: String,
@@ -159,14 +159,14 @@ async fn paced_writer(ctx: &Ctx, url: &str, interval: Duration, duration: Durati
 }
 
 /// Waits until `sinks` received `expected` tokens each, or `grace` passed.
-async fn drain(sinks: &[(&Arc<Sink>, u64)], grace: Duration) {
+pub(crate) async fn drain(sinks: &[(&Arc<Sink>, u64)], grace: Duration) {
     let until = Instant::now() + grace;
     while Instant::now() < until && sinks.iter().any(|(s, want)| s.received.get() < *want) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-fn put_sink(m: &mut Map<String, Value>, sink: &Sink, expected: u64) {
+pub(crate) fn put_sink(m: &mut Map<String, Value>, sink: &Sink, expected: u64) {
     let h = sink.take();
     put_latency(m, "", &h);
     m.insert("delivered".into(), json!(sink.received.get()));
@@ -268,7 +268,7 @@ pub async fn latency(
     Ok(out)
 }
 
-async fn wait_connected(sink: &Sink, n: u64, max: Duration) {
+pub(crate) async fn wait_connected(sink: &Sink, n: u64, max: Duration) {
     let until = Instant::now() + max;
     while sink.connected.get() < n && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;

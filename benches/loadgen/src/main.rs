@@ -10,6 +10,7 @@ mod catchup;
 mod common;
 mod live;
 mod reads;
+mod storm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +113,22 @@ enum Scenario {
         #[arg(long, default_value_t = 3.0)]
         settle_seconds: f64,
     },
+    /// Wake storm: --waiters over --streams, --writers appending (storm.rs).
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        waiters: usize,
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Each writer appends once per interval, all on the same tick.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long)]
+        long_poll: bool,
+    },
 }
 
 fn main() -> Res<()> {
@@ -186,6 +203,18 @@ async fn run(ctx: Arc<Ctx>, scenario: Scenario) -> Res<Vec<Value>> {
         }
         Scenario::Wake { waiters, settle_seconds } => {
             vec![live::wake(ctx, waiters, secs(settle_seconds)?).await?]
+        }
+        Scenario::Storm { waiters, streams, writers, interval_ms, seconds, long_poll } => {
+            let interval = Duration::from_millis(interval_ms.max(1));
+            let a = storm::StormArgs {
+                waiters,
+                streams,
+                writers,
+                interval,
+                duration: secs(seconds)?,
+                long_poll,
+            };
+            vec![storm::run(ctx, a).await?]
         }
     })
 }

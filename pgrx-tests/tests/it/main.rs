@@ -8,6 +8,7 @@ mod concurrency;
 mod forks;
 mod hot;
 mod notify;
+mod storm;
 mod transactions;
 mod ttl;
 mod worker;

@@ -13,6 +13,10 @@
 //! outage (a failover): a failed re-read is retried after a backoff or the
 //! next wake-up until the request's deadline, instead of ending the request.
 //!
+//! The events of one shared read are rendered once ([`Rendered`]): the
+//! waiters it serves send the same bytes (profile of 10,000 SSE clients on
+//! one stream: allocation was the largest cost after the socket writes).
+//!
 //! An SSE client's queue is bounded in frames and in bytes
 //! (`--sse-max-queued-bytes`): a client that does not drain it within
 //! `--sse-send-timeout-ms` is dropped and counted (`sse_slow_dropped`).
@@ -235,6 +239,91 @@ impl Queued {
     }
 }
 
+/// What one SSE event of a chunk is sent as: a large data event on its own
+/// (the shared buffer itself), then the main frame (a small data event
+/// copied in, plus the control event).
+#[derive(Clone)]
+struct Frames {
+    data: Option<Bytes>,
+    main: Bytes,
+}
+
+/// The frames last rendered, shared by every waiter served by the same
+/// read: when one append wakes 10,000 SSE clients of a stream, they all get
+/// the same bytes (same chunk, and the same cursor unless a client sent its
+/// own), so the events are rendered once instead of once per client.
+struct Rendered(std::sync::Mutex<Option<RenderedKey>>);
+
+struct RenderedKey {
+    /// The chunk's shared slot: identifies the read (held, so its address
+    /// cannot be reused by another chunk while remembered).
+    chunk: Arc<std::sync::OnceLock<Bytes>>,
+    cursor: Option<String>,
+    with_data: bool,
+    frames: Frames,
+}
+
+static RENDERED: Rendered = Rendered(std::sync::Mutex::new(None));
+
+impl Rendered {
+    fn frames(
+        &self,
+        chunk: &Chunk,
+        cursor: Option<String>,
+        with_data: bool,
+        encoding: Encoding,
+    ) -> Frames {
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(k) = last.as_ref()
+            && Arc::ptr_eq(&k.chunk, &chunk.sse_data)
+            && k.cursor == cursor
+            && k.with_data == with_data
+        {
+            return k.frames.clone();
+        }
+        let frames = render(chunk, cursor.clone(), with_data, encoding);
+        *last = Some(RenderedKey {
+            chunk: Arc::clone(&chunk.sse_data),
+            cursor,
+            with_data,
+            frames: frames.clone(),
+        });
+        frames
+    }
+}
+
+/// Renders the events of `chunk` for a client with this `cursor`.
+fn render(chunk: &Chunk, cursor: Option<String>, with_data: bool, encoding: Encoding) -> Frames {
+    let mut frame = String::new();
+    let data = with_data.then(|| {
+        chunk
+            .sse_data
+            .get_or_init(|| {
+                let mut data = String::new();
+                sse::push_data_event(&mut data, &chunk.body, encoding);
+                Bytes::from(data)
+            })
+            .clone()
+    });
+    // A small data event is copied into the same write as its control
+    // event; a large one is sent as the shared buffer itself.
+    let mut separate = None;
+    match data {
+        Some(d) if d.len() <= INLINE_DATA_EVENT => {
+            frame.push_str(std::str::from_utf8(&d).expect("SSE events are UTF-8"));
+        }
+        other => separate = other,
+    }
+    let control = Control {
+        stream_next_offset: chunk.next_offset.clone(),
+        stream_cursor: cursor,
+        up_to_date: chunk.up_to_date || chunk.closed,
+        stream_closed: chunk.closed,
+    };
+    sse::push_control_event(&mut frame, &control);
+    Frames { data: separate, main: Bytes::from(frame) }
+}
+
 struct SseSession {
     state: AppState,
     caller: Principal,
@@ -315,39 +404,14 @@ impl SseSession {
     /// Sends one data event (if any) plus its control event; false when the
     /// client is gone.
     async fn emit(&self, chunk: &Chunk, with_data: bool) -> bool {
-        let mut frame = String::new();
-        let data = with_data.then(|| {
-            chunk
-                .sse_data
-                .get_or_init(|| {
-                    let mut data = String::new();
-                    sse::push_data_event(&mut data, &chunk.body, self.encoding);
-                    Bytes::from(data)
-                })
-                .clone()
-        });
-        // A small data event is copied into the same write as its control
-        // event; a large one is sent as the shared buffer itself.
-        let mut separate = None;
-        match data {
-            Some(d) if d.len() <= INLINE_DATA_EVENT => {
-                frame.push_str(std::str::from_utf8(&d).expect("SSE events are UTF-8"));
-            }
-            other => separate = other,
-        }
-        let control = Control {
-            stream_next_offset: chunk.next_offset.clone(),
-            stream_cursor: (!chunk.closed).then(|| cursor::generate(self.params.cursor.as_deref())),
-            up_to_date: chunk.up_to_date || chunk.closed,
-            stream_closed: chunk.closed,
-        };
-        sse::push_control_event(&mut frame, &control);
-        if let Some(d) = separate
-            && !self.send(d).await
+        let cursor = (!chunk.closed).then(|| cursor::generate(self.params.cursor.as_deref()));
+        let frames = RENDERED.frames(chunk, cursor, with_data, self.encoding);
+        if let Some(data) = frames.data
+            && !self.send(data).await
         {
             return false;
         }
-        self.send(Bytes::from(frame)).await
+        self.send(frames.main).await
     }
 
     /// Queues one frame for the client. A client that does not make room
@@ -392,6 +456,48 @@ impl SseSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(body: &'static [u8], next: &str) -> Chunk {
+        Chunk {
+            body: Bytes::from_static(body),
+            next_offset: next.into(),
+            up_to_date: true,
+            closed: false,
+            content_type: "text/plain".into(),
+            stream_id: 1,
+            sse_data: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn waiters_of_one_read_share_its_rendered_events() {
+        let rendered = Rendered(std::sync::Mutex::new(None));
+        let read = chunk(b"hello", "o1");
+        let (a, b) = (read.clone(), read.clone());
+        let fa = rendered.frames(&a, Some("7".into()), true, Encoding::Text);
+        let fb = rendered.frames(&b, Some("7".into()), true, Encoding::Text);
+        assert_eq!(fa.main.as_ptr(), fb.main.as_ptr(), "the same bytes, rendered once");
+        assert_eq!(
+            &fa.main[..],
+            b"event: data\ndata:hello\n\nevent: control\n\
+              data:{\"streamNextOffset\":\"o1\",\"streamCursor\":\"7\",\"upToDate\":true}\n\n"
+        );
+        // Another cursor, another read with equal contents, or no data: rendered anew.
+        let other_cursor = rendered.frames(&a, Some("8".into()), true, Encoding::Text);
+        assert!(
+            std::str::from_utf8(&other_cursor.main).unwrap().contains("\"streamCursor\":\"8\"")
+        );
+        let other_read =
+            rendered.frames(&chunk(b"hello", "o1"), Some("8".into()), true, Encoding::Text);
+        assert_ne!(other_read.main.as_ptr(), other_cursor.main.as_ptr());
+        let control_only = rendered.frames(&a, Some("8".into()), false, Encoding::Text);
+        assert!(control_only.main.starts_with(b"event: control\n"));
+        // A large data event goes as the shared buffer of its own.
+        static BIG: [u8; 5000] = [b'x'; 5000];
+        let big = rendered.frames(&chunk(&BIG, "o2"), None, true, Encoding::Text);
+        assert_eq!(big.data.map(|d| d.len()), Some("event: data\ndata:\n\n".len() + 5000));
+        assert!(big.main.starts_with(b"event: control\n"));
+    }
 
     #[test]
     fn an_sse_queue_is_bounded_in_bytes() {
