@@ -12,7 +12,8 @@
 #   CATCHUP_MIB (64), SQL_SECONDS (5), SQL_REPEATS (2),
 #   TARGETS ("ours upstream-rust node-mem node-file"),
 #   SCENARIOS ("append latency catchup producer wake fanout sql": which parts run),
-#   SKIP_BUILD (0), DS_BENCH_PORT (54450; uses 5 ports from there).
+#   SKIP_BUILD (0), SIDECAR (the sidecar binary, for A/B of two builds),
+#   DS_BENCH_PORT (54450; uses 5 ports from there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 BENCH="$ROOT/benches"
@@ -39,7 +40,7 @@ WORK="$(mktemp -d /tmp/ds-bench.XXXXXX)"
 chmod 755 "$WORK" # the cluster (user postgres) lives inside
 RESULTS="$WORK/results.jsonl"
 LOADGEN="$CARGO_TARGET_DIR/release/ds-loadgen"
-SIDECAR="$CARGO_TARGET_DIR/release/ds-sidecar"
+SIDECAR="${SIDECAR:-$CARGO_TARGET_DIR/release/ds-sidecar}"
 # The upstream Rust server, installed from crates.io once per target dir.
 RUST_VERSION=0.1.5
 RUST_ROOT="$CARGO_TARGET_DIR/upstream-rust-$RUST_VERSION"
