@@ -71,7 +71,7 @@ for shape in $SHAPES; do
         append --writers 64 --streams "$streams" --seconds 3 >/dev/null
     log "append 64 writers, $streams stream(s): $SECONDS_PER_SHAPE s measured"
     "$LOADGEN" --base "http://127.0.0.1:$SIDECAR_PORT" --target ours --max-seconds 120 \
-        append --writers 64 --streams "$streams" --seconds "$((SECONDS_PER_SHAPE + 3))" \
+        append --writers 64 --streams "$streams" --seconds "$((SECONDS_PER_SHAPE + 8))" \
         >"$OUT/loadgen-$shape.json" 2>"$OUT/loadgen-$shape.err" &
     lg=$!
     sleep 2 # streams created, connections open
@@ -85,9 +85,13 @@ for shape in $SHAPES; do
     # rows out of ds.messages, the tails stay).
     bytes_sql="SELECT coalesce(sum(tail_pos), 0) FROM ds.streams"
     bytes_before=$(psql_at "$PG_PORT" "$DB" -tAc "$bytes_sql")
+    # Commits in the database (the sidecar's batches, plus a few of the
+    # workers'): appends per commit is about the group-commit batch size.
+    xact_sql="SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    xacts_before=$(psql_at "$PG_PORT" "$DB" -tAc "$xact_sql")
     started=$(date +%s.%N)
     if [ "$PERF" = 1 ]; then
-        perf record -q --call-graph dwarf,32768 -F 499 -p "$SIDECAR_PID" -o "$OUT/sidecar-$shape.data" \
+        perf record -q --call-graph dwarf,32768 -F 999 -p "$SIDECAR_PID" -o "$OUT/sidecar-$shape.data" \
             -- sleep "$SECONDS_PER_SHAPE" 2>/dev/null &
         p1=$!
         perf record -q -F 999 -p "$(cut -d' ' -f1 "$WORK/pg-$shape.txt" | paste -sd,)" \
@@ -100,11 +104,13 @@ for shape in $SHAPES; do
     declare -A after=()
     for pid in "${!before[@]}"; do after[$pid]=$(ticks "$pid"); done
     bytes_after=$(psql_at "$PG_PORT" "$DB" -tAc "$bytes_sql")
+    xacts=$(($(psql_at "$PG_PORT" "$DB" -tAc "$xact_sql") - xacts_before))
     window=$(echo "$(date +%s.%N) - $started" | bc)
     appends=$(((bytes_after - bytes_before) / 100))
     {
         echo "shape 64 writers, $streams stream(s): $appends appends in ${window} s" \
-            "($(echo "$appends / $window" | bc) appends/s)"
+            "($(echo "$appends / $window" | bc) appends/s), $xacts commits" \
+            "($(echo "scale=1; $appends / ($xacts + 1)" | bc) appends per commit)"
         printf '%-12s %10s  %s\n' "us/append" "pid" "process"
         hz=$(getconf CLK_TCK)
         report_cpu() {
