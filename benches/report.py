@@ -43,7 +43,8 @@ def pgbench(variant, clients, stdout_file, log_dir):
     return r
 
 
-TARGETS = ["ours", "node-mem", "node-file"]
+TARGETS = ["ours", "upstream-rust", "node-mem", "node-file"]
+REFERENCES = TARGETS[1:]
 
 # What the table shows per scenario: (field, label, better).
 METRICS = {
@@ -115,6 +116,7 @@ def report(results_file, machine_file, out_json, out_md):
     md.append("")
     md.append("Medians over runs (runs per cell in parentheses on the first row). `ours` = "
               "ds-sidecar (release) + PostgreSQL 15 (fsync on, synchronous_commit on); "
+              "`upstream-rust` = durable-streams 0.1.5 (Rust, durable: group-commit fdatasync); "
               "`node-mem`/`node-file` = @durable-streams/server 0.3.7 in-memory / file-backed. "
               "Ratio = ours / reference (for ms lower is better, for rates higher is better). "
               "Load generator, servers and Postgres share the same cores: see loadgen CPU % (100 = one core).")
@@ -124,8 +126,9 @@ def report(results_file, machine_file, out_json, out_md):
         for variant in variants:
             md.append(f"## {scenario} {variant}")
             md.append("")
-            md.append("| metric | ours | node-mem | node-file | ours/node-mem | ours/node-file |")
-            md.append("|---|---|---|---|---|---|")
+            md.append("| metric | " + " | ".join(TARGETS) + " | "
+                      + " | ".join(f"ours/{t}" for t in REFERENCES) + " |")
+            md.append("|---" * (len(TARGETS) + len(REFERENCES) + 1) + "|")
             cells = {t: by.get((scenario, variant, t)) for t in TARGETS}
             runs = " ".join(f"{t}:{c['runs'] - c['failed_runs']}/{c['runs']}" for t, c in cells.items() if c)
             for i, (field, label, better) in enumerate(METRICS[scenario]):

@@ -14,8 +14,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// Route: `stream`, `health`, `metrics` or `other`.
     pub route: &'static str,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method (`OTHER` for unusual ones).
+    pub method: &'static str,
     /// Response status code.
     pub status: u16,
 }
@@ -25,8 +25,8 @@ pub struct RequestLabels {
 pub struct LatencyLabels {
     /// Route, as in [`RequestLabels`].
     pub route: &'static str,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method, as in [`RequestLabels`].
+    pub method: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -37,8 +37,9 @@ fn latency_histogram() -> Histogram {
 /// Labels of `appends`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `ds.try_append` outcome name.
-    pub outcome: String,
+    /// `ds.try_append` outcome name (`unknown` for one this sidecar does
+    /// not know).
+    pub outcome: &'static str,
 }
 
 /// Every metric of the sidecar.
@@ -228,10 +229,10 @@ mod tests {
     fn encodes_registered_metrics() {
         let m = Metrics::default();
         m.http_requests
-            .get_or_create(&RequestLabels { route: "stream", method: "GET".into(), status: 200 })
+            .get_or_create(&RequestLabels { route: "stream", method: "GET", status: 200 })
             .inc();
         m.http_latency
-            .get_or_create(&LatencyLabels { route: "stream", method: "GET".into() })
+            .get_or_create(&LatencyLabels { route: "stream", method: "GET" })
             .observe(0.002);
         m.sse_clients.inc();
         let text = m.encode();

@@ -23,6 +23,8 @@ pub fn fail<T>(msg: impl Into<String>) -> Res<T> {
 pub struct Ctx {
     pub client: reqwest::Client,
     base: String,
+    /// Path under which the server keeps streams (`/v1/stream/`, or `/`).
+    prefix: String,
     run: String,
     pub target: String,
     pub server_pid: Option<u32>,
@@ -30,9 +32,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// `token`: sent as `Authorization: Bearer` with every request.
+    /// `token`: sent as `Authorization: Bearer` with every request;
+    /// `prefix`: the path before a stream's name (`/v1/stream/`).
     pub fn new(
         base: &str,
+        prefix: &str,
         target: &str,
         server_pid: Option<u32>,
         token: Option<&str>,
@@ -54,6 +58,7 @@ impl Ctx {
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
+            prefix: format!("/{}/", prefix.trim_matches('/')).replace("//", "/"),
             run: format!("r{:x}", nanos % (1 << 48)),
             target: target.to_owned(),
             server_pid,
@@ -68,7 +73,7 @@ impl Ctx {
 
     /// [`Ctx::stream_url`] on another server (`base` without a trailing `/`).
     pub fn stream_url_at(&self, base: &str, name: &str) -> String {
-        format!("{}/v1/stream/bench/{}/{}", base.trim_end_matches('/'), self.run, name)
+        format!("{}{}bench/{}/{}", base.trim_end_matches('/'), self.prefix, self.run, name)
     }
 
     /// Nanoseconds since this run started: the clock of the message tokens.

@@ -1,6 +1,7 @@
 //! `ds-loadgen`: load generator for Durable Streams servers (benches/run.sh).
 //!
-//! Every scenario runs against `{base}/v1/stream/bench/<run id>/...`, is
+//! Every scenario runs against `{base}{prefix}bench/<run id>/...` (prefix
+//! `/v1/stream/` by default; `/` for the upstream Rust server), is
 //! bounded in time and in count, and prints one JSON line per result with
 //! throughput, latency percentiles and the generator's own CPU use
 //! (`loadgen_cpu_pct`, 100 = one core), so a saturated generator shows.
@@ -23,9 +24,13 @@ use crate::common::{Ctx, Res};
 #[derive(Parser)]
 #[command(about = "Durable Streams load generator")]
 struct Cli {
-    /// Server base URL; streams live under {base}/v1/stream/.
+    /// Server base URL; streams live under {base}{stream-prefix}.
     #[arg(long, default_value = "http://127.0.0.1:4437")]
     base: String,
+    /// Path before a stream's name: `/v1/stream/` (ours, the Node server)
+    /// or `/` (the upstream Rust server serves streams at any path).
+    #[arg(long, default_value = "/v1/stream/")]
+    stream_prefix: String,
     /// Name of the target, copied into every result line.
     #[arg(long, default_value = "target")]
     target: String,
@@ -138,7 +143,13 @@ fn main() -> Res<()> {
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()?;
-    let ctx = Arc::new(Ctx::new(&cli.base, &cli.target, cli.server_pid, cli.token.as_deref())?);
+    let ctx = Arc::new(Ctx::new(
+        &cli.base,
+        &cli.stream_prefix,
+        &cli.target,
+        cli.server_pid,
+        cli.token.as_deref(),
+    )?);
     let limit = Duration::from_secs(cli.max_seconds);
     let lines = rt.block_on(async {
         match tokio::time::timeout(limit, run(ctx, cli.scenario)).await {

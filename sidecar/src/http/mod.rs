@@ -154,13 +154,13 @@ fn request_span(req: &Request) -> tracing::Span {
 /// Adds the security headers of §12.7 to every response and counts it.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = match *req.method() {
-        Method::GET
-        | Method::HEAD
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::OPTIONS => req.method().as_str().to_owned(),
-        _ => "OTHER".to_owned(),
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     };
     let route = match req.uri().path() {
         p if p.starts_with(STREAM_PREFIX) => "stream",
@@ -172,7 +172,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     state
         .metrics
         .http_latency
-        .get_or_create(&LatencyLabels { route, method: method.clone() })
+        .get_or_create(&LatencyLabels { route, method })
         .observe(started.elapsed().as_secs_f64());
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

@@ -145,9 +145,11 @@ pub(super) async fn append(
         Err(QueueError::Full) => return Err(ApiError::Busy("too many appends queued")),
         Err(QueueError::Stopped) => return Err(ApiError::Busy("shutting down")),
     };
-    state.metrics.appends.get_or_create(&OutcomeLabels { outcome: row.outcome.clone() }).inc();
+    let outcome = AppendOutcome::from_name(&row.outcome);
+    let label = outcome.map_or("unknown", AppendOutcome::name);
+    state.metrics.appends.get_or_create(&OutcomeLabels { outcome: label }).inc();
     state.db.wrote().await;
-    if AppendOutcome::from_name(&row.outcome) == Some(AppendOutcome::Ok) {
+    if outcome == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.
         match row.next_offset.as_deref().map(Offset::parse) {
             Some(Ok(tail)) => state.hub.wake_committed(&path, tail, row.closed),
