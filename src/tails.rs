@@ -29,6 +29,10 @@ thread_local! {
         RefCell::new(DeferredTails::default());
     /// Path → stream id of the rows in `TAILS` (checked against the row).
     static PATHS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    /// The role the rows were written as (the functions' owner, which owns
+    /// the tables): the pre-commit write runs outside those functions, as
+    /// whatever role the session has then, and must write as this one.
+    static WRITER: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -54,6 +58,8 @@ pub fn overlay(row: &mut StreamRow) {
 /// transaction holds it locked until it ends.
 pub fn stored(path: &str, row: &StreamRow) {
     register_callbacks();
+    // SAFETY: plain read; inside a SECURITY DEFINER function this is its owner.
+    WRITER.with(|w| w.set(Some(unsafe { pg_sys::GetUserId() })));
     let owner = row.owner_role.map(|o| o.to_u32());
     let kept = Some((path.to_owned(), row.clone()));
     TAILS.with(|t| {
@@ -130,14 +136,28 @@ fn write_unstored() {
     if TAILS.with(|t| t.borrow().unstored().is_empty()) {
         return;
     }
-    // Pre-commit has no active snapshot any more; the rows are this
-    // transaction's own, so any current snapshot sees them.
-    // SAFETY: pushed and popped around one statement, at transaction level.
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let Some(writer) = WRITER.with(Cell::get) else {
+        pgrx::error!("durable_streams: stream tails to write before commit, but no writer role");
+    };
+    let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
+    // SAFETY: the standard save / switch / restore of the current user, as
+    // SECURITY DEFINER does it; an error in between aborts the transaction,
+    // which restores both. Pre-commit has no active snapshot any more; the
+    // rows are this transaction's own, so any current snapshot sees them.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            writer,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
     let written = Spi::connect_mut(write_now);
-    // SAFETY: pops what was pushed above (an error would have left through
-    // the transaction abort, which resets the snapshot stack).
-    unsafe { pg_sys::PopActiveSnapshot() };
+    // SAFETY: undoes the two changes above, in reverse order.
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::SetUserIdAndSecContext(user, context);
+    }
     if let Err(e) = written {
         // Raising here aborts the transaction: its appends are not committed
         // with a stale tail.
@@ -161,6 +181,7 @@ unsafe extern "C-unwind" fn on_xact_event(
         | XACT_EVENT_PARALLEL_COMMIT
         | XACT_EVENT_PARALLEL_ABORT => {
             TAILS.with(|t| t.borrow_mut().clear());
+            WRITER.with(|w| w.set(None));
             PATHS.with(|p| p.borrow_mut().clear());
         }
         _ => {}

@@ -423,3 +423,28 @@ async fn notifications_reveal_nothing_to_roles_that_may_not_read() {
         "nothing on the public channel"
     );
 }
+
+#[tokio::test]
+async fn a_role_without_table_privileges_appends_many_times_in_one_transaction() {
+    // The transaction's later appends only remember the tail; it is written
+    // at pre-commit, outside the SECURITY DEFINER functions, as their owner.
+    let admin = connect().await;
+    let role = tenant(&admin, "bulk").await;
+    let path = format!("{}/s", unique_path("acl-bulk"));
+    grant(&admin, &role, &format!("{}/**", path.rsplit_once('/').unwrap().0), "all").await;
+    let client = connect().await;
+    act_as(&client, &role).await;
+    client.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT count(ds.append('{path}', 'abc'::bytea)) FROM generate_series(1, 50); COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let tail: String =
+        client.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
+    assert_eq!(tail, crate::off(150));
+    let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(user, role, "the session's role is unchanged after the commit");
+    reset(&client).await;
+}
