@@ -448,3 +448,21 @@ async fn a_role_without_table_privileges_appends_many_times_in_one_transaction()
     assert_eq!(user, role, "the session's role is unchanged after the commit");
     reset(&client).await;
 }
+
+#[tokio::test]
+async fn enqueue_needs_the_append_privilege() {
+    let admin = connect().await;
+    let role = tenant(&admin, "enqueue").await;
+    let root = unique_path("acl-enqueue");
+    let (mine, theirs) = (format!("{root}/mine"), format!("{root}/theirs"));
+    grant(&admin, &role, &format!("{mine}/**"), "read").await;
+    admin.execute("SELECT ds.create($1)", &[&theirs]).await.unwrap();
+    admin.execute("SELECT ds.create($1)", &[&format!("{mine}/s")]).await.unwrap();
+    let client = connect().await;
+    act_as(&client, &role).await;
+    for path in [format!("{mine}/s"), theirs] {
+        let e = client.execute("SELECT ds.enqueue($1, 'x'::bytea)", &[&path]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{path}: {e}");
+    }
+    reset(&client).await;
+}
