@@ -143,7 +143,215 @@ SELECT pg_catalog.pg_extension_config_dump('ds.subscription_links', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.signing_keys', '');
 REVOKE ALL ON ds.subscriptions, ds.subscription_links, ds.signing_keys FROM PUBLIC;
 
--- SUBSCRIPTION FUNCTIONS
+-- Subscriptions (src/subscriptions/): what the sidecar and SQL consumers
+-- call, and the raising wrappers.
+CREATE FUNCTION ds."subscription_add_signing_key"(
+	"kid" TEXT,
+	"public_key" bytea,
+	"private_key" bytea
+) RETURNS TABLE (
+	"kid" TEXT,
+	"private_key" bytea
+)
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_add_signing_key_wrapper';
+CREATE FUNCTION ds."subscription_deliveries"(
+	"max" INT,
+	"in_flight_ms" INT
+) RETURNS TABLE (
+	"subscription_id" TEXT,
+	"wake_id" TEXT,
+	"generation" bigint,
+	"url" TEXT,
+	"streams" jsonb,
+	"callback_token" TEXT,
+	"attempts" INT
+)
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_deliveries_wrapper';
+CREATE FUNCTION ds."subscription_delivery_result"(
+	"id" TEXT,
+	"wake_id" TEXT,
+	"generation" bigint,
+	"outcome" TEXT,
+	"error" TEXT DEFAULT NULL
+) RETURNS bool
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_delivery_result_wrapper';
+CREATE FUNCTION ds."subscription_jwks"() RETURNS jsonb
+STRICT STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_jwks_wrapper';
+CREATE FUNCTION ds."subscription_rotate_signing_key"() RETURNS VOID
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_rotate_signing_key_wrapper';
+CREATE FUNCTION ds."subscription_signing_key"() RETURNS TABLE (
+	"kid" TEXT,
+	"private_key" bytea
+)
+STRICT STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_signing_key_wrapper';
+CREATE FUNCTION ds."subscription_tick"(
+	"max_subscriptions" INT
+) RETURNS INT
+STRICT SECURITY DEFINER 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'subscription_tick_wrapper';
+CREATE FUNCTION ds."try_subscription_ack"(
+	"id" TEXT,
+	"token" TEXT,
+	"request" jsonb
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_ack_wrapper';
+CREATE FUNCTION ds."try_subscription_add_streams"(
+	"id" TEXT,
+	"paths" TEXT[]
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_add_streams_wrapper';
+CREATE FUNCTION ds."try_subscription_callback"(
+	"id" TEXT,
+	"token" TEXT,
+	"request" jsonb
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_callback_wrapper';
+CREATE FUNCTION ds."try_subscription_claim"(
+	"id" TEXT,
+	"worker" TEXT
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_claim_wrapper';
+CREATE FUNCTION ds."try_subscription_delete"(
+	"id" TEXT
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_delete_wrapper';
+CREATE FUNCTION ds."try_subscription_get"(
+	"id" TEXT
+) RETURNS jsonb
+STRICT STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_get_wrapper';
+CREATE FUNCTION ds."try_subscription_put"(
+	"id" TEXT,
+	"config" jsonb
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_put_wrapper';
+CREATE FUNCTION ds."try_subscription_release"(
+	"id" TEXT,
+	"token" TEXT,
+	"request" jsonb
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_release_wrapper';
+CREATE FUNCTION ds."try_subscription_remove_stream"(
+	"id" TEXT,
+	"path" TEXT
+) RETURNS jsonb
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'try_subscription_remove_stream_wrapper';
+-- Raises the error object a ds.try_subscription_* function returned, with
+-- the SQLSTATE of its code (ds_core::subscription::ErrorCode::sqlstate);
+-- returns any other result unchanged.
+CREATE FUNCTION ds.subscription_checked(result jsonb) RETURNS jsonb
+LANGUAGE plpgsql SET search_path TO pg_catalog, pg_temp AS $$
+DECLARE
+    code text := result OPERATOR(pg_catalog.#>>) '{error,code}';
+BEGIN
+    IF code IS NULL THEN
+        RETURN result;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = CASE code
+            WHEN 'INVALID_REQUEST' THEN 'SD001'
+            WHEN 'WEBHOOK_URL_REJECTED' THEN 'SD002'
+            WHEN 'SUBSCRIPTION_NOT_FOUND' THEN 'SD003'
+            WHEN 'SUBSCRIPTION_ALREADY_EXISTS' THEN 'SD004'
+            WHEN 'TOKEN_INVALID' THEN 'SD005'
+            WHEN 'FENCED' THEN 'SD006'
+            WHEN 'ALREADY_CLAIMED' THEN 'SD007'
+            WHEN 'NO_PENDING_WORK' THEN 'SD008'
+            WHEN 'INVALID_OFFSET' THEN 'SD009'
+            WHEN 'FORBIDDEN' THEN '42501'
+            ELSE 'XX000' END,
+        MESSAGE = code OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||)
+                  coalesce(result OPERATOR(pg_catalog.#>>) '{error,message}', ''),
+        DETAIL = (result OPERATOR(pg_catalog.->) 'error')::text;
+END
+$$;
+
+CREATE FUNCTION ds.subscription_put(id text, config jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_put(id, config)) $$;
+CREATE FUNCTION ds.subscription_get(id text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_get(id)) $$;
+CREATE FUNCTION ds.subscription_delete(id text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_delete(id)) $$;
+CREATE FUNCTION ds.subscription_add_streams(id text, paths text[]) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_add_streams(id, paths)) $$;
+CREATE FUNCTION ds.subscription_remove_stream(id text, path text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_remove_stream(id, path)) $$;
+CREATE FUNCTION ds.subscription_claim(id text, worker text) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_claim(id, worker)) $$;
+CREATE FUNCTION ds.subscription_ack(id text, token text, request jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_ack(id, token, request)) $$;
+CREATE FUNCTION ds.subscription_callback(id text, token text, request jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_callback(id, token, request)) $$;
+CREATE FUNCTION ds.subscription_release(id text, token text, request jsonb) RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT ds.subscription_checked(ds.try_subscription_release(id, token, request)) $$;
+DO $revoke$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'ds'::pg_catalog.regnamespace
+               AND (p.proname OPERATOR(pg_catalog.~~) 'subscription%'
+                    OR p.proname OPERATOR(pg_catalog.~~) 'try_subscription%')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$revoke$;
 
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the
