@@ -18,6 +18,8 @@ pub mod offset;
 pub mod outcome;
 pub mod producer;
 pub mod segment;
+pub mod subscription;
+pub mod webhook_url;
 
 pub use error::Error;
 pub use offset::{Offset, ReadFrom};
