@@ -286,7 +286,7 @@ AS 'MODULE_PATHNAME', 'try_subscription_remove_stream_wrapper';
 -- the SQLSTATE of its code (ds_core::subscription::ErrorCode::sqlstate);
 -- returns any other result unchanged.
 CREATE FUNCTION ds.subscription_checked(result jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path TO pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp AS $$
 DECLARE
     code text := result OPERATOR(pg_catalog.#>>) '{error,code}';
 BEGIN

@@ -86,9 +86,10 @@ pgrx::extension_sql!(
     r#"
 -- Raises the error object a ds.try_subscription_* function returned, with
 -- the SQLSTATE of its code (ds_core::subscription::ErrorCode::sqlstate);
--- returns any other result unchanged.
+-- returns any other result unchanged. SECURITY DEFINER like every ds function
+-- (it reads nothing: the invariant stays simple to check).
 CREATE FUNCTION ds.subscription_checked(result jsonb) RETURNS jsonb
-LANGUAGE plpgsql SET search_path TO pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp AS $$
 DECLARE
     code text := result OPERATOR(pg_catalog.#>>) '{error,code}';
 BEGIN
