@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{Value, json};
 
-use super::{Failure, Outcome, not_found, respond};
+use super::{Failure, Membership, Outcome, lock_membership, not_found, respond};
 use crate::acl;
 use crate::error::DsResult;
 use crate::storage::{self, subscriptions as store, subscriptions::SubscriptionRow};
@@ -149,6 +149,7 @@ fn put(id: &str, body: &Value) -> Outcome {
             if !store::create(client, id, me, &config, &hash)? {
                 continue;
             }
+            lock_membership(Membership::Subscriptions);
             backfill(client, id, &config)?;
             store::link_at_tails(client, id, config.streams.clone(), true)?;
             let row = store::find(client, id, false)?.ok_or_else(|| not_found(id))?;
@@ -221,6 +222,7 @@ pub(super) fn try_subscription_add_streams(
             let row = owned(client, id, true)?;
             require_read(client, acl::caller(), &paths)?;
             reject_wake_stream(row.wake_stream.as_deref(), &paths)?;
+            lock_membership(Membership::Subscriptions);
             store::link_at_tails(client, id, paths, true)?;
             Ok(json!({}))
         })
@@ -249,6 +251,7 @@ pub(super) fn try_subscription_remove_stream(
 /// links it to every live subscription whose pattern matches, except one
 /// whose wake stream it is. Runs in the creating transaction.
 pub(crate) fn link_new_stream(client: &mut SpiClient<'_>, path: &str, pos: i64) -> DsResult<()> {
+    lock_membership(Membership::Streams);
     let ids: Vec<String> = store::pattern_subscriptions(client)?
         .into_iter()
         .filter(|(_, pattern, wake)| {
@@ -264,6 +267,7 @@ pub(crate) fn link_new_stream(client: &mut SpiClient<'_>, path: &str, pos: i64) 
 
 /// The stream at `path` is deleted or expired: drops every link to it.
 pub(crate) fn unlink_stream(client: &mut SpiClient<'_>, path: &str) -> DsResult<()> {
+    lock_membership(Membership::Streams);
     store::unlink_path(client, path)
 }
 

@@ -75,6 +75,46 @@ fn respond(outcome: Outcome) -> Result<pgrx::JsonB, ErrorReport> {
     }
 }
 
+/// Which side of the membership lock a transaction takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Membership {
+    /// Stream creation and deletion: many at once.
+    Streams,
+    /// Subscription creation and explicit links: alone.
+    Subscriptions,
+}
+
+/// Keeps the creation of pattern links apart from stream creation and
+/// deletion until the transaction ends. Without it, a stream created while
+/// a pattern subscription is created is linked by neither: the creating
+/// transaction does not see the uncommitted subscription, and the
+/// subscription's backfill does not see the uncommitted stream. With it,
+/// whichever comes second waits for the first to commit, and its next
+/// statement (READ COMMITTED: a new snapshot) sees it. Stream creators take
+/// it shared, so they never wait for each other. A heavyweight lock with our
+/// own tag space (`0x6474`), not an advisory lock applications could take.
+pub(crate) fn lock_membership(side: Membership) {
+    let tag = pgrx::pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set once the backend is connected.
+        locktag_field1: unsafe { pgrx::pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: 0,
+        locktag_field3: 0,
+        locktag_field4: MEMBERSHIP_LOCK_SPACE,
+        locktag_type: pgrx::pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pgrx::pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    let mode = match side {
+        Membership::Streams => pgrx::pg_sys::ShareLock,
+        Membership::Subscriptions => pgrx::pg_sys::ExclusiveLock,
+    };
+    // SAFETY: a transaction-level heavyweight lock on a tag we own; waits
+    // like any lock (deadlock detection, lock_timeout, cancellation).
+    unsafe { pgrx::pg_sys::LockAcquire(&tag, mode as pgrx::pg_sys::LOCKMODE, false, false) };
+}
+
+/// The lock tag space of [`lock_membership`] (`enqueue.rs` uses `0x6473`).
+const MEMBERSHIP_LOCK_SPACE: u16 = 0x6474;
+
 fn not_found(id: &str) -> Failure {
     Failure::Refused(SubError::new(
         ErrorCode::NotFound,

@@ -9,6 +9,7 @@ mod forks;
 mod hot;
 mod notify;
 mod storm;
+mod subscriptions;
 mod transactions;
 mod ttl;
 mod worker;
