@@ -48,7 +48,12 @@ impl Breakers {
     /// Opens after `threshold` consecutive failures for `cool_down`; keeps
     /// at most `max_hosts` hosts.
     pub fn new(threshold: u32, cool_down: Duration, max_hosts: usize) -> Breakers {
-        Breakers { hosts: HashMap::new(), threshold: threshold.max(1), cool_down, max_hosts: max_hosts.max(1) }
+        Breakers {
+            hosts: HashMap::new(),
+            threshold: threshold.max(1),
+            cool_down,
+            max_hosts: max_hosts.max(1),
+        }
     }
 
     /// Asks to deliver to `host` at `now`.

@@ -21,7 +21,10 @@ pub fn status_for_code(code: &str) -> Option<StatusCode> {
         "TOKEN_INVALID" | "TOKEN_EXPIRED" => StatusCode::UNAUTHORIZED,
         "FORBIDDEN" => StatusCode::FORBIDDEN,
         "SUBSCRIPTION_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "SUBSCRIPTION_ALREADY_EXISTS" | "FENCED" | "ALREADY_CLAIMED" | "NO_PENDING_WORK"
+        "SUBSCRIPTION_ALREADY_EXISTS"
+        | "FENCED"
+        | "ALREADY_CLAIMED"
+        | "NO_PENDING_WORK"
         | "INVALID_OFFSET" => StatusCode::CONFLICT,
         _ => return None,
     })

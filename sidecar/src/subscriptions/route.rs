@@ -13,7 +13,7 @@ pub const PREFIX: &str = "/v1/stream/__ds";
 /// What a subscription route does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `PUT|GET|DELETE /subscriptions/:id`.
+    /// `PUT /subscriptions/:id`.
     Put,
     /// `GET /subscriptions/:id`.
     Get,
@@ -96,11 +96,11 @@ fn route(method: &Method, rest: &str) -> Result<Route, NoRoute> {
         },
         ["streams"] => allow(method, &[Method::POST]).map(|()| Action::AddStreams)?,
         ["streams", path @ ..] => {
-            allow(method, &[Method::DELETE])?;
             let path = decode(&path.join("/"))?;
             if path.is_empty() {
                 return Err(NoRoute::Unknown);
             }
+            allow(method, &[Method::DELETE])?;
             Action::RemoveStream(path)
         }
         [one] => {
@@ -186,8 +186,14 @@ mod tests {
         ] {
             assert_eq!(parse(&Method::GET, unknown), Some(Err(NoRoute::Unknown)), "{unknown}");
         }
-        assert_eq!(parse(&Method::PATCH, "/v1/stream/__ds/subscriptions/s"), Some(Err(NoRoute::Method)));
-        assert_eq!(parse(&Method::GET, "/v1/stream/__ds/subscriptions/%FF"), Some(Err(NoRoute::Encoding)));
+        assert_eq!(
+            parse(&Method::PATCH, "/v1/stream/__ds/subscriptions/s"),
+            Some(Err(NoRoute::Method))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/stream/__ds/subscriptions/%FF"),
+            Some(Err(NoRoute::Encoding))
+        );
         assert_eq!(parse(&Method::GET, "/v1/stream/__dsx"), None);
         assert_eq!(parse(&Method::GET, "/v1/stream/events/a"), None);
     }

@@ -77,7 +77,13 @@ impl Reported {
     }
 }
 
-async fn json(db: &Db, role: Option<&str>, sql: &'static str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)], what: &'static str) -> Result<Value, DbError> {
+async fn json(
+    db: &Db,
+    role: Option<&str>,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &'static str,
+) -> Result<Value, DbError> {
     let rows = db.query_as(role, sql, params).await?;
     let text: Option<String> = rows.first().ok_or(DbError::Shape(what))?.try_get(0)?;
     let text = text.ok_or(DbError::Shape(what))?;
@@ -101,12 +107,22 @@ pub async fn delete(db: &Db, role: Option<&str>, id: &str) -> Result<Value, DbEr
 }
 
 /// `ds.try_subscription_add_streams(id, paths)`.
-pub async fn add_streams(db: &Db, role: Option<&str>, id: &str, paths: &[String]) -> Result<Value, DbError> {
+pub async fn add_streams(
+    db: &Db,
+    role: Option<&str>,
+    id: &str,
+    paths: &[String],
+) -> Result<Value, DbError> {
     json(db, role, ADD_STREAMS, &[&id, &paths], "ds.try_subscription_add_streams").await
 }
 
 /// `ds.try_subscription_remove_stream(id, path)`.
-pub async fn remove_stream(db: &Db, role: Option<&str>, id: &str, path: &str) -> Result<Value, DbError> {
+pub async fn remove_stream(
+    db: &Db,
+    role: Option<&str>,
+    id: &str,
+    path: &str,
+) -> Result<Value, DbError> {
     json(db, role, REMOVE_STREAM, &[&id, &path], "ds.try_subscription_remove_stream").await
 }
 
@@ -116,7 +132,13 @@ pub async fn claim(db: &Db, role: Option<&str>, id: &str, worker: &str) -> Resul
 }
 
 /// A token call (callback, ack, release) as the sidecar's own role.
-pub async fn with_token(db: &Db, call: TokenCall, id: &str, token: &str, request: &Value) -> Result<Value, DbError> {
+pub async fn with_token(
+    db: &Db,
+    call: TokenCall,
+    id: &str,
+    token: &str,
+    request: &Value,
+) -> Result<Value, DbError> {
     let request = request.to_string();
     let (sql, what) = match call {
         TokenCall::Callback => (CALLBACK, "ds.try_subscription_callback"),
@@ -152,10 +174,19 @@ pub async fn deliveries(db: &Db, max: i32, in_flight_ms: i32) -> Result<Vec<Due>
 }
 
 /// `ds.subscription_delivery_result(...)`: false when the wake changed.
-pub async fn delivery_result(db: &Db, due: &Due, outcome: Reported, error: Option<&str>) -> Result<bool, DbError> {
+pub async fn delivery_result(
+    db: &Db,
+    due: &Due,
+    outcome: Reported,
+    error: Option<&str>,
+) -> Result<bool, DbError> {
     let outcome = outcome.as_str();
     let rows = db
-        .query_as(None, RESULT, &[&due.subscription_id, &due.wake_id, &due.generation, &outcome, &error])
+        .query_as(
+            None,
+            RESULT,
+            &[&due.subscription_id, &due.wake_id, &due.generation, &outcome, &error],
+        )
         .await?;
     let row = rows.first().ok_or(DbError::Shape("ds.subscription_delivery_result"))?;
     Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(false))
@@ -168,7 +199,12 @@ pub async fn signing_key(db: &Db) -> Result<Option<(String, Vec<u8>)>, DbError> 
 }
 
 /// Stores a new key unless one is active; returns the active key.
-pub async fn add_signing_key(db: &Db, kid: &str, public_key: &[u8], private_key: &[u8]) -> Result<(String, Vec<u8>), DbError> {
+pub async fn add_signing_key(
+    db: &Db,
+    kid: &str,
+    public_key: &[u8],
+    private_key: &[u8],
+) -> Result<(String, Vec<u8>), DbError> {
     let rows = db.query_as(None, ADD_SIGNING_KEY, &[&kid, &public_key, &private_key]).await?;
     let row = rows.first().ok_or(DbError::Shape("ds.subscription_add_signing_key"))?;
     Ok((row.try_get(0)?, row.try_get(1)?))
