@@ -269,6 +269,15 @@ pub struct Config {
     /// Time allowed to connect to a webhook receiver.
     #[arg(long, env = "DS_WEBHOOK_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
     pub webhook_connect_timeout_ms: u64,
+
+    /// Consecutive failed deliveries to one host:port that open its
+    /// circuit breaker (deliveries to it then wait for a probe).
+    #[arg(long, env = "DS_WEBHOOK_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub webhook_breaker_threshold: u32,
+
+    /// How long an open circuit breaker waits before one probe delivery.
+    #[arg(long, env = "DS_WEBHOOK_BREAKER_COOL_DOWN_MS", default_value_t = 30_000)]
+    pub webhook_breaker_cool_down_ms: u64,
 }
 
 impl Config {

@@ -70,6 +70,7 @@ pub fn app(
         // The reserved control routes (PROTOCOL.md §6) come before stream
         // operations and authenticate per route (subscriptions::routes).
         .route(crate::subscriptions::route::PREFIX, any(crate::subscriptions::routes::handle))
+        .route("/v1/stream/__ds/", any(crate::subscriptions::routes::handle))
         .route("/v1/stream/__ds/{*rest}", any(crate::subscriptions::routes::handle))
         .route("/health", get(ops::health))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

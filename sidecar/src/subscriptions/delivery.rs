@@ -18,12 +18,14 @@
 //! the database, which persists the next attempt time (the backoff).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, Breakers};
@@ -44,10 +46,6 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub const HOST_WAIT: Duration = Duration::from_secs(2);
 /// Subscriptions one tick looks at.
 const TICK_BATCH: i32 = 1000;
-/// Consecutive failures that open a host's breaker.
-pub const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker waits before a probe.
-pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
 /// Hosts remembered by the breakers and the per-host limits.
 const MAX_HOSTS: usize = 10_000;
 
@@ -62,6 +60,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Whole-request timeout (connect, send, response).
     pub timeout: Duration,
+    /// Consecutive failures that open a host's breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before a probe.
+    pub breaker_cool_down: Duration,
 }
 
 /// The delivery loop's state.
@@ -76,6 +78,8 @@ pub struct Deliverer {
     slots: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     breakers: Mutex<Breakers>,
+    /// The extension lacks the subscription functions (warned once).
+    missing: AtomicBool,
 }
 
 /// The JSON body of a webhook (PROTOCOL.md §7.1).
@@ -127,7 +131,12 @@ impl Deliverer {
             clients: Clients::new(limits.connect_timeout, limits.timeout)?,
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             hosts: Mutex::new(HashMap::new()),
-            breakers: Mutex::new(Breakers::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN, MAX_HOSTS)),
+            missing: AtomicBool::new(false),
+            breakers: Mutex::new(Breakers::new(
+                limits.breaker_threshold,
+                limits.breaker_cool_down,
+                MAX_HOSTS,
+            )),
             db,
             keys,
             metrics,
@@ -161,8 +170,16 @@ impl Deliverer {
     /// One pass: tick, then start as many due deliveries as there are
     /// free slots. Errors are logged; the next pass tries again.
     async fn pass(self: &Arc<Self>) {
-        if let Err(e) = store::tick(&self.db, TICK_BATCH).await {
-            tracing::warn!(error = %e, "ds.subscription_tick failed");
+        match store::tick(&self.db, TICK_BATCH).await {
+            Ok(_) => self.missing.store(false, Ordering::Relaxed),
+            Err(e) if e.sqlstate() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+                if !self.missing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the extension has no subscription functions \
+                        (ALTER EXTENSION durable_streams UPDATE?): webhook delivery is idle");
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "ds.subscription_tick failed"),
         }
         let in_flight_ms = i32::try_from(self.in_flight().as_millis()).unwrap_or(i32::MAX);
         loop {

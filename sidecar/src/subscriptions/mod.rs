@@ -58,6 +58,8 @@ impl Subscriptions {
             per_host: config.webhook_concurrency_per_host,
             connect_timeout: Duration::from_millis(config.webhook_connect_timeout_ms.max(1)),
             timeout: Duration::from_millis(config.webhook_timeout_ms.max(1)),
+            breaker_threshold: config.webhook_breaker_threshold,
+            breaker_cool_down: Duration::from_millis(config.webhook_breaker_cool_down_ms),
         };
         let deliverer = Arc::new(delivery::Deliverer::new(
             db,
