@@ -18,6 +18,7 @@ pub mod offset;
 pub mod outcome;
 pub mod producer;
 pub mod segment;
+pub mod subscription;
 pub mod webhook_url;
 
 pub use error::Error;
