@@ -8,26 +8,17 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ds_core::subscription::ErrorCode;
 use serde_json::{Value, json};
 
 use crate::http::ApiError;
 
-/// The HTTP status of a subscription error code (PROTOCOL.md §6-7; the
-/// SQL API raises the same codes as SQLSTATE class `SD`). `None`: a code
-/// this sidecar does not know.
+/// The HTTP status of a subscription error code (PROTOCOL.md §6-7), from
+/// `ds_core::subscription::ErrorCode`, the table the extension's SQLSTATEs
+/// come from too. `None`: a code this sidecar does not know.
 pub fn status_for_code(code: &str) -> Option<StatusCode> {
-    Some(match code {
-        "INVALID_REQUEST" | "WEBHOOK_URL_REJECTED" => StatusCode::BAD_REQUEST,
-        "TOKEN_INVALID" | "TOKEN_EXPIRED" => StatusCode::UNAUTHORIZED,
-        "FORBIDDEN" => StatusCode::FORBIDDEN,
-        "SUBSCRIPTION_NOT_FOUND" => StatusCode::NOT_FOUND,
-        "SUBSCRIPTION_ALREADY_EXISTS"
-        | "FENCED"
-        | "ALREADY_CLAIMED"
-        | "NO_PENDING_WORK"
-        | "INVALID_OFFSET" => StatusCode::CONFLICT,
-        _ => return None,
-    })
+    let status = ErrorCode::parse(code)?.http_status();
+    StatusCode::from_u16(status).ok()
 }
 
 /// A failed subscription request.
