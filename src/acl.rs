@@ -172,6 +172,16 @@ pub fn allows(
     Ok(exempt(client, role)? || acl::allows(&grants_of(client, role)?, path, privilege))
 }
 
+/// Whether `role` holds `privilege` on every path `pattern` matches.
+pub fn allows_pattern(
+    client: &SpiClient<'_>,
+    role: Oid,
+    pattern: &Pattern,
+    privilege: Privilege,
+) -> DsResult<bool> {
+    Ok(exempt(client, role)? || acl::allows_pattern(&grants_of(client, role)?, pattern, privilege))
+}
+
 /// The error for `role` lacking `privilege` on `path`.
 pub fn denied(role: Oid, path: &str, privilege: Privilege) -> DsError {
     DsError::Forbidden { role: role_name(role), path: path.to_owned(), privilege }

@@ -24,6 +24,7 @@ mod read;
 mod sequencer;
 mod storage;
 mod streams;
+mod subscriptions;
 mod tails;
 mod worker;
 

@@ -79,6 +79,8 @@ fn update<'c>(
 
 type RowLimit = std::os::raw::c_long;
 
+pub mod subscriptions;
+
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
 #[derive(Debug, Clone)]
 pub struct StreamRow {

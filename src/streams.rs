@@ -182,6 +182,10 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
                 storage::add_forks(client, source_id, 1)?;
             }
             let start = wanted.fork.as_ref().map_or(Offset::ZERO, |f| f.pos);
+            // Subscriptions see the new stream from its start (a fork: from
+            // what it inherited), in this transaction: its first append is
+            // already pending work.
+            crate::subscriptions::link_new_stream(client, req.path, start.as_i64())?;
             let tail = storage::insert_messages(client, stream_id, start, messages)?;
             storage::update_streams(
                 client,
@@ -380,6 +384,7 @@ pub(crate) fn retire_stream(
     // with the stream (nobody can read past its tail any more).
     crate::enqueue::lock_out_enqueuers(path, crate::apply::LockWait::Wait);
     storage::discard_pending(client, stream.stream_id)?;
+    crate::subscriptions::unlink_stream(client, path)?;
     if stream.fork_count > 0 {
         return storage::soft_delete_stream(client, stream.stream_id, release_path);
     }

@@ -334,6 +334,8 @@ struct Cursors {
 /// so streams that make no progress or keep failing never starve the others.
 fn maintenance_pass(cursors: &mut Cursors) {
     const BATCH: i64 = 100;
+    /// Subscriptions one pass looks at (the sidecar ticks as well).
+    const TICK_SUBSCRIPTIONS: i32 = 1000;
     // A hot standby replays what the primary's worker does; it cannot write.
     if storage::in_recovery() {
         return;
@@ -387,6 +389,13 @@ fn maintenance_pass(cursors: &mut Cursors) {
             Some(false) => {}
             None => report.errors += 1,
         }
+    }
+    // Subscriptions: lease expiry and pull-wake wakes work without a sidecar.
+    match in_transaction("waking subscriptions", || {
+        Spi::connect_mut(|c| crate::subscriptions::tick(c, TICK_SUBSCRIPTIONS))
+    }) {
+        Some(_) => {}
+        None => report.errors += 1,
     }
     if in_transaction("forgetting idle producers", || {
         Spi::connect_mut(maintenance::forget_idle_producers)

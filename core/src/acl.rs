@@ -252,9 +252,22 @@ pub fn allows(grants: &[Grant], path: &str, privilege: Privilege) -> bool {
     grants.iter().any(|g| g.privileges.contains(privilege) && g.pattern.matches(path))
 }
 
+/// The literal segments a pattern starts with (`events/*` → `events`):
+/// every path it matches starts with this text (to narrow a search).
+pub fn literal_prefix(pattern: &str) -> String {
+    let literal: Vec<&str> = pattern.split('/').take_while(|s| !s.contains('*')).collect();
+    literal.join("/")
+}
+
+/// Whether any of `grants` gives `privilege` on every path `pattern` matches
+/// (a subscription to a pattern needs `read` on all it may ever match).
+pub fn allows_pattern(grants: &[Grant], pattern: &Pattern, privilege: Privilege) -> bool {
+    grants.iter().any(|g| g.privileges.contains(privilege) && g.pattern.covers(pattern))
+}
+
 /// Whether any of `grants` carries `admin` over everything `pattern` matches.
 pub fn administers(grants: &[Grant], pattern: &Pattern) -> bool {
-    grants.iter().any(|g| g.privileges.contains(Privilege::Admin) && g.pattern.covers(pattern))
+    allows_pattern(grants, pattern, Privilege::Admin)
 }
 
 #[cfg(test)]
@@ -278,6 +291,28 @@ mod tests {
         assert!(e.contains("\"write\"") && e.contains("admin"), "{e}");
         assert_eq!(Privileges::from_bits(Privileges::ALL.bits() | 1 << 20), Privileges::ALL);
         assert_eq!(Privileges::ALL.minus(Privileges::ALL), Privileges::NONE);
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        for (pattern, prefix) in
+            [("events/*", "events"), ("a/b/**/c", "a/b"), ("**", ""), ("a/b", "a/b")]
+        {
+            assert_eq!(literal_prefix(pattern), prefix);
+        }
+        // `a/**` matches `a` itself: the prefix has no trailing slash.
+        assert!(pat("a/**").matches("a") && "a".starts_with(&literal_prefix("a/**")));
+    }
+
+    #[test]
+    fn pattern_privileges_need_a_covering_grant() {
+        let grants =
+            [Grant { pattern: pat("events/**"), privileges: Privileges::parse("read").unwrap() }];
+        assert!(allows_pattern(&grants, &pat("events/*"), Privilege::Read));
+        assert!(allows_pattern(&grants, &pat("events/a/**"), Privilege::Read));
+        assert!(!allows_pattern(&grants, &pat("**"), Privilege::Read));
+        assert!(!allows_pattern(&grants, &pat("events/*"), Privilege::Append));
+        assert!(!administers(&grants, &pat("events/*")));
     }
 
     #[test]
