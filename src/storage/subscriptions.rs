@@ -239,16 +239,16 @@ pub fn link_at_tails(
 pub fn unlink_explicit(client: &mut SpiClient<'_>, id: &str, path: &str) -> DsResult<()> {
     update(
         client,
-        "UPDATE ds.subscription_links SET explicit = false \
-         WHERE subscription_id OPERATOR(pg_catalog.=) $1 AND path OPERATOR(pg_catalog.=) $2",
+        "DELETE FROM ds.subscription_links \
+         WHERE subscription_id OPERATOR(pg_catalog.=) $1 AND path OPERATOR(pg_catalog.=) $2 \
+           AND NOT glob",
         None,
         &[id.into(), path.into()],
     )?;
     update(
         client,
-        "DELETE FROM ds.subscription_links \
-         WHERE subscription_id OPERATOR(pg_catalog.=) $1 AND path OPERATOR(pg_catalog.=) $2 \
-           AND NOT explicit AND NOT glob",
+        "UPDATE ds.subscription_links SET explicit = false \
+         WHERE subscription_id OPERATOR(pg_catalog.=) $1 AND path OPERATOR(pg_catalog.=) $2",
         None,
         &[id.into(), path.into()],
     )?;

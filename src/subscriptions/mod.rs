@@ -155,3 +155,6 @@ AS $$ SELECT ds.subscription_checked(ds.try_subscription_release(id, token, requ
         delivery::try_subscription_release,
     ],
 );
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
