@@ -115,6 +115,15 @@ async fn put_sub(s: &Sidecar, id: &str, config: Value) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Deletes subscriptions at the end of a test (their webhooks would
+/// otherwise be retried against a receiver that is gone).
+async fn delete_subs(s: &Sidecar, ids: &[&str]) {
+    for id in ids {
+        let r = http().delete(sub_url(s, id)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+    }
+}
+
 async fn get_sub(s: &Sidecar, id: &str) -> Value {
     let r = http().get(sub_url(s, id)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -262,6 +271,7 @@ async fn signed_webhooks_done_auto_ack_and_callbacks_are_fenced() {
     let no_token =
         http().post(wake["callback_url"].as_str().unwrap()).json(&json!({})).send().await.unwrap();
     assert_eq!(no_token.status().as_u16(), 401);
+    delete_subs(&sidecar, &[&id, &id2]).await;
 }
 
 #[tokio::test]
@@ -308,6 +318,7 @@ async fn failed_deliveries_back_off_survive_a_restart_and_recover() {
         get_sub(&sidecar, &id).await["status"] == "active" && all_acked(&sidecar, &id).await
     })
     .await;
+    delete_subs(&sidecar, &[&id]).await;
 }
 
 #[tokio::test]
@@ -352,6 +363,7 @@ async fn two_sidecars_deliver_each_wake_once() {
     wakes.dedup();
     assert_eq!(wakes.len(), delivered, "a wake was delivered twice");
     assert!(delivered >= ids.len() * 3, "{delivered} deliveries");
+    delete_subs(&a, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }
 
 #[tokio::test]
@@ -403,6 +415,7 @@ async fn a_name_resolving_to_a_forbidden_address_is_refused_at_delivery() {
     )
     .await;
     assert_eq!((status, &body["error"]["code"]), (400, &json!("WEBHOOK_URL_REJECTED")));
+    delete_subs(&sidecar, &[&id]).await;
 }
 
 #[tokio::test]
@@ -445,4 +458,5 @@ async fn the_breaker_opens_and_half_opens() {
     }
     assert!(opened_at.elapsed() > Duration::from_millis(500));
     assert!(sidecar.metrics().await.contains("ds_sidecar_webhook_breakers_open 0"));
+    delete_subs(&sidecar, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }
