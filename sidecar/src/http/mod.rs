@@ -99,7 +99,7 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -113,7 +113,7 @@ pub(crate) fn admit(
     uri: &http::Uri,
     extensions: &http::Extensions,
     authenticate: bool,
-) -> Result<Principal, Response> {
+) -> Result<Principal, ApiError> {
     let principal = if authenticate {
         let authorization = match headers.get(header::AUTHORIZATION).map(HeaderValue::to_str) {
             None => None,
@@ -126,7 +126,7 @@ pub(crate) fn admit(
                 if matches!(e, AuthError::Missing | AuthError::Invalid(_)) {
                     state.metrics.unauthenticated.inc();
                 }
-                return Err(ApiError::from(e).into_response());
+                return Err(ApiError::from(e));
             }
         }
     } else {
@@ -143,8 +143,7 @@ pub(crate) fn admit(
         };
         if let Err(limited) = limiter.check(&key) {
             state.metrics.rate_limited.inc();
-            return Err(ApiError::TooManyRequests { retry_after_secs: limited.retry_after_secs() }
-                .into_response());
+            return Err(ApiError::TooManyRequests { retry_after_secs: limited.retry_after_secs() });
         }
     }
     Ok(principal)

@@ -54,7 +54,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         authenticate,
     ) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
