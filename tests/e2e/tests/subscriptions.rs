@@ -23,21 +23,26 @@ struct Received {
     body: Value,
 }
 
-/// A webhook receiver answering every request with the current reply.
+/// A webhook receiver answering every request with the current reply. It
+/// records only requests of subscriptions whose id starts with its
+/// `prefix` (a leftover subscription of an earlier run may still deliver
+/// to a reused port).
 #[derive(Clone)]
 struct Receiver {
     port: u16,
+    prefix: String,
     log: Arc<Mutex<Vec<Received>>>,
     reply: Arc<Mutex<(u16, String)>>,
     arrived: Arc<Notify>,
 }
 
 impl Receiver {
-    async fn start(status: u16, body: &str) -> Receiver {
+    async fn start(status: u16, body: &str, prefix: &str) -> Receiver {
         let listener =
             tokio::net::TcpListener::bind(("127.0.0.1", ds_e2e::free_port())).await.unwrap();
         let receiver = Receiver {
             port: listener.local_addr().unwrap().port(),
+            prefix: prefix.to_owned(),
             log: Arc::default(),
             reply: Arc::new(Mutex::new((status, body.to_owned()))),
             arrived: Arc::new(Notify::new()),
@@ -66,7 +71,12 @@ impl Receiver {
             req.headers().get("webhook-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let raw =
             req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let ours = body["subscription_id"].as_str().is_some_and(|id| id.starts_with(&self.prefix));
+        if !ours {
+            let gone = Full::new(Bytes::from_static(b"{}"));
+            return Ok(hyper::Response::builder().status(410).body(gone).unwrap());
+        }
         self.log.lock().unwrap().push(Received { at: Instant::now(), signature, raw, body });
         self.arrived.notify_waiters();
         let (status, text) = self.reply.lock().unwrap().clone();
@@ -209,8 +219,8 @@ async fn signed_webhooks_done_auto_ack_and_callbacks_are_fenced() {
     let sidecar = Sidecar::start(&[]).await;
     let base = unique_path("subs-sync");
     // Synchronous: the receiver answers {"done": true}.
-    let sync = Receiver::start(200, r#"{"done": true}"#).await;
     let id = format!("sync-{}", base.replace('/', "-"));
+    let sync = Receiver::start(200, r#"{"done": true}"#, &id).await;
     let (status, doc) = put_sub(
         &sidecar,
         &id,
@@ -237,8 +247,8 @@ async fn signed_webhooks_done_auto_ack_and_callbacks_are_fenced() {
     eventually(Duration::from_secs(10), "auto-ack", || all_acked(&sidecar, &id)).await;
 
     // Asynchronous: the receiver answers {} and calls back.
-    let r#async = Receiver::start(200, "{}").await;
     let id2 = format!("async-{}", base.replace('/', "-"));
+    let r#async = Receiver::start(200, "{}", &id2).await;
     let stream = format!("{base}-explicit");
     create_stream(&sidecar, &stream).await;
     let (status, _) = put_sub(
@@ -278,9 +288,9 @@ async fn signed_webhooks_done_auto_ack_and_callbacks_are_fenced() {
 async fn failed_deliveries_back_off_survive_a_restart_and_recover() {
     let mut sidecar = Sidecar::start(&[]).await;
     let port = sidecar.port;
-    let receiver = Receiver::start(500, "{}").await;
     let path = unique_path("subs-retry");
     let id = format!("retry-{}", path.replace('/', "-"));
+    let receiver = Receiver::start(500, "{}", &id).await;
     create_stream(&sidecar, &path).await;
     let (status, _) = put_sub(
         &sidecar,
@@ -290,19 +300,22 @@ async fn failed_deliveries_back_off_survive_a_restart_and_recover() {
     .await;
     assert_eq!(status, 201);
     append(&sidecar, &path).await;
-    let got = receiver.wait_for(3, Duration::from_secs(15)).await;
+    let got = receiver.wait_for(4, Duration::from_secs(25)).await;
     let gaps: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
-    // 1 s then 2 s (±20%), each up to one loop period late.
-    assert!(gaps[0] >= 0.75 && gaps[1] >= 1.55 && gaps[1] > gaps[0] * 1.1, "gaps {gaps:?}");
+    // 1 s, 2 s, 4 s (±20%), each up to one loop period (1 s) late.
+    assert!(
+        gaps[0] >= 0.75 && gaps[1] >= 1.55 && gaps[2] >= 3.15 && gaps[2] > gaps[0] + 1.0,
+        "gaps {gaps:?}"
+    );
     assert_eq!(get_sub(&sidecar, &id).await["status"], "failed");
-    // The third failure is recorded (attempts = 3: next in 4 s ± 20%).
+    // The fourth failure is recorded (attempts = 4: next in 8 s ± 20%).
     let db = sql().await;
-    eventually(Duration::from_secs(5), "attempts = 3", || async {
+    eventually(Duration::from_secs(5), "attempts = 4", || async {
         let row = db
             .query_one("SELECT attempts FROM ds.subscriptions WHERE id = $1", &[&id])
             .await
             .unwrap();
-        row.get::<_, i32>(0) >= 3
+        row.get::<_, i32>(0) >= 4
     })
     .await;
     let third = receiver.received().len();
@@ -311,9 +324,10 @@ async fn failed_deliveries_back_off_survive_a_restart_and_recover() {
     sidecar.kill().await;
     sidecar = Sidecar::start_on(port, &[]).await;
     receiver.set_reply(200, r#"{"done": true}"#);
-    let got = receiver.wait_for(third + 1, Duration::from_secs(15)).await;
+    let got = receiver.wait_for(third + 1, Duration::from_secs(20)).await;
     let waited = (got[third].at - third_at).as_secs_f64();
-    assert!(waited >= 3.0, "the persisted next attempt was not honoured: {waited:.2} s");
+    let all: Vec<f64> = got.windows(2).map(|w| (w[1].at - w[0].at).as_secs_f64()).collect();
+    assert!(waited >= 6.2, "the persisted next attempt was not honoured: {waited:.2} s ({all:?})");
     eventually(Duration::from_secs(10), "acked and active", || async {
         get_sub(&sidecar, &id).await["status"] == "active" && all_acked(&sidecar, &id).await
     })
@@ -325,9 +339,10 @@ async fn failed_deliveries_back_off_survive_a_restart_and_recover() {
 async fn two_sidecars_deliver_each_wake_once() {
     let a = Sidecar::start(&[]).await;
     let b = Sidecar::start(&[]).await;
-    let receiver = Receiver::start(200, r#"{"done": true}"#).await;
     let base = unique_path("subs-two");
-    let ids: Vec<String> = (0..12).map(|i| format!("two-{}-{i}", base.replace('/', "-"))).collect();
+    let prefix = format!("two-{}-", base.replace('/', "-"));
+    let receiver = Receiver::start(200, r#"{"done": true}"#, &prefix).await;
+    let ids: Vec<String> = (0..12).map(|i| format!("{prefix}{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let stream = format!("{base}/{i}");
         create_stream(&a, &stream).await;
@@ -377,9 +392,9 @@ async fn a_name_resolving_to_a_forbidden_address_is_refused_at_delivery() {
         "{name} resolves to {addrs:?}: this test needs a host name of a private address"
     );
     let sidecar = Sidecar::start(&[]).await;
-    let receiver = Receiver::start(200, r#"{"done": true}"#).await;
     let path = unique_path("subs-private");
     let id = format!("private-{}", path.replace('/', "-"));
+    let receiver = Receiver::start(200, r#"{"done": true}"#, &id).await;
     create_stream(&sidecar, &path).await;
     let url = format!("https://{name}:{}/hook", receiver.port);
     let (status, doc) = put_sub(
@@ -422,10 +437,10 @@ async fn a_name_resolving_to_a_forbidden_address_is_refused_at_delivery() {
 async fn the_breaker_opens_and_half_opens() {
     let flags = ["--webhook-breaker-threshold", "2", "--webhook-breaker-cool-down-ms", "3000"];
     let sidecar = Sidecar::start(&flags).await;
-    let receiver = Receiver::start(500, "{}").await;
     let base = unique_path("subs-breaker");
-    let ids: Vec<String> =
-        (0..4).map(|i| format!("breaker-{}-{i}", base.replace('/', "-"))).collect();
+    let prefix = format!("breaker-{}-", base.replace('/', "-"));
+    let receiver = Receiver::start(500, "{}", &prefix).await;
+    let ids: Vec<String> = (0..4).map(|i| format!("{prefix}{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let stream = format!("{base}/{i}");
         create_stream(&sidecar, &stream).await;
