@@ -246,6 +246,38 @@ pub struct Config {
     #[arg(long, env = "DS_SYNCHRONOUS_COMMIT", default_value = "on",
           value_parser = ["on", "remote_write", "remote_apply", "local"])]
     pub synchronous_commit: String,
+
+    /// This sidecar's public base URL (`scheme://host[:port][/prefix]`), as
+    /// clients and webhook receivers reach it: subscription callback and
+    /// JWKS URLs are built from it, never from a request's Host header.
+    /// Default: `http://<--listen>`.
+    #[arg(long, env = "DS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Most webhook deliveries in flight at once (this sidecar).
+    #[arg(long, env = "DS_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
+
+    /// Most webhook deliveries in flight at once to one host:port.
+    #[arg(long, env = "DS_WEBHOOK_CONCURRENCY_PER_HOST", default_value_t = 8)]
+    pub webhook_concurrency_per_host: usize,
+
+    /// Time allowed for a webhook request, response included.
+    #[arg(long, env = "DS_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Time allowed to connect to a webhook receiver.
+    #[arg(long, env = "DS_WEBHOOK_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub webhook_connect_timeout_ms: u64,
+
+    /// Consecutive failed deliveries to one host:port that open its
+    /// circuit breaker (deliveries to it then wait for a probe).
+    #[arg(long, env = "DS_WEBHOOK_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub webhook_breaker_threshold: u32,
+
+    /// How long an open circuit breaker waits before one probe delivery.
+    #[arg(long, env = "DS_WEBHOOK_BREAKER_COOL_DOWN_MS", default_value_t = 30_000)]
+    pub webhook_breaker_cool_down_ms: u64,
 }
 
 impl Config {
@@ -267,6 +299,26 @@ impl Config {
     /// [`Config::sse_max_duration_ms`] as a duration.
     pub fn sse_max_duration(&self) -> Duration {
         Duration::from_millis(self.sse_max_duration_ms)
+    }
+
+    /// The public base URL without a trailing slash ([`Config::public_url`]).
+    pub fn public_base(&self) -> Result<String, String> {
+        let Some(url) = &self.public_url else { return Ok(format!("http://{}", self.listen)) };
+        let base = url.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .ok_or_else(|| format!("--public-url {url:?} must start with http:// or https://"))?;
+        if rest.is_empty()
+            || rest.starts_with('/')
+            || base.contains(['?', '#', ' '])
+            || !base.is_ascii()
+        {
+            return Err(format!(
+                "--public-url {url:?} must be scheme://host[:port][/prefix], without query or fragment"
+            ));
+        }
+        Ok(base.to_owned())
     }
 
     /// Refuses configurations that would expose every stream by accident:
@@ -292,6 +344,25 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn public_base_url() {
+        let mut c = Config::with_database_url("postgresql://localhost/db");
+        assert_eq!(c.public_base().unwrap(), "http://127.0.0.1:4437");
+        c.public_url = Some("https://streams.example.com/ds/".into());
+        assert_eq!(c.public_base().unwrap(), "https://streams.example.com/ds");
+        for bad in [
+            "streams.example.com",
+            "ftp://x",
+            "https://",
+            "https:///x",
+            "https://x/?a",
+            "https://x y",
+        ] {
+            c.public_url = Some(bad.into());
+            assert!(c.public_base().is_err(), "{bad}");
+        }
     }
 
     #[test]

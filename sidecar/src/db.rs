@@ -433,7 +433,7 @@ impl Db {
 
     /// Runs `sql` as `role` (see the module docs); as the sidecar itself
     /// when `role` is `None`.
-    async fn query_as(
+    pub(crate) async fn query_as(
         &self,
         role: Option<&str>,
         sql: &'static str,

@@ -10,7 +10,8 @@
 //! error mapping), [`db`] (pool and SQL calls), [`tail`] (the LISTEN
 //! fan-out), [`failover`] (riding out the loss of the primary),
 //! [`replica`] (reads on hot standbys), [`ratelimit`], [`server`]
-//! (connection limits), [`metrics`].
+//! (connection limits), [`metrics`], [`subscriptions`] (the `__ds` routes
+//! and webhook delivery).
 // Unsafe code only where a module says why (`memory`).
 #![deny(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod replica;
 pub mod server;
+pub mod subscriptions;
 pub mod tail;
 
 use std::sync::Arc;
@@ -84,6 +86,8 @@ pub struct SharedState {
     pub cors: Origins,
     /// Read replicas (`None` without `--read-database-url`).
     pub replicas: Option<Arc<replica::Router>>,
+    /// Subscriptions: signing key cache and the delivery loop.
+    pub subscriptions: Arc<subscriptions::Subscriptions>,
 }
 
 impl AppState {
@@ -122,7 +126,11 @@ impl AppState {
             config.rate_limit_max_keys,
         )
         .map(Arc::new);
+        let subscriptions =
+            subscriptions::Subscriptions::new(&config, db.clone(), Arc::clone(&metrics))
+                .map_err(RunError::Config)?;
         Ok(AppState(Arc::new(SharedState {
+            subscriptions: Arc::new(subscriptions),
             db,
             batcher: Arc::new(batcher),
             flights: Arc::new(flight::Flights::default()),
@@ -191,6 +199,12 @@ pub async fn run(
         }
         None => (Arc::clone(&state.hub) as Arc<dyn tail::Wake>, Vec::new()),
     };
+    // Notifications also kick the subscription delivery loop.
+    let wake: Arc<dyn tail::Wake> = Arc::new(subscriptions::Doorbell {
+        inner: wake,
+        kick: Arc::clone(&state.subscriptions.kick),
+    });
+    let delivery_task = state.subscriptions.start(shutdown.clone());
     let listen_task = tokio::spawn(tail::listen(
         db::listen_config(&state.config)?,
         wake,
@@ -231,6 +245,7 @@ pub async fn run(
     let served = server::serve(listener, http::app(state), limits, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = listen_task.await;
+    let _ = delivery_task.await;
     for t in replica_tasks {
         let _ = t.await;
     }

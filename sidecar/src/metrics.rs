@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 /// Labels of `http_requests`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Route: `stream`, `health`, `metrics` or `other`.
+    /// Route: `stream`, `subscriptions` (`/v1/stream/__ds`), `health`, `metrics` or `other`.
     pub route: &'static str,
     /// HTTP method (`OTHER` for unusual ones).
     pub method: &'static str,
@@ -39,6 +39,14 @@ fn latency_histogram() -> Histogram {
 pub struct OutcomeLabels {
     /// `ds.try_append` outcome name (`unknown` for one this sidecar does
     /// not know).
+    pub outcome: &'static str,
+}
+
+/// Labels of `webhook_deliveries`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `done`, `delivered`, `failed`, `refused` (forbidden address),
+    /// `circuit_open` or `deferred` (host busy).
     pub outcome: &'static str,
 }
 
@@ -85,6 +93,14 @@ pub struct Metrics {
     pub unauthenticated: Counter,
     /// Read routing to read replicas.
     pub replica: crate::replica::ReplicaMetrics,
+    /// Webhook deliveries by outcome.
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// Webhook deliveries that were retries (the wake failed before).
+    pub webhook_retries: Counter,
+    /// Time of a webhook request, to the end of its (capped) response.
+    pub webhook_latency: Histogram,
+    /// Webhook hosts whose circuit breaker is open or half-open.
+    pub webhook_breakers_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,6 +127,11 @@ impl Default for Metrics {
             rate_limited: Counter::default(),
             unauthenticated: Counter::default(),
             replica: Default::default(),
+            webhook_deliveries: Family::default(),
+            webhook_retries: Counter::default(),
+            // 1 ms .. ~65 s.
+            webhook_latency: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
+            webhook_breakers_open: Gauge::default(),
             registry: Registry::with_prefix("ds_sidecar"),
         };
         m.registry.register(
@@ -190,6 +211,26 @@ impl Default for Metrics {
         m.registry.register("rate_limited", "Requests answered 429", m.rate_limited.clone());
         m.registry.register("unauthenticated", "Requests answered 401", m.unauthenticated.clone());
         m.replica.register(&mut m.registry);
+        m.registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome (done, delivered, failed, refused, circuit_open, deferred)",
+            m.webhook_deliveries.clone(),
+        );
+        m.registry.register(
+            "webhook_retries",
+            "Webhook deliveries of wakes whose earlier delivery failed",
+            m.webhook_retries.clone(),
+        );
+        m.registry.register(
+            "webhook_delivery_duration_seconds",
+            "Time of a webhook request, to the end of its response (read up to 64 KiB)",
+            m.webhook_latency.clone(),
+        );
+        m.registry.register(
+            "webhook_breakers_open",
+            "Webhook hosts whose circuit breaker is open or half-open",
+            m.webhook_breakers_open.clone(),
+        );
         m
     }
 }

@@ -21,4 +21,5 @@ const { runConformanceTests } = await import("@durable-streams/server-conformanc
 runConformanceTests({
   baseUrl: process.env.DS_BASE_URL ?? "http://127.0.0.1:4437",
   longPollTimeoutMs: Number(process.env.DS_LONG_POLL_TIMEOUT_MS ?? 30000),
+  subscriptions: true,
 })

@@ -24,7 +24,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{self, HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use tower::util::option_layer;
 use tower::{Service, ServiceBuilder};
 use tower_http::compression::CompressionLayer;
@@ -67,6 +67,11 @@ pub fn app(
                 .options(streams::options),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        // The reserved control routes (PROTOCOL.md §6) come before stream
+        // operations and authenticate per route (subscriptions::routes).
+        .route(crate::subscriptions::route::PREFIX, any(crate::subscriptions::routes::handle))
+        .route("/v1/stream/__ds/", any(crate::subscriptions::routes::handle))
+        .route("/v1/stream/__ds/{*rest}", any(crate::subscriptions::routes::handle))
         .route("/health", get(ops::health))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state.clone());
@@ -89,37 +94,59 @@ pub fn metrics_app(state: AppState) -> Router {
 /// Authenticates a stream request and applies the rate limit; the
 /// request's [`Principal`] goes into its extensions for the handlers.
 async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let authorization = match req.headers().get(header::AUTHORIZATION).map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => Some(""), // not text: malformed
-    };
-    let principal = match state.auth.authenticate(authorization, req.uri().query()) {
-        Ok(p) => p,
-        Err(e) => {
-            if matches!(e, AuthError::Missing | AuthError::Invalid(_)) {
-                state.metrics.unauthenticated.inc();
-            }
-            return ApiError::from(e).into_response();
+    match admit(&state, req.headers(), req.uri(), req.extensions(), true) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
         }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// Authenticates a request (unless `authenticate` is false: the request
+/// carries its own credential, and acts as [`Principal::anonymous`]) and
+/// applies the rate limit, keyed by the token's subject or role, else by
+/// the client's address.
+pub(crate) fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    extensions: &http::Extensions,
+    authenticate: bool,
+) -> Result<Principal, ApiError> {
+    let principal = if authenticate {
+        let authorization = match headers.get(header::AUTHORIZATION).map(HeaderValue::to_str) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => Some(""), // not text: malformed
+        };
+        match state.auth.authenticate(authorization, uri.query()) {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, AuthError::Missing | AuthError::Invalid(_)) {
+                    state.metrics.unauthenticated.inc();
+                }
+                return Err(ApiError::from(e));
+            }
+        }
+    } else {
+        Principal::anonymous()
     };
     if let Some(limiter) = &state.limiter {
         let key = match (&principal.subject, &principal.role) {
             (Some(sub), _) => format!("sub:{sub}"),
             (None, Some(role)) => format!("role:{role}"),
-            (None, None) => match req.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+            (None, None) => match extensions.get::<ConnectInfo<std::net::SocketAddr>>() {
                 Some(ConnectInfo(addr)) => address_key(addr.ip()),
                 None => "ip:unknown".to_owned(),
             },
         };
         if let Err(limited) = limiter.check(&key) {
             state.metrics.rate_limited.inc();
-            return ApiError::TooManyRequests { retry_after_secs: limited.retry_after_secs() }
-                .into_response();
+            return Err(ApiError::TooManyRequests { retry_after_secs: limited.retry_after_secs() });
         }
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    Ok(principal)
 }
 
 /// Request ids for requests that come without one: a random prefix drawn
@@ -163,6 +190,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         _ => "OTHER",
     };
     let route = match req.uri().path() {
+        p if p.starts_with(crate::subscriptions::route::PREFIX) => "subscriptions",
         p if p.starts_with(STREAM_PREFIX) => "stream",
         "/health" => "health",
         _ => "other",

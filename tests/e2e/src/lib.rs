@@ -36,9 +36,28 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap()
 }
 
-/// A free TCP port on 127.0.0.1 (right now).
+/// A free TCP port on 127.0.0.1 (right now). With `DS_TEST_PORT_RANGE`
+/// (`first-last`, for machines where each user has a port range), the next
+/// free one of that range, in turn (a port handed out is not handed out
+/// again until the range wraps, even before it is bound).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let range = std::env::var("DS_TEST_PORT_RANGE").ok().and_then(|r| {
+        let (a, b) = r.split_once('-')?;
+        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+    });
+    let Some((first, last)) = range.filter(|(a, b)| a <= b) else {
+        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    };
+    let span = u32::from(last - first) + 1;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % span;
+        let port = first + n as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in DS_TEST_PORT_RANGE {first}-{last}");
 }
 
 /// The test database URL with another user.
