@@ -259,20 +259,14 @@ async fn a_sql_consumer_applies_every_message_once_across_kills() {
         }
         total += stored.len();
     }
-    let got: Value = db
-        .query_one("SELECT ds.subscription_get($1)", &[&SUBSCRIPTION])
-        .await
-        .unwrap()
-        .get(0);
+    let got: Value =
+        db.query_one("SELECT ds.subscription_get($1)", &[&SUBSCRIPTION]).await.unwrap().get(0);
     let subscription = got.get("subscription").unwrap_or(&got);
     assert_eq!(subscription["streams"].as_array().map(Vec::len), Some(STREAMS));
     for link in subscription["streams"].as_array().unwrap() {
         let path = link["path"].as_str().unwrap();
-        let tail: String = db
-            .query_one("SELECT next_offset FROM ds.head($1)", &[&path])
-            .await
-            .unwrap()
-            .get(0);
+        let tail: String =
+            db.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
         assert_eq!(link["acked_offset"], json!(tail), "{path} acked up to its tail");
     }
     println!(
