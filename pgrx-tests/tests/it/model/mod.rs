@@ -2,7 +2,8 @@
 //! append (all overloads), try_append (content types, Stream-Seq,
 //! producers, close), try_append_batch, close, fork (offsets and
 //! sub-offsets inside the source), read / read_chunk from any offset a
-//! client could hold, head and delete (soft while forks exist, cascading),
+//! client could hold, head, delete (soft while forks exist, cascading) and
+//! rotation (everything packed into small segments: reads must not change),
 //! run against the cluster and against `state::Model`, comparing every
 //! result row (outcomes, offsets, bytes, SQLSTATEs). On a mismatch proptest
 //! shrinks the sequence and the test prints the minimal SQL script.
@@ -52,7 +53,7 @@ async fn run_sql(client: &Client, sql: &str) -> Res {
 /// line, with the model's expectation of each as a comment.
 fn script(ops: &[Op], paths: &[String]) -> String {
     let mut model = Model::default();
-    let mut out = String::new();
+    let mut out = format!("{}\n", ops::SESSION);
     for op in ops {
         let call = op.resolve(&model);
         let expected = model.apply(&call);
@@ -120,6 +121,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn sql_api_matches_the_model() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let client = runtime.block_on(connect());
+    runtime.block_on(client.batch_execute(ops::SESSION)).expect("session settings");
     let cases: u32 = env_or("DS_PROPTEST_CASES", 512);
     let seed: u64 = env_or("DS_PROPTEST_SEED", 0x6473_5f6d_6f64_656c);
     let mut seed_bytes = [0u8; 32];

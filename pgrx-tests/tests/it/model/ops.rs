@@ -124,22 +124,59 @@ pub enum Op {
     ReadChunk { p: usize, from: From },
     Head { p: usize },
     Delete { p: usize },
+    Rotate { p: usize },
 }
 
 /// What is run: an `Op` with concrete offsets and bodies.
 #[derive(Debug, Clone)]
 pub enum Call {
-    Create { p: usize, ct: Ct, ttl: Option<i64>, closed: bool, body: Vec<u8> },
-    Append { p: usize, overload: Overload, body: Vec<u8> },
+    Create {
+        p: usize,
+        ct: Ct,
+        ttl: Option<i64>,
+        closed: bool,
+        body: Vec<u8>,
+    },
+    Append {
+        p: usize,
+        overload: Overload,
+        body: Vec<u8>,
+    },
     TryAppend(Req),
     Batch(Vec<Req>),
-    Close { p: usize },
-    Fork { p: usize, source: usize, offset: Option<u64>, sub: i64 },
-    Read { p: usize, from: At },
-    ReadChunk { p: usize, from: At },
-    Head { p: usize },
-    Delete { p: usize },
+    Close {
+        p: usize,
+    },
+    Fork {
+        p: usize,
+        source: usize,
+        offset: Option<u64>,
+        sub: i64,
+    },
+    Read {
+        p: usize,
+        from: At,
+    },
+    ReadChunk {
+        p: usize,
+        from: At,
+    },
+    Head {
+        p: usize,
+    },
+    Delete {
+        p: usize,
+    },
+    /// `ds.rotate` with every byte packed (see `SESSION`): reads after it
+    /// must not change.
+    Rotate {
+        p: usize,
+    },
 }
+
+/// Settings of the test's session: rotation packs everything, into small
+/// segments, so reads cross segment and hot-row boundaries.
+pub const SESSION: &str = "SET ds.hot_tail_bytes = 0; SET ds.segment_target_bytes = 16;";
 
 fn path() -> impl Strategy<Value = usize> {
     0..PATHS
@@ -216,6 +253,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => (path(), from()).prop_map(|(p, from)| Op::ReadChunk { p, from }),
         1 => path().prop_map(|p| Op::Head { p }),
         1 => path().prop_map(|p| Op::Delete { p }),
+        1 => path().prop_map(|p| Op::Rotate { p }),
     ]
 }
 
@@ -263,6 +301,7 @@ impl Op {
             Op::ReadChunk { p, from } => Call::ReadChunk { p: *p, from: at(*p, from) },
             Op::Head { p } => Call::Head { p: *p },
             Op::Delete { p } => Call::Delete { p: *p },
+            Op::Rotate { p } => Call::Rotate { p: *p },
         }
     }
 }
@@ -364,6 +403,7 @@ impl Call {
                 )
             }
             Call::Delete { p } => format!("SELECT ds.delete({});", q(p)),
+            Call::Rotate { p } => format!("SELECT count(*) FROM ds.rotate({});", q(p)),
         }
     }
 }
