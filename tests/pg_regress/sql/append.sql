@@ -3,13 +3,6 @@
 SELECT created FROM ds.create('append/bytes');
 SELECT created FROM ds.create('append/text', 'text/plain');
 SELECT created FROM ds.create('append/json', 'application/json');
-CREATE OR REPLACE FUNCTION attempt(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 
 -- The overloads: bytea and text on any stream; jsonb on JSON streams only.
 SELECT ds.append('append/bytes', '\x000102'::bytea);
@@ -80,4 +73,3 @@ COMMIT;
 SELECT start_offset, convert_from(data, 'UTF8') FROM ds.read('append/tx');
 
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'append/%' ORDER BY path;
-DROP FUNCTION attempt(text);

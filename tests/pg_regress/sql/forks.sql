@@ -1,13 +1,6 @@
 -- Forks (§4.2): fork point from offset and sub-offset, inheritance of
 -- content type and TTL, idempotency, soft delete of a source with forks and
 -- the cascade that removes it with its last fork. Paths under forks/.
-CREATE OR REPLACE FUNCTION attempt(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 SELECT created FROM ds.create('forks/src', 'text/plain', ttl_seconds => 600);
 SELECT ds.append('forks/src', 'aaaa'::text);
 SELECT ds.append('forks/src', 'bbbb'::text);
@@ -65,4 +58,3 @@ SELECT ds.delete('forks/at-4+2');
 SELECT path FROM ds.streams WHERE path LIKE 'forks/%';
 SELECT created, next_offset FROM ds.create('forks/src', 'text/plain');
 SELECT ds.delete('forks/src');
-DROP FUNCTION attempt(text);

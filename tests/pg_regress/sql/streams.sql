@@ -21,13 +21,6 @@ SELECT * FROM ds.create('streams/done', 'text/plain', closed => true);
 -- Content types compare by essence, case-insensitively.
 SELECT created FROM ds.create('streams/text', 'TEXT/PLAIN');
 -- Anything else differs: 42710, naming what.
-CREATE OR REPLACE FUNCTION attempt(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 SELECT attempt($$ SELECT ds.create('streams/text', 'application/json') $$);
 SELECT attempt($$ SELECT ds.create('streams/ttl', 'text/plain', ttl_seconds => 60) $$);
 SELECT attempt($$ SELECT ds.create('streams/ttl', 'text/plain') $$);
@@ -44,4 +37,3 @@ SELECT * FROM ds.create('streams/text', 'application/json');
 
 SELECT path, content_type, closed FROM ds.streams WHERE path LIKE 'streams/%' ORDER BY path;
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'streams/%' ORDER BY path;
-DROP FUNCTION attempt(text);
