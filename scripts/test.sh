@@ -64,6 +64,9 @@ tests=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
     exit 1
 }
 
+log "isolation specs (tests/isolation: pinned lock interleavings, a cluster of their own)"
+DS_TEST_PORT="$PORT" bash "$ROOT/scripts/isolation-test.sh"
+
 log "integration tests (pgrx-tests/, tokio-postgres against the cluster)"
 ensure_database "$PORT" ds_it
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \

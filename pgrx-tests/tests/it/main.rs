@@ -7,6 +7,7 @@ mod bulk;
 mod concurrency;
 mod forks;
 mod hot;
+mod model;
 mod notify;
 mod storm;
 mod subscriptions;

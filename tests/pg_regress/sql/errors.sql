@@ -1,12 +1,5 @@
 -- Every kind of bad input gets a specific SQLSTATE and a message saying what
--- to fix. `attempt` runs a statement and shows "SQLSTATE: message".
-CREATE FUNCTION attempt(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+-- to fix. `attempt` (0_helpers.sql) runs a statement and shows "SQLSTATE: message".
 SELECT attempt($$ SELECT ds.create('') $$);
 SELECT attempt($$ SELECT ds.create(E'bad\tpath') $$);
 SELECT attempt($$ SELECT ds.create(repeat('p', 1025)) $$);
