@@ -190,12 +190,12 @@ impl Receiver {
         let deadline = Instant::now() + limit;
         loop {
             let arrived = self.arrived.notified();
-            let got = self.received();
-            if got.len() >= n {
-                return got;
+            let count = self.log.lock().unwrap().len();
+            if count >= n {
+                return self.received();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "only {} of {n} webhook requests within {limit:?}", got.len());
+            assert!(!left.is_zero(), "only {count} of {n} webhook requests within {limit:?}");
             let _ = tokio::time::timeout(left, arrived).await;
         }
     }
