@@ -331,13 +331,7 @@ async fn one_append_wakes_a_thousand_subscriptions_once_each() {
     let made = made.elapsed();
     // Created after the subscriptions: the pattern ones link it in the
     // creating transaction. Empty, so nothing is pending yet.
-    let r = http()
-        .put(sidecar.stream(&stream))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    ds_e2e::create_json_stream(&sidecar, &stream).await;
     let links: i64 = db
         .query_one("SELECT count(*) FROM ds.subscription_links WHERE path = $1", &[&stream])
         .await
