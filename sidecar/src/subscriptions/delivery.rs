@@ -10,10 +10,16 @@
 //! (coalesced: at most every [`COALESCE`]), after a subscription write that
 //! created a wake, and every [`PERIOD`].
 //!
-//! Bounded: at most `concurrency` deliveries at once (a pass only takes as
-//! many wakes as there are free slots), at most `per_host` at once to one
-//! `host:port` (a wake whose host is busy for [`HOST_WAIT`] is left for the
-//! next window), and a circuit breaker per host ([`super::breaker`]). Every
+//! Bounded: at most `concurrency` deliveries being sent at once, at most
+//! `per_host` at once to one `host:port`, at most [`TAKEN_PER_SLOT`] ×
+//! `concurrency` wakes taken at once (a pass only takes as many as it may
+//! hold), and a circuit breaker per host ([`super::breaker`]). A wake waits
+//! for its host's slot first, holding no sending slot, so a slow host with
+//! more wakes than its slots does not delay other hosts' deliveries (the
+//! e2e test `a_slow_host_with_many_wakes_does_not_delay_other_hosts` saw
+//! 2.2 s when the waiting wakes held sending slots); a wake that gets no
+//! slot within [`HOST_WAIT`] is left for the next window.
+//! Every
 //! failure is logged with the subscription id and wake id, and reported to
 //! the database, which persists the next attempt time (the backoff).
 
@@ -44,6 +50,8 @@ pub const COALESCE: Duration = Duration::from_millis(10);
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How long a delivery waits for a slot of its host.
 pub const HOST_WAIT: Duration = Duration::from_secs(2);
+/// Wakes taken at once per sending slot: the others wait for a busy host.
+pub const TAKEN_PER_SLOT: usize = 2;
 /// Subscriptions one tick looks at.
 const TICK_BATCH: i32 = 1000;
 /// Hosts remembered by the breakers and the per-host limits.
@@ -75,7 +83,10 @@ pub struct Deliverer {
     callback_base: String,
     kick: Arc<Notify>,
     limits: Limits,
+    /// Deliveries being sent.
     slots: Arc<Semaphore>,
+    /// Wakes taken from the database and not finished (sending or waiting).
+    taken: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     breakers: Mutex<Breakers>,
     /// The extension lacks the subscription functions (warned once).
@@ -130,6 +141,7 @@ impl Deliverer {
         Ok(Deliverer {
             clients: Clients::new(limits.connect_timeout, limits.timeout)?,
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            taken: Arc::new(Semaphore::new(limits.concurrency.max(1) * TAKEN_PER_SLOT)),
             hosts: Mutex::new(HashMap::new()),
             missing: AtomicBool::new(false),
             breakers: Mutex::new(Breakers::new(
@@ -167,8 +179,9 @@ impl Deliverer {
         }
     }
 
-    /// One pass: tick, then start as many due deliveries as there are
-    /// free slots. Errors are logged; the next pass tries again.
+    /// One pass: tick, then take as many due deliveries as there are free
+    /// sending slots (and room for taken wakes). Errors are logged; the
+    /// next pass tries again.
     async fn pass(self: &Arc<Self>) {
         match store::tick(&self.db, TICK_BATCH).await {
             Ok(_) => self.missing.store(false, Ordering::Relaxed),
@@ -183,7 +196,7 @@ impl Deliverer {
         }
         let in_flight_ms = i32::try_from(self.in_flight().as_millis()).unwrap_or(i32::MAX);
         loop {
-            let free = self.slots.available_permits().min(100);
+            let free = self.slots.available_permits().min(self.taken.available_permits()).min(100);
             if free == 0 {
                 return;
             }
@@ -196,8 +209,8 @@ impl Deliverer {
             };
             let taken = due.len();
             for d in due {
-                let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
-                    // Cannot happen (we asked for at most the free slots);
+                let Ok(permit) = Arc::clone(&self.taken).try_acquire_owned() else {
+                    // Cannot happen (we asked for at most the free room);
                     // the wake is retried after its in-flight window.
                     tracing::warn!(subscription_id = %d.subscription_id, wake_id = %d.wake_id, "no delivery slot");
                     continue;
@@ -211,8 +224,9 @@ impl Deliverer {
         }
     }
 
-    /// Delivers one wake and reports the result.
-    async fn deliver(self: Arc<Self>, due: Due, _slot: OwnedSemaphorePermit) {
+    /// Delivers one wake and reports the result: waits for a slot of its
+    /// host, then for a sending slot, at most [`HOST_WAIT`] in all.
+    async fn deliver(self: Arc<Self>, due: Due, _taken: OwnedSemaphorePermit) {
         if due.attempts > 0 {
             self.metrics.webhook_retries.inc();
         }
@@ -234,8 +248,11 @@ impl Deliverer {
             return self.finish(&due, None, "circuit_open", Reported::Failed, Some(error)).await;
         }
         let host_slot = self.host_slots(&target.host);
-        let Ok(Ok(_host_permit)) = tokio::time::timeout(HOST_WAIT, host_slot.acquire_owned()).await
-        else {
+        let slots = Arc::clone(&self.slots);
+        let permits = async {
+            Some((host_slot.acquire_owned().await.ok()?, slots.acquire_owned().await.ok()?))
+        };
+        let Ok(Some(_permits)) = tokio::time::timeout(HOST_WAIT, permits).await else {
             // Left for the next in-flight window; nothing is reported.
             tracing::info!(subscription_id = %due.subscription_id, wake_id = %due.wake_id, host = %target.host, "host busy: delivery deferred");
             self.metrics

@@ -3,6 +3,7 @@
 //! `scripts/test.sh` sets `DS_TEST_DATABASE_URL` and `DS_SIDECAR_BIN`.
 
 pub mod cluster;
+pub mod webhook;
 
 use std::net::TcpListener;
 use std::process::Stdio;
