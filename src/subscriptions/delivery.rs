@@ -294,12 +294,17 @@ pub(crate) fn tick(client: &mut SpiClient<'_>, max_subscriptions: i32) -> DsResu
 }
 
 /// Runs one round of the scheduler (the maintenance worker also runs it
-/// every pass). Returns the number of wakes started.
+/// every pass). Returns the number of wakes started. On a hot standby there
+/// is nothing to schedule (the primary does it): 0, not an error, so a
+/// sidecar whose database is a standby (reads only, or waiting for a
+/// failover) keeps its connections instead of discarding them as stale.
 #[pg_extern(name = "subscription_tick", security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn subscription_tick(max_subscriptions: i32) -> Result<i32, ErrorReport> {
-    storage::require_primary("ds.subscription_tick")?;
     positive("max_subscriptions", max_subscriptions)?;
+    if storage::in_recovery() {
+        return Ok(0);
+    }
     Ok(Spi::connect_mut(|client| tick(client, max_subscriptions))?)
 }
 
@@ -326,35 +331,39 @@ fn subscription_deliveries(
     >,
     ErrorReport,
 > {
-    storage::require_primary("ds.subscription_deliveries")?;
     positive("max", max)?;
     positive("in_flight_ms", in_flight_ms)?;
-    let rows = Spi::connect_mut(|client| -> DsResult<Vec<_>> {
-        tails::write_now(client)?;
-        let mut out = Vec::new();
-        for d in store::claim_deliveries(client, max, in_flight_ms)? {
-            let current: HashMap<String, LinkInfo> =
-                store::links(client, &d.id)?.into_iter().map(|l| (l.path.clone(), l)).collect();
-            let streams: Vec<LinkInfo> = d
-                .snapshot
-                .iter()
-                .filter_map(|(path, tail)| {
-                    let link = current.get(path)?;
-                    Some(LinkInfo { tail: ds_core::Offset::from_i64(*tail), ..link.clone() })
-                })
-                .collect();
-            out.push((
-                d.id,
-                d.wake_id,
-                d.generation,
-                d.url,
-                pgrx::JsonB(infos(&streams)),
-                d.callback_token,
-                d.attempts,
-            ));
-        }
-        Ok(out)
-    })?;
+    // A hot standby delivers nothing (see `subscription_tick`).
+    let rows = if storage::in_recovery() {
+        Vec::new()
+    } else {
+        Spi::connect_mut(|client| -> DsResult<Vec<_>> {
+            tails::write_now(client)?;
+            let mut out = Vec::new();
+            for d in store::claim_deliveries(client, max, in_flight_ms)? {
+                let current: HashMap<String, LinkInfo> =
+                    store::links(client, &d.id)?.into_iter().map(|l| (l.path.clone(), l)).collect();
+                let streams: Vec<LinkInfo> = d
+                    .snapshot
+                    .iter()
+                    .filter_map(|(path, tail)| {
+                        let link = current.get(path)?;
+                        Some(LinkInfo { tail: ds_core::Offset::from_i64(*tail), ..link.clone() })
+                    })
+                    .collect();
+                out.push((
+                    d.id,
+                    d.wake_id,
+                    d.generation,
+                    d.url,
+                    pgrx::JsonB(infos(&streams)),
+                    d.callback_token,
+                    d.attempts,
+                ));
+            }
+            Ok(out)
+        })?
+    };
     Ok(TableIterator::new(rows))
 }
 
