@@ -187,7 +187,8 @@ def webhooks(results_file, out_md, rev, rounds, appends_1, appends_n, gap_ms, lo
     def each(variant, target, field):
         return ", ".join(fmt(r.get(field)) for r in runs(variant, target)) or "–"
 
-    md = [f"# Webhook subscriptions: append to webhook (benches/webhooks.sh)", "",
+    targets = [t for t in ("ours", "ours-base", "node") if any(k[1] == t for k in by)]
+    md = ["# Webhook subscriptions: append to webhook (benches/webhooks.sh)", "",
           f"Revision {rev}; ours = release ds-sidecar (`{sidecar_args or 'defaults'}`) + PostgreSQL 15 "
           "(fsync on, synchronous_commit on); node = @durable-streams/server 0.3.7 in-memory "
           "with `webhooks: true`. The receiver is ds-loadgen on 127.0.0.1, answering "
@@ -195,7 +196,8 @@ def webhooks(results_file, out_md, rev, rounds, appends_1, appends_n, gap_ms, lo
           f"{gap_ms} ms idle before each; latency from sending the POST until the webhook "
           f"(with N subscriptions: all N webhooks) arrived. Medians over {rounds} rounds "
           "(targets alternating in each round; per-round values in brackets). Ratio = ours / node "
-          f"(for ms lower is better, for deliveries/s higher). Load average at the end: {load}.", ""]
+          f"(for ms lower is better, for deliveries/s higher); `ours-base`, when present, is "
+          "another sidecar build on the same cluster (an A/B). Load average at the end: {load}.", ""]
     metrics = [("p50_ms", "p50 ms, all webhooks of an append"),
                ("p99_ms", "p99 ms, all webhooks of an append"),
                ("max_ms", "max ms, all webhooks of an append"),
@@ -207,16 +209,20 @@ def webhooks(results_file, out_md, rev, rounds, appends_1, appends_n, gap_ms, lo
     for v in variants:
         n = int(v.removesuffix("sub"))
         appends = appends_1 if n == 1 else appends_n
+        ratios = [("ours", "node")] + [("ours-base", "node"), ("ours", "ours-base")] * ("ours-base" in targets)
         md += [f"## {n:,} subscription{'s' if n > 1 else ''} on the stream, {appends} appends per round", "",
-               "| metric | ours | node | ours / node |", "|---|---|---|---:|"]
+               "| metric | " + " | ".join(targets) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |",
+               "|---" * (len(targets) + 1) + "|---:" * len(ratios) + "|"]
         for field, label in metrics:
             if n == 1 and field in ("first_p50_ms", "delivery_p50_ms", "delivery_p99_ms"):
                 continue
-            o, nd = med(v, "ours", field), med(v, "node", field)
-            ratio = f"{o / nd:.2f}x" if o is not None and nd else "–"
-            md.append(f"| {label} | {fmt(o)} [{each(v, 'ours', field)}] | "
-                      f"{fmt(nd)} [{each(v, 'node', field)}] | {ratio} |")
-        for t in ("ours", "node"):
+            cells = [f"{fmt(med(v, t, field))} [{each(v, t, field)}]" for t in targets]
+            rs = []
+            for a, b in ratios:
+                x, y = med(v, a, field), med(v, b, field)
+                rs.append(f"{x / y:.2f}x" if x is not None and y else "–")
+            md.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
+        for t in targets:
             bad = [r for r in by.get((v, t), []) if "error" in r]
             rs = runs(v, t)
             timeouts = sum(r.get("timeouts", 0) for r in rs)

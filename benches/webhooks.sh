@@ -7,11 +7,13 @@
 # synchronous auto-ack) and the writer: one stream with 1 webhook
 # subscription, APPENDS_1 sequential appends; then with 1,000 subscriptions,
 # APPENDS_1000 appends, each timed until all 1,000 webhooks arrived.
+# Each of our runs starts its own sidecar on the one cluster.
 # Writes results/webhooks.md (medians over ROUNDS, ours / node ratios).
 # About 5 minutes.
 #   bash benches/webhooks.sh
 # Environment: ROUNDS (3), APPENDS_1 (300), APPENDS_1000 (10), SUBSCRIPTIONS (1000),
 #   GAP_MS (20: idle time before each append), SIDECAR_ARGS (extra sidecar flags),
+#   SIDECAR (the sidecar binary), BASELINE_SIDECAR (another build: adds target ours-base),
 #   SKIP_BUILD (0), DS_BENCH_PORT (54490; uses 5 ports from there),
 #   PG_CONFIG (the Postgres whose binaries are used; the extension is installed there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
@@ -35,10 +37,32 @@ chmod 755 "$WORK"
 RESULTS="$WORK/results.jsonl"
 LOADGEN="$CARGO_TARGET_DIR/release/ds-loadgen"
 SIDECAR="${SIDECAR:-$CARGO_TARGET_DIR/release/ds-sidecar}"
+# Another sidecar build to compare with (target ours-base, same cluster, same run).
+BASELINE_SIDECAR="${BASELINE_SIDECAR:-}"
+TARGETS="ours${BASELINE_SIDECAR:+ ours-base} node"
 PIDS=()
+SIDECAR_PID=""
+
+# sidecar_start BINARY: a sidecar for one run (two on one database would
+# share the deliveries, so an A/B starts each build for its own runs only).
+sidecar_start() {
+    # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of flags
+    "$1" --database-url "postgresql://postgres@127.0.0.1:$PG_PORT/$DB" \
+        --listen "127.0.0.1:$SIDECAR_PORT" --metrics-listen off ${SIDECAR_ARGS:-} \
+        >>"$WORK/sidecar.log" 2>&1 &
+    SIDECAR_PID=$!
+    wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
+}
+sidecar_stop() {
+    [ -n "$SIDECAR_PID" ] || return 0
+    kill "$SIDECAR_PID" 2>/dev/null || true
+    wait "$SIDECAR_PID" 2>/dev/null || true
+    SIDECAR_PID=""
+}
 
 cleanup() {
     local pid
+    sidecar_stop
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     cluster_stop "$WORK/pg" || true
@@ -72,13 +96,6 @@ NODE_PID=$!
 PIDS+=("$NODE_PID")
 DS_TUNE_MALLOC=on cluster_start "$WORK/pg" "$PG_PORT" "$DB"
 ensure_database "$PG_PORT" "$DB"
-# shellcheck disable=SC2086 # SIDECAR_ARGS is a list of flags
-"$SIDECAR" --database-url "postgresql://postgres@127.0.0.1:$PG_PORT/$DB" \
-    --listen "127.0.0.1:$SIDECAR_PORT" --metrics-listen off ${SIDECAR_ARGS:-} \
-    >"$WORK/sidecar.log" 2>&1 &
-SIDECAR_PID=$!
-PIDS+=("$SIDECAR_PID")
-wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
 for _ in $(seq 1 300); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/" 2>/dev/null)" != 000 ] && break
     sleep 0.1
@@ -88,7 +105,11 @@ done
 hooks() {
     local target="$1" subs="$2" appends="$3" port pid receiver out
     case "$target" in
-        ours) port=$SIDECAR_PORT pid=$SIDECAR_PID receiver=$RECEIVER_OURS ;;
+        ours) sidecar_start "$SIDECAR" ;;
+        ours-base) sidecar_start "$BASELINE_SIDECAR" ;;
+    esac
+    case "$target" in
+        ours*) port=$SIDECAR_PORT pid=$SIDECAR_PID receiver=$RECEIVER_OURS ;;
         node) port=$NODE_PORT pid=$NODE_PID receiver=$RECEIVER_NODE ;;
     esac
     log "webhook ${subs}sub on $target ($appends appends; load $(cut -d' ' -f1 /proc/loadavg))"
@@ -102,12 +123,13 @@ hooks() {
         printf '{"scenario":"webhook","target":"%s","variant":"%ssub","error":"%s"}\n' \
             "$target" "$subs" "$err" | tee -a "$RESULTS" >&2
     fi
+    [[ "$target" != ours* ]] || sidecar_stop
 }
 
 for round in $(seq 1 "$ROUNDS"); do
     log "round $round/$ROUNDS"
-    for t in ours node; do hooks "$t" 1 "$APPENDS_1"; done
-    for t in ours node; do hooks "$t" "$SUBSCRIPTIONS" "$APPENDS_1000"; done
+    for t in $TARGETS; do hooks "$t" 1 "$APPENDS_1"; done
+    for t in $TARGETS; do hooks "$t" "$SUBSCRIPTIONS" "$APPENDS_1000"; done
 done
 
 LOAD="$(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

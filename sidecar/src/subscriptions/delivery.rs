@@ -7,8 +7,8 @@
 //! several sidecars on one database never take the same wake twice, and a
 //! sidecar that dies mid-delivery leaves the wake to be retried by any
 //! sidecar after that window. A pass runs after a doorbell notification
-//! (coalesced: at most every [`COALESCE`]), after a subscription write that
-//! created a wake, and every [`PERIOD`].
+//! (at once when idle; passes start at most every [`COALESCE`]), after a
+//! subscription write that created a wake, and every [`PERIOD`].
 //!
 //! Bounded: at most `concurrency` deliveries at once (a pass only takes as
 //! many wakes as there are free slots), at most `per_host` at once to one
@@ -38,7 +38,7 @@ use crate::metrics::{DeliveryLabels, Metrics};
 
 /// Longest time between passes.
 pub const PERIOD: Duration = Duration::from_secs(1);
-/// Shortest time between passes triggered by notifications.
+/// Shortest time between the starts of two passes.
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// Most response bytes read (enough for `{"done": true}` and then some).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -154,14 +154,19 @@ impl Deliverer {
     /// Runs passes until `shutdown` (see the module docs).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             self.pass().await;
             tokio::select! {
                 () = self.kick.notified() => {}
                 () = tokio::time::sleep(PERIOD) => {}
                 () = shutdown.cancelled() => return,
             }
+            // Counted from the last pass's start, not from the kick: a
+            // notification after an idle spell starts a pass at once (the
+            // append-to-webhook latency), a burst of them still only one
+            // pass per COALESCE.
             tokio::select! {
-                () = tokio::time::sleep(COALESCE) => {}
+                () = tokio::time::sleep_until(started + COALESCE) => {}
                 () = shutdown.cancelled() => return,
             }
         }
