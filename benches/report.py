@@ -197,7 +197,7 @@ def webhooks(results_file, out_md, rev, rounds, appends_1, appends_n, gap_ms, lo
           f"(with N subscriptions: all N webhooks) arrived. Medians over {rounds} rounds "
           "(targets alternating in each round; per-round values in brackets). Ratio = ours / node "
           f"(for ms lower is better, for deliveries/s higher); `ours-base`, when present, is "
-          "another sidecar build on the same cluster (an A/B). Load average at the end: {load}.", ""]
+          f"another sidecar build on the same cluster (an A/B). Load average at the end: {load}.", ""]
     metrics = [("p50_ms", "p50 ms, all webhooks of an append"),
                ("p99_ms", "p99 ms, all webhooks of an append"),
                ("max_ms", "max ms, all webhooks of an append"),
