@@ -114,9 +114,8 @@ pub async fn run(ctx: Arc<Ctx>, a: WebhookArgs) -> Res<Value> {
         changed: Notify::new(),
     });
     let listener = tokio::net::TcpListener::bind(a.receiver).await?;
-    let app = axum::Router::new()
-        .route("/hook/{index}", post(hook))
-        .with_state(Arc::clone(&arrivals));
+    let app =
+        axum::Router::new().route("/hook/{index}", post(hook)).with_state(Arc::clone(&arrivals));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let stream_url = ctx.stream_url("webhook");
@@ -201,7 +200,10 @@ async fn measure(
         };
         let Some((first_at, last_at, per_subscription)) = done else {
             if round == 0 {
-                return fail(format!("warm-up: not every webhook arrived within {:?}", a.round_timeout));
+                return fail(format!(
+                    "warm-up: not every webhook arrived within {:?}",
+                    a.round_timeout
+                ));
             }
             timeouts += 1;
             continue;

@@ -44,8 +44,10 @@ pub const COALESCE: Duration = Duration::from_millis(10);
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How long a delivery waits for a slot of its host.
 pub const HOST_WAIT: Duration = Duration::from_secs(2);
-/// Subscriptions one tick looks at.
-const TICK_BATCH: i32 = 1000;
+/// Wakes one tick starts (and leases it expires). Small, so that with many
+/// subscriptions woken by one append the first webhooks leave while later
+/// ones are still being started: a full batch asks for the next pass.
+const TICK_BATCH: i32 = 100;
 /// Hosts remembered by the breakers and the per-host limits.
 const MAX_HOSTS: usize = 10_000;
 
@@ -176,7 +178,12 @@ impl Deliverer {
     /// free slots. Errors are logged; the next pass tries again.
     async fn pass(self: &Arc<Self>) {
         match store::tick(&self.db, TICK_BATCH).await {
-            Ok(_) => self.missing.store(false, Ordering::Relaxed),
+            Ok(started) => {
+                self.missing.store(false, Ordering::Relaxed);
+                if started >= TICK_BATCH {
+                    self.kick.notify_one();
+                }
+            }
             Err(e) if e.sqlstate() == Some(&SqlState::UNDEFINED_FUNCTION) => {
                 if !self.missing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "the extension has no subscription functions \
