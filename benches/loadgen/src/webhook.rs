@@ -93,6 +93,22 @@ async fn hook(
     ([("content-type", "application/json")], r#"{"done": true}"#)
 }
 
+/// Binds the receiver, retrying for 10 s: the port can be the local end of
+/// an outgoing loopback connection (the bench ports lie in the ephemeral
+/// range) until that connection closes.
+async fn bind(addr: SocketAddr) -> Res<tokio::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return fail(format!("receiver {addr}: {e}")),
+        }
+    }
+}
+
 /// Sends `req` and fails unless the status is one of `ok`.
 async fn expect(req: reqwest::RequestBuilder, ok: &[u16], what: &str) -> Res<()> {
     let resp = req.timeout(Duration::from_secs(30)).send().await?;
@@ -113,7 +129,7 @@ pub async fn run(ctx: Arc<Ctx>, a: WebhookArgs) -> Res<Value> {
         malformed: AtomicU64::new(0),
         changed: Notify::new(),
     });
-    let listener = tokio::net::TcpListener::bind(a.receiver).await?;
+    let listener = bind(a.receiver).await?;
     let app =
         axum::Router::new().route("/hook/{index}", post(hook)).with_state(Arc::clone(&arrivals));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
