@@ -3,6 +3,7 @@
 
   report.py pgbench VARIANT CLIENTS STDOUT_FILE LOG_DIR   -> one JSON line
   report.py report RESULTS.jsonl MACHINE.json OUT.json OUT.md
+  report.py webhooks RESULTS.jsonl OUT.md REV ROUNDS APPENDS_1 APPENDS_N GAP_MS LOAD SIDECAR_ARGS
 """
 
 import glob
@@ -169,10 +170,81 @@ def report(results_file, machine_file, out_json, out_md):
     open(out_md, "w").write("\n".join(md) + "\n")
 
 
+def webhooks(results_file, out_md, rev, rounds, appends_1, appends_n, gap_ms, load, sidecar_args):
+    """results/webhooks.md of benches/webhooks.sh: medians over rounds, ours / node."""
+    rows = [json.loads(l) for l in open(results_file) if l.strip()]
+    by = {}
+    for r in rows:
+        by.setdefault((r["variant"], r["target"]), []).append(r)
+    variants = sorted({v for v, _ in by}, key=lambda v: int(v.removesuffix("sub")))
+
+    def runs(variant, target):
+        return [r for r in by.get((variant, target), []) if "error" not in r]
+
+    def med(variant, target, field):
+        return median([r.get(field) for r in runs(variant, target)])
+
+    def each(variant, target, field):
+        return ", ".join(fmt(r.get(field)) for r in runs(variant, target)) or "–"
+
+    targets = [t for t in ("ours", "ours-base", "node") if any(k[1] == t for k in by)]
+    md = ["# Webhook subscriptions: append to webhook (benches/webhooks.sh)", "",
+          f"Revision {rev}; ours = release ds-sidecar (`{sidecar_args or 'defaults'}`) + PostgreSQL 15 "
+          "(fsync on, synchronous_commit on); node = @durable-streams/server 0.3.7 in-memory "
+          "with `webhooks: true`. The receiver is ds-loadgen on 127.0.0.1, answering "
+          "`{\"done\": true}` (synchronous auto-ack). Sequential appends to one stream, "
+          f"{gap_ms} ms idle before each; latency from sending the POST until the webhook "
+          f"(with N subscriptions: all N webhooks) arrived. Medians over {rounds} rounds "
+          "(targets alternating in each round; per-round values in brackets). Ratio = ours / node "
+          f"(for ms lower is better, for deliveries/s higher); `ours-base`, when present, is "
+          f"another sidecar build on the same cluster (an A/B). Load average at the end: {load}.", ""]
+    metrics = [("p50_ms", "p50 ms, all webhooks of an append"),
+               ("p99_ms", "p99 ms, all webhooks of an append"),
+               ("max_ms", "max ms, all webhooks of an append"),
+               ("first_p50_ms", "p50 ms, first webhook of an append"),
+               ("delivery_p50_ms", "p50 ms, each webhook"),
+               ("delivery_p99_ms", "p99 ms, each webhook"),
+               ("deliveries_per_s", "deliveries/s"),
+               ("append_p50_ms", "p50 ms, the append's own response")]
+    for v in variants:
+        n = int(v.removesuffix("sub"))
+        appends = appends_1 if n == 1 else appends_n
+        ratios = [("ours", "node")] + [("ours-base", "node"), ("ours", "ours-base")] * ("ours-base" in targets)
+        md += [f"## {n:,} subscription{'s' if n > 1 else ''} on the stream, {appends} appends per round", "",
+               "| metric | " + " | ".join(targets) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |",
+               "|---" * (len(targets) + 1) + "|---:" * len(ratios) + "|"]
+        for field, label in metrics:
+            if n == 1 and field in ("first_p50_ms", "delivery_p50_ms", "delivery_p99_ms"):
+                continue
+            cells = [f"{fmt(med(v, t, field))} [{each(v, t, field)}]" for t in targets]
+            rs = []
+            for a, b in ratios:
+                x, y = med(v, a, field), med(v, b, field)
+                rs.append(f"{x / y:.2f}x" if x is not None and y else "–")
+            md.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
+        for t in targets:
+            bad = [r for r in by.get((v, t), []) if "error" in r]
+            rs = runs(v, t)
+            timeouts = sum(r.get("timeouts", 0) for r in rs)
+            extra = sum(r.get("extra_deliveries", 0) for r in rs)
+            malformed = sum(r.get("malformed", 0) for r in rs)
+            cpu = median([r.get("loadgen_cpu_pct") for r in rs])
+            md.append(f"\n{t}: {len(rs)}/{len(rs) + len(bad)} runs, rounds timed out {timeouts}, "
+                      f"extra webhooks {extra}, malformed {malformed}, loadgen CPU {fmt(cpu)} %"
+                      + "".join(f"; failed: `{r['error']}`" for r in bad))
+        md.append("")
+    md.append(f"Command: `bash benches/webhooks.sh` (ROUNDS={rounds}, APPENDS_1={appends_1}, "
+              f"APPENDS_1000={appends_n}, GAP_MS={gap_ms}).")
+    open(out_md, "w").write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "pgbench":
         print(json.dumps(pgbench(*sys.argv[2:6])))
     elif sys.argv[1] == "report":
         report(*sys.argv[2:6])
+    elif sys.argv[1] == "webhooks":
+        webhooks(*sys.argv[2:11])
     else:
         sys.exit(__doc__)

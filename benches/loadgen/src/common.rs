@@ -76,6 +76,21 @@ impl Ctx {
         format!("{}{}bench/{}/{}", base.trim_end_matches('/'), self.prefix, self.run, name)
     }
 
+    /// Stream `name`'s path as subscriptions name it (below the prefix).
+    pub fn stream_path(&self, name: &str) -> String {
+        format!("bench/{}/{}", self.run, name)
+    }
+
+    /// Id of subscription `index`, unique to this run.
+    pub fn subscription_id(&self, index: usize) -> String {
+        format!("bench-{}-{index}", self.run)
+    }
+
+    /// URL of subscription `id` (`{prefix}__ds/subscriptions/{id}`).
+    pub fn subscription_url(&self, id: &str) -> String {
+        format!("{}{}__ds/subscriptions/{id}", self.base, self.prefix)
+    }
+
     /// Nanoseconds since this run started: the clock of the message tokens.
     pub fn now_ns(&self) -> u64 {
         u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX)

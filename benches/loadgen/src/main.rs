@@ -12,6 +12,7 @@ mod common;
 mod live;
 mod reads;
 mod storm;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,24 @@ enum Scenario {
         #[arg(long)]
         long_poll: bool,
     },
+    /// Webhook subscriptions: append-to-webhook latency (webhook.rs).
+    Webhook {
+        /// Webhook subscriptions on the appended stream.
+        #[arg(long, default_value_t = 1)]
+        subscriptions: usize,
+        /// Sequential appends measured (after one warm-up append).
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
+        /// Where the webhook receiver listens.
+        #[arg(long, default_value = "127.0.0.1:4440")]
+        receiver: std::net::SocketAddr,
+        /// Idle time before each append.
+        #[arg(long, default_value_t = 20)]
+        gap_ms: u64,
+        /// Longest wait for one append's webhooks.
+        #[arg(long, default_value_t = 30.0)]
+        round_timeout_seconds: f64,
+    },
 }
 
 fn main() -> Res<()> {
@@ -226,6 +245,19 @@ async fn run(ctx: Arc<Ctx>, scenario: Scenario) -> Res<Vec<Value>> {
                 long_poll,
             };
             vec![storm::run(ctx, a).await?]
+        }
+        Scenario::Webhook { subscriptions, rounds, receiver, gap_ms, round_timeout_seconds } => {
+            if !receiver.ip().is_loopback() {
+                return common::fail("--receiver must be a loopback address");
+            }
+            let a = webhook::WebhookArgs {
+                subscriptions,
+                rounds: rounds.clamp(1, 100_000),
+                receiver,
+                gap: Duration::from_millis(gap_ms),
+                round_timeout: secs(round_timeout_seconds)?,
+            };
+            vec![webhook::run(ctx, a).await?]
         }
     })
 }

@@ -7,8 +7,8 @@
 //! several sidecars on one database never take the same wake twice, and a
 //! sidecar that dies mid-delivery leaves the wake to be retried by any
 //! sidecar after that window. A pass runs after a doorbell notification
-//! (coalesced: at most every [`COALESCE`]), after a subscription write that
-//! created a wake, and every [`PERIOD`].
+//! (at once when idle; passes start at most every [`COALESCE`]), after a
+//! subscription write that created a wake, and every [`PERIOD`].
 //!
 //! Bounded: at most `concurrency` deliveries being sent at once, at most
 //! `per_host` at once to one `host:port`, at most [`TAKEN_PER_SLOT`] ×
@@ -44,7 +44,7 @@ use crate::metrics::{DeliveryLabels, Metrics};
 
 /// Longest time between passes.
 pub const PERIOD: Duration = Duration::from_secs(1);
-/// Shortest time between passes triggered by notifications.
+/// Shortest time between the starts of two passes.
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// Most response bytes read (enough for `{"done": true}` and then some).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -52,8 +52,10 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub const HOST_WAIT: Duration = Duration::from_secs(2);
 /// Wakes taken at once per sending slot: the others wait for a busy host.
 pub const TAKEN_PER_SLOT: usize = 2;
-/// Subscriptions one tick looks at.
-const TICK_BATCH: i32 = 1000;
+/// Wakes one tick starts (and leases it expires). Small, so that with many
+/// subscriptions woken by one append the first webhooks leave while later
+/// ones are still being started: a full batch asks for the next pass.
+const TICK_BATCH: i32 = 100;
 /// Hosts remembered by the breakers and the per-host limits.
 const MAX_HOSTS: usize = 10_000;
 
@@ -166,14 +168,19 @@ impl Deliverer {
     /// Runs passes until `shutdown` (see the module docs).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             self.pass().await;
             tokio::select! {
                 () = self.kick.notified() => {}
                 () = tokio::time::sleep(PERIOD) => {}
                 () = shutdown.cancelled() => return,
             }
+            // Counted from the last pass's start, not from the kick: a
+            // notification after an idle spell starts a pass at once (the
+            // append-to-webhook latency), a burst of them still only one
+            // pass per COALESCE.
             tokio::select! {
-                () = tokio::time::sleep(COALESCE) => {}
+                () = tokio::time::sleep_until(started + COALESCE) => {}
                 () = shutdown.cancelled() => return,
             }
         }
@@ -184,7 +191,12 @@ impl Deliverer {
     /// next pass tries again.
     async fn pass(self: &Arc<Self>) {
         match store::tick(&self.db, TICK_BATCH).await {
-            Ok(_) => self.missing.store(false, Ordering::Relaxed),
+            Ok(started) => {
+                self.missing.store(false, Ordering::Relaxed);
+                if started >= TICK_BATCH {
+                    self.kick.notify_one();
+                }
+            }
             Err(e) if e.sqlstate() == Some(&SqlState::UNDEFINED_FUNCTION) => {
                 if !self.missing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "the extension has no subscription functions \
