@@ -468,6 +468,47 @@ impl Db {
         }
     }
 
+    /// Runs `first` then `second` in ONE transaction as the sidecar itself:
+    /// one commit (one WAL flush) instead of two. The subscription
+    /// scheduler's tick and the deliveries it makes due travel this way, so
+    /// a webhook leaves one flush sooner after the append that woke it.
+    pub(crate) async fn query_pair(
+        &self,
+        first: (&'static str, &[&(dyn ToSql + Sync)]),
+        second: (&'static str, &[&(dyn ToSql + Sync)]),
+    ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), DbError> {
+        let client = self.pool.get().await?;
+        let call = async {
+            let a = client.prepare_cached(first.0).await?;
+            let b = client.prepare_cached(second.0).await?;
+            // One pipeline; a failure fails what follows, and COMMIT then
+            // rolls back: the connection always ends outside a transaction.
+            let (begin, ra, rb, commit) = tokio::join!(
+                client.batch_execute("BEGIN"),
+                client.query(&a, first.1),
+                client.query(&b, second.1),
+                client.batch_execute("COMMIT"),
+            );
+            begin?;
+            let (ra, rb) = (ra?, rb?);
+            commit?;
+            Ok::<_, DbError>((ra, rb))
+        };
+        let result = match self.call_timeout {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(DbError::Unavailable(
+                    crate::failover::Outage::Unconfirmed,
+                    format!("no answer within {} ms", limit.as_millis()),
+                ))
+            }),
+        };
+        match result {
+            Err(e) => Err(self.release(client, e).await),
+            ok => ok,
+        }
+    }
+
     /// [`Self::query_as`] on `client`.
     async fn query_on(
         client: &Object,

@@ -187,15 +187,24 @@ impl Deliverer {
     }
 
     /// One pass: tick, then take as many due deliveries as there are free
-    /// sending slots (and room for taken wakes). Errors are logged; the
-    /// next pass tries again.
+    /// sending slots (and room for taken wakes); the tick and the first
+    /// take share one transaction (one commit on the way from an append to
+    /// its webhook). Errors are logged; the next pass tries again.
     async fn pass(self: &Arc<Self>) {
-        match store::tick(&self.db, TICK_BATCH).await {
-            Ok(started) => {
+        let in_flight_ms = i32::try_from(self.in_flight().as_millis()).unwrap_or(i32::MAX);
+        let free = self.free_room();
+        let first = if free == 0 {
+            store::tick(&self.db, TICK_BATCH).await.map(|started| (started, Vec::new()))
+        } else {
+            store::tick_and_deliveries(&self.db, TICK_BATCH, free as i32, in_flight_ms).await
+        };
+        let mut due = match first {
+            Ok((started, due)) => {
                 self.missing.store(false, Ordering::Relaxed);
                 if started >= TICK_BATCH {
                     self.kick.notify_one();
                 }
+                due
             }
             Err(e) if e.sqlstate() == Some(&SqlState::UNDEFINED_FUNCTION) => {
                 if !self.missing.swap(true, Ordering::Relaxed) {
@@ -204,21 +213,13 @@ impl Deliverer {
                 }
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "ds.subscription_tick failed"),
-        }
-        let in_flight_ms = i32::try_from(self.in_flight().as_millis()).unwrap_or(i32::MAX);
-        loop {
-            let free = self.slots.available_permits().min(self.taken.available_permits()).min(100);
-            if free == 0 {
+            Err(e) => {
+                tracing::warn!(error = %e, "ds.subscription_tick / ds.subscription_deliveries failed");
                 return;
             }
-            let due = match store::deliveries(&self.db, free as i32, in_flight_ms).await {
-                Ok(due) => due,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ds.subscription_deliveries failed");
-                    return;
-                }
-            };
+        };
+        let mut asked = free;
+        loop {
             let taken = due.len();
             for d in due {
                 let Ok(permit) = Arc::clone(&self.taken).try_acquire_owned() else {
@@ -230,10 +231,26 @@ impl Deliverer {
                 let this = Arc::clone(self);
                 tokio::spawn(async move { this.deliver(d, permit).await });
             }
-            if taken < free {
+            if taken < asked {
                 return;
             }
+            asked = self.free_room();
+            if asked == 0 {
+                return;
+            }
+            due = match store::deliveries(&self.db, asked as i32, in_flight_ms).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ds.subscription_deliveries failed");
+                    return;
+                }
+            };
         }
+    }
+
+    /// How many more wakes this sidecar may take now.
+    fn free_room(&self) -> usize {
+        self.slots.available_permits().min(self.taken.available_permits()).min(100)
     }
 
     /// Delivers one wake and reports the result: waits for a slot of its

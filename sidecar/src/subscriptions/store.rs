@@ -155,9 +155,27 @@ pub async fn tick(db: &Db, max: i32) -> Result<i32, DbError> {
     Ok(row.try_get::<_, Option<i32>>(0)?.unwrap_or(0))
 }
 
+/// `ds.subscription_tick(max_tick)` and then `ds.subscription_deliveries(max,
+/// in_flight_ms)`, in one transaction (one commit): wakes started, and
+/// the deliveries taken.
+pub async fn tick_and_deliveries(
+    db: &Db,
+    max_tick: i32,
+    max: i32,
+    in_flight_ms: i32,
+) -> Result<(i32, Vec<Due>), DbError> {
+    let (ticked, due) =
+        db.query_pair((TICK, &[&max_tick]), (DELIVERIES, &[&max, &in_flight_ms])).await?;
+    let started = ticked.first().ok_or(DbError::Shape("ds.subscription_tick"))?;
+    Ok((started.try_get::<_, Option<i32>>(0)?.unwrap_or(0), dues(&due)?))
+}
+
 /// `ds.subscription_deliveries(max, in_flight_ms)`.
 pub async fn deliveries(db: &Db, max: i32, in_flight_ms: i32) -> Result<Vec<Due>, DbError> {
-    let rows = db.query_as(None, DELIVERIES, &[&max, &in_flight_ms]).await?;
+    dues(&db.query_as(None, DELIVERIES, &[&max, &in_flight_ms]).await?)
+}
+
+fn dues(rows: &[tokio_postgres::Row]) -> Result<Vec<Due>, DbError> {
     rows.iter()
         .map(|r| {
             Ok(Due {
