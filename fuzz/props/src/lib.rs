@@ -21,8 +21,11 @@ pub use core_rules::{content_type, glob, subscription, webhook_url};
 pub use sidecar_http::{headers, query};
 pub use sidecar_routes::{jwt, paths};
 
+/// A target's property: panics when the input breaks it.
+pub type Property = fn(&[u8]);
+
 /// Every target by name, for the replay test and tooling.
-pub const TARGETS: [(&str, fn(&[u8])); 12] = [
+pub const TARGETS: [(&str, Property); 12] = [
     ("offset", offset),
     ("segment", segment),
     ("notification", notification),
