@@ -20,8 +20,8 @@ cargo clippy -p durable_streams --all-targets --features pg_test -- -D warnings
 log "README SQL is run by the goldens"
 python3 "$ROOT/scripts/check-readme-sql.py"
 
-log "unit tests (core, sidecar)"
-cargo test -q -p ds-core -p ds-sidecar
+log "unit tests (core, sidecar) and the fuzz corpus + regressions replay (ds-fuzz, stable)"
+cargo test -q -p ds-core -p ds-sidecar -p ds-fuzz
 
 log "cargo pgrx test (in-backend #[pg_test])"
 PGRX_TEST_DIR="$(mktemp -d /tmp/ds-pgrx-test.XXXXXX)"

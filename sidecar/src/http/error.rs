@@ -1,6 +1,8 @@
 //! The one mapping from failures (SQLSTATEs, header syntax, limits) to HTTP.
 //!
-//! Database errors are classified by SQLSTATE only, never by message text.
+//! Database errors are classified by SQLSTATE (and, for the codes that name
+//! a stream outcome, by whether the extension raised them: the routine
+//! field), never by message text.
 //! Client errors (4xx) carry the extension's message as a `text/plain`
 //! body; server errors (5xx) get a generic body and are logged once here.
 
@@ -69,6 +71,45 @@ pub enum ApiError {
     /// Anything else (500); details are logged, not sent.
     #[error("internal error")]
     Internal(String),
+}
+
+/// The routine Postgres reports for every error the extension raises
+/// (`ErrorReport::new(.., "durable_streams")` in the extension's
+/// `src/error.rs`, the one place it raises); Postgres' own errors name the
+/// C function that raised them (`get_role_oid`, ...).
+pub const EXTENSION_ROUTINE: &str = "durable_streams";
+
+/// SQLSTATEs that name a durable_streams outcome (a missing, deleted,
+/// conflicting or closed stream, a content type mismatch, a limit or quota)
+/// only when the extension raised them. Postgres raises the same built-in
+/// codes for unrelated reasons inside a `ds.*` call: 42704 for an unknown
+/// role or setting, 55000 for WAL functions during recovery, 54000 for a
+/// full NOTIFY queue at commit ("too many notifications in the NOTIFY
+/// queue"), 42804 for a schema older than the library, 53400 for an
+/// exhausted server slot. Those are server errors, not the client's.
+/// (42501 and the data-exception codes are client errors wherever they
+/// come from: a role without EXECUTE, a value Postgres cannot parse.)
+fn names_an_outcome(code: &SqlState) -> bool {
+    [
+        SqlState::UNDEFINED_OBJECT,
+        SqlState::OBJECT_IN_USE,
+        SqlState::DUPLICATE_OBJECT,
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        SqlState::DATATYPE_MISMATCH,
+        SqlState::PROGRAM_LIMIT_EXCEEDED,
+        SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+    ]
+    .contains(code)
+}
+
+/// [`status_for_sqlstate`] for an error Postgres reported, raised in
+/// `routine`: an outcome code raised by anything but the extension is not a
+/// client error (`None`).
+pub fn status_for_db_error(code: &SqlState, routine: Option<&str>) -> Option<StatusCode> {
+    if names_an_outcome(code) && routine != Some(EXTENSION_ROUTINE) {
+        return None;
+    }
+    status_for_sqlstate(code)
 }
 
 /// The HTTP status of an SQLSTATE raised by the SQL API; `None` for codes
@@ -163,6 +204,14 @@ impl From<DbError> for ApiError {
         }
         match &e {
             DbError::Postgres(pg) => match pg.as_db_error() {
+                Some(db) if status_for_db_error(db.code(), db.routine()).is_none() => {
+                    ApiError::Internal(format!(
+                        "SQLSTATE {} raised by {}: {}",
+                        db.code().code(),
+                        db.routine().unwrap_or("?"),
+                        db.message()
+                    ))
+                }
                 Some(db) => ApiError::from_sqlstate(db.code(), db.message().to_owned()),
                 None => ApiError::Unavailable(e),
             },
@@ -284,6 +333,35 @@ mod tests {
         check("53100", Some(507));
         check("XX000", None);
         check("40001", None);
+    }
+
+    #[test]
+    fn outcome_codes_count_only_when_the_extension_raised_them() {
+        let status = |code: &str, routine| {
+            status_for_db_error(&SqlState::from_code(code), routine).map(|s| s.as_u16())
+        };
+        let ours = Some(EXTENSION_ROUTINE);
+        for (code, want) in [
+            ("42704", 404),
+            ("55006", 410),
+            ("42710", 409),
+            ("55000", 409),
+            ("42804", 409),
+            ("54000", 413),
+            ("53400", 507),
+        ] {
+            assert_eq!(status(code, ours), Some(want), "{code}");
+            // As Postgres raises them (routines seen in its error reports).
+            for theirs in [Some("get_role_oid"), Some("asyncQueueAddEntries"), None] {
+                assert_eq!(status(code, theirs), None, "{code} from {theirs:?}");
+            }
+        }
+        // Client errors wherever they come from.
+        for code in ["42501", "22P02", "22008", "22021", "53100"] {
+            assert_eq!(status(code, Some("timestamptz_in")), status(code, ours), "{code}");
+            assert!(status(code, None).is_some(), "{code}");
+        }
+        assert_eq!(status("XX000", ours), None);
     }
 
     #[test]
