@@ -25,7 +25,7 @@ for target in $TARGETS; do
     cargo +nightly fuzz run --fuzz-dir . -O "$target" "$SCRATCH/$target" "corpus/$target" \
         "regressions/$target" -- -max_total_time="$SECONDS_EACH" -max_len=4096 \
         -print_final_stats=1 >"$SCRATCH/$target.log" 2>&1 || status=$?
-    grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|thread .* panicked|SUMMARY)' \
+    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|thread .* panicked|SUMMARY)' \
         "$SCRATCH/$target.log" || true
     if [ "$status" != 0 ]; then
         tail -40 "$SCRATCH/$target.log" >&2

@@ -111,7 +111,10 @@ pub fn webhook_url(data: &[u8]) {
     }
     let rebuilt =
         format!("{}://{}:{}{}", url.scheme.as_str(), url.host_str(), url.port, url.path_and_query);
-    assert_eq!(wurl::check(&rebuilt).as_ref(), Ok(&url), "the rebuilt URL checks the same");
+    // (The sender's URL names the port, so it may pass the length limit.)
+    if rebuilt.len() <= wurl::MAX_URL_BYTES {
+        assert_eq!(wurl::check(&rebuilt).as_ref(), Ok(&url), "the rebuilt URL checks the same");
+    }
     let Ok(whatwg) = url::Url::parse(&rebuilt) else { return };
     let their_host = match whatwg.host() {
         Some(url::Host::Domain(d)) => Host::Domain(d.to_owned()),
