@@ -48,7 +48,22 @@ pub fn free_port() -> u16 {
         Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
     });
     let Some((first, last)) = range.filter(|(a, b)| a <= b) else {
-        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The kernel may hand the same port out again once it is released:
+        // never give one port twice in a row (a sidecar's listener and its
+        // metrics listener got the same one, and it could not start).
+        static RECENT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for _ in 0..64 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if !recent.contains(&port) {
+                if recent.len() >= 256 {
+                    recent.remove(0);
+                }
+                recent.push(port);
+                return port;
+            }
+        }
+        panic!("the kernel keeps handing out recently used ports");
     };
     let span = u32::from(last - first) + 1;
     for _ in 0..span {
@@ -99,7 +114,16 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts a sidecar on a free port with extra flags; waits for /health.
+    /// A sidecar that exits at startup (its port taken meanwhile by another
+    /// process) is started again on other ports, twice at most.
     pub async fn start(extra: &[&str]) -> Sidecar {
+        for _ in 0..2 {
+            if let Some(sidecar) =
+                Sidecar::try_start_with(&database_url(), free_port(), extra).await
+            {
+                return sidecar;
+            }
+        }
         Sidecar::start_on(free_port(), extra).await
     }
 
@@ -111,6 +135,15 @@ impl Sidecar {
     /// Starts a sidecar against `database_url` on `port`. Unless `extra`
     /// says otherwise, `/metrics` listens on a free port of its own.
     pub async fn start_with(database_url: &str, port: u16, extra: &[&str]) -> Sidecar {
+        match Sidecar::try_start_with(database_url, port, extra).await {
+            Some(sidecar) => sidecar,
+            None => panic!("the sidecar on port {port} exited at startup (see its log above)"),
+        }
+    }
+
+    /// [`Self::start_with`], or `None` when the process exits before it is
+    /// healthy (it panics when it is still not healthy after 30 s).
+    async fn try_start_with(database_url: &str, port: u16, extra: &[&str]) -> Option<Sidecar> {
         let bin = std::env::var("DS_SIDECAR_BIN").expect("DS_SIDECAR_BIN (run `make test`)");
         let mut metrics_port = None;
         let mut args = vec![
@@ -133,15 +166,19 @@ impl Sidecar {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn ds-sidecar");
-        let sidecar = Sidecar { port, metrics_port, child };
+        let mut sidecar = Sidecar { port, metrics_port, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http().get(sidecar.url("/health")).send().await.ok().map(|r| r.status().as_u16())
             != Some(200)
         {
-            assert!(Instant::now() < deadline, "sidecar did not become healthy");
+            if let Ok(Some(status)) = sidecar.child.try_wait() {
+                eprintln!("ds-sidecar on port {port} exited at startup: {status}");
+                return None;
+            }
+            assert!(Instant::now() < deadline, "sidecar on port {port} did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sidecar
+        Some(sidecar)
     }
 
     /// URL of `path` on this sidecar.
