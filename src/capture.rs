@@ -158,7 +158,18 @@ fn load(relid: pg_sys::Oid) -> DsResult<Option<Rc<Capture>>> {
             Ok(Some((row, info)))
         })
     })?;
-    let Some((row, info)) = found else { return Ok(None) };
+    let Some((mut row, info)) = found else { return Ok(None) };
+    if row.key_expression.is_none() {
+        // The primary key as it is now: a renamed or changed key follows.
+        if info.primary_key.is_empty() {
+            return Err(DsError::NoKey(format!(
+                "table {} is captured by its primary key, which it no longer has; run \
+                 ds.uncapture on it, then ds.capture with a key_expression",
+                info.name
+            )));
+        }
+        row.key_columns = Some(info.primary_key.clone());
+    }
     let eval = if row.key_expression.is_some() || row.row_filter.is_some() {
         let query =
             store::eval_query(&info.name, row.key_expression.as_deref(), row.row_filter.as_deref());

@@ -51,6 +51,12 @@ UPDATE items SET name = 'apple 2' WHERE id = 1;
 SELECT m->'value' FROM captured('cap/items') m ORDER BY 1 DESC LIMIT 0;
 SELECT m->'value', m->'old_value' FROM captured('cap/items') m WHERE m->>'op' = 'update' AND m->'value'->>'name' = 'apple 2';
 
+-- A renamed key column still keys the rows (the primary key is read as it is now).
+ALTER TABLE items RENAME COLUMN id TO item_id;
+UPDATE items SET price = 3 WHERE item_id = 1;
+SELECT m->>'key', m->'value'->'item_id' FROM captured('cap/items') m WHERE m->'value'->>'price' = '3';
+ALTER TABLE items RENAME COLUMN item_id TO id;
+
 -- TRUNCATE is a reset.
 TRUNCATE items;
 SELECT * FROM captured('cap/items') m WHERE m ? 'headers' AND NOT m ? 'type';
@@ -141,6 +147,19 @@ SET ROLE plain_writer;
 INSERT INTO t4 VALUES (1);
 RESET ROLE;
 SELECT * FROM captured('cap/t4');
+
+-- A dropped table's capture goes with it.
+CREATE TABLE t5 (id int PRIMARY KEY);
+SELECT ds.capture('t5', 'cap/t5') IS NOT NULL;
+DROP TABLE t5;
+SELECT count(*) FROM ds.captures c WHERE c.path = 'cap/t5';
+-- A table that lost its primary key fails writes until it is captured again.
+CREATE TABLE t6 (id int PRIMARY KEY);
+SELECT ds.capture('t6', 'cap/t6') IS NOT NULL;
+ALTER TABLE t6 DROP CONSTRAINT t6_pkey;
+SELECT attempt($$INSERT INTO t6 VALUES (1)$$);
+SELECT ds.uncapture('t6');
+DROP TABLE t6;
 
 -- Clean up the cluster-wide roles.
 SELECT ds.uncapture('t4');
