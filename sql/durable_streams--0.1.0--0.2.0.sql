@@ -420,7 +420,7 @@ CREATE FUNCTION ds."capture_trigger"()
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'capture_trigger_wrapper';
 REVOKE EXECUTE ON FUNCTION ds.capture(regclass, text, text, text[], text, text),
-    ds.uncapture(regclass), ds.capture_trigger() FROM PUBLIC;
+    ds.uncapture(regclass), ds.capture_trigger(), ds.forget_dropped_captures() FROM PUBLIC;
 
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the

@@ -9,6 +9,17 @@ CREATE FUNCTION captured(p text) RETURNS SETOF jsonb LANGUAGE sql AS $$
     FROM ds.read(p) r, jsonb_array_elements(('[' || convert_from(r.data, 'UTF8') || ']')::jsonb) m
 $$;
 
+
+-- The README's "Tables as streams" SQL, as printed.
+CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric,
+                     placed_at timestamptz DEFAULT '2026-01-01 12:00+00');
+INSERT INTO orders (id, customer, total) VALUES (1, 'ada', 12.50);
+SELECT ds.capture('orders', 'shop/orders');                 -- the offset after the snapshot
+INSERT INTO orders (id, customer, total) VALUES (2, 'bob', 99.00);
+UPDATE orders SET total = 13.00 WHERE id = 1;
+DELETE FROM orders WHERE id = 2;
+SELECT * FROM captured('shop/orders');
+
 CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, tags jsonb,
                     at timestamptz, raw bytea, note text);
 INSERT INTO items VALUES
@@ -167,8 +178,9 @@ SELECT ds.revoke('capturer', 'cap/t4');
 DROP TABLE t4;
 DROP OWNED BY capturer, plain_writer;
 DROP ROLE capturer, plain_writer;
-SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2']::regclass[]) t;
+SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2', 'orders']::regclass[]) t;
 SELECT count(*) FROM ds.captures;
 DROP VIEW items_view;
-DROP TABLE items, lines, events, t2, t3;
+DROP TABLE items, lines, events, t2, t3, orders;
+SELECT ds.delete('shop/orders');
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'cap/%';
