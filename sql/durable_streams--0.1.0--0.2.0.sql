@@ -428,7 +428,7 @@ CREATE FUNCTION ds."list_captures"() RETURNS TABLE (
 	"row_filter" TEXT,
 	"owner_role" TEXT
 )
-STABLE SECURITY DEFINER
+STABLE STRICT SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'list_captures_wrapper';
