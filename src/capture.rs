@@ -218,12 +218,49 @@ fn prepare_pinned(
     row_type: pg_sys::Oid,
 ) -> DsResult<OwnedPreparedStatement> {
     as_role(role, true, || {
-        // SAFETY: a GUC nest level, closed below, as a function's SET clause does.
-        let level = unsafe {
-            let level = pg_sys::NewGUCNestLevel();
+        with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], || {
+            Spi::connect(|client| client.prepare(query, &[PgOid::from(row_type)]).map(|p| p.keep()))
+        })
+        .map_err(|e| invalid(format!("the capture's row filter or key expression: {e}")))
+    })
+}
+
+/// The settings row images and keys are printed with, whatever the writing
+/// session set: otherwise two writers of one table would print one value
+/// two ways (`TimeZone` moves timestamps' offsets, `IntervalStyle` and
+/// `DateStyle` reword values, `extra_float_digits` below 1 cuts floats,
+/// `bytea_output = escape` changes bytea).
+const OUTPUT_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 5] = [
+    (c"TimeZone", c"UTC"),
+    (c"DateStyle", c"ISO, MDY"),
+    (c"IntervalStyle", c"postgres"),
+    (c"extra_float_digits", c"1"),
+    (c"bytea_output", c"hex"),
+];
+
+/// Runs `f` with `settings`, setting (for its duration) only those whose
+/// current value differs: sessions that keep the defaults pay nothing.
+fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> T) -> T {
+    // SAFETY: reads of GUC values by name; the pointers are valid until the
+    // next change of that setting, and are compared at once.
+    let differing: Vec<_> = settings
+        .iter()
+        .filter(|(name, value)| unsafe {
+            let current = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+            current.is_null() || std::ffi::CStr::from_ptr(current) != *value
+        })
+        .collect();
+    if differing.is_empty() {
+        return f();
+    }
+    // SAFETY: a GUC nest level, closed below, as a function's SET clause
+    // does; an error in between aborts the (sub)transaction, which closes it.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        for (name, value) in differing {
             pg_sys::set_config_option(
-                c"search_path".as_ptr(),
-                c"pg_catalog, pg_temp".as_ptr(),
+                name.as_ptr(),
+                value.as_ptr(),
                 pg_sys::GucContext::PGC_USERSET,
                 pg_sys::GucSource::PGC_S_SESSION,
                 pg_sys::GucAction::GUC_ACTION_SAVE,
@@ -231,15 +268,13 @@ fn prepare_pinned(
                 0,
                 false,
             );
-            level
-        };
-        let prepared = Spi::connect(|client| {
-            client.prepare(query, &[PgOid::from(row_type)]).map(|p| p.keep())
-        });
-        // SAFETY: closes the nest level opened above (restores search_path).
-        unsafe { pg_sys::AtEOXact_GUC(true, level) };
-        prepared.map_err(|e| invalid(format!("the capture's row filter or key expression: {e}")))
-    })
+        }
+        level
+    };
+    let out = f();
+    // SAFETY: closes the nest level opened above (restores the settings).
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    out
 }
 
 /// One side (old or new) of a row change, if it passes the filter.
@@ -364,16 +399,22 @@ fn fire(trigger: &PgTrigger<'_>) -> DsResult<()> {
     if data.tg_event & pg_sys::TRIGGER_EVENT_ROW == 0 {
         return Ok(());
     }
-    // SAFETY: tuples of a row trigger, valid for the call.
-    let (old, new) = unsafe {
-        match event {
-            pg_sys::TRIGGER_EVENT_INSERT => (None, Some(row_json(data.tg_trigtuple, desc))),
-            pg_sys::TRIGGER_EVENT_DELETE => (Some(row_json(data.tg_trigtuple, desc)), None),
-            _ => (Some(row_json(data.tg_trigtuple, desc)), Some(row_json(data.tg_newtuple, desc))),
-        }
-    };
-    let old = old.map(|(j, d)| image(&capture, j, d)).transpose()?.flatten();
-    let new = new.map(|(j, d)| image(&capture, j, d)).transpose()?.flatten();
+    let (old, new) = with_settings(&OUTPUT_SETTINGS, || -> DsResult<_> {
+        // SAFETY: tuples of a row trigger, valid for the call.
+        let (old, new) = unsafe {
+            match event {
+                pg_sys::TRIGGER_EVENT_INSERT => (None, Some(row_json(data.tg_trigtuple, desc))),
+                pg_sys::TRIGGER_EVENT_DELETE => (Some(row_json(data.tg_trigtuple, desc)), None),
+                _ => (
+                    Some(row_json(data.tg_trigtuple, desc)),
+                    Some(row_json(data.tg_newtuple, desc)),
+                ),
+            }
+        };
+        let old = old.map(|(j, d)| image(&capture, j, d)).transpose()?.flatten();
+        let new = new.map(|(j, d)| image(&capture, j, d)).transpose()?.flatten();
+        Ok((old, new))
+    })?;
     // SAFETY: plain reads of the transaction's state.
     let (txid, now) = unsafe {
         (pg_sys::GetTopFullTransactionId().value, pg_sys::GetCurrentStatementStartTimestamp())
@@ -550,7 +591,9 @@ fn snapshot(
                 invalid(format!("the capture's row filter or key expression failed: {e}"))
             })?;
         loop {
-            let rows = as_role(caller, true, || cursor.fetch(SNAPSHOT_CHUNK_ROWS as i64))?;
+            let rows = with_settings(&OUTPUT_SETTINGS, || {
+                as_role(caller, true, || cursor.fetch(SNAPSHOT_CHUNK_ROWS as i64))
+            })?;
             if rows.is_empty() {
                 break;
             }

@@ -14,7 +14,9 @@ $$;
 CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric,
                      placed_at timestamptz DEFAULT '2026-01-01 12:00+00');
 INSERT INTO orders (id, customer, total) VALUES (1, 'ada', 12.50);
+\o /dev/null
 SELECT ds.capture('orders', 'shop/orders');                 -- the offset after the snapshot
+\o
 INSERT INTO orders (id, customer, total) VALUES (2, 'bob', 99.00);
 UPDATE orders SET total = 13.00 WHERE id = 1;
 DELETE FROM orders WHERE id = 2;
@@ -25,7 +27,7 @@ CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, tags jsonb,
 INSERT INTO items VALUES
     (1, 'apple', 1.50, '["fruit"]', '2026-01-01 10:00+00', '\x01', NULL),
     (2, 'bread', 12345678901234567890.123456789, NULL, NULL, NULL, 'exact digits');
-SELECT ds.capture('items', 'cap/items');
+SELECT ds.capture('items', 'cap/items') IS NOT NULL;
 SELECT * FROM captured('cap/items');
 
 -- Insert, update, key change (delete + insert), delete, rollback.
@@ -44,7 +46,9 @@ ROLLBACK TO SAVEPOINT s;
 COMMIT;
 SELECT * FROM captured('cap/items') OFFSET 4;
 
--- Every committed change and nothing else: the messages replayed equal the table.
+-- Every committed change and nothing else: the messages replayed equal the
+-- table (printed as the messages print it: in UTC).
+SET TimeZone = 'UTC';
 WITH RECURSIVE msgs AS (
     SELECT row_number() OVER () AS n, m FROM captured('cap/items') m
 ), state AS (
@@ -54,6 +58,7 @@ WITH RECURSIVE msgs AS (
 )
 SELECT (SELECT jsonb_agg(value ORDER BY key) FROM state WHERE latest = 1 AND op <> 'delete')
        = (SELECT jsonb_agg(to_jsonb(i) ORDER BY i.id::text) FROM items i) AS replay_equals_table;
+RESET TimeZone;
 
 -- Schema changes: added columns appear, dropped ones disappear.
 ALTER TABLE items ADD COLUMN stock int DEFAULT 7;
@@ -72,12 +77,33 @@ ALTER TABLE items RENAME COLUMN item_id TO id;
 TRUNCATE items;
 SELECT * FROM captured('cap/items') m WHERE m ? 'headers' AND NOT m ? 'type';
 
+-- The writer's output settings do not change the messages: values print
+-- with TimeZone UTC, ISO dates, postgres intervals, exact floats, hex bytea.
+CREATE TABLE settings_t (id int PRIMARY KEY, i interval, f float8, b bytea, at timestamptz,
+                         d date, ts timestamp[]);
+SELECT ds.capture('settings_t', 'cap/settings') IS NOT NULL;
+INSERT INTO settings_t VALUES (1, '1 day 2 hours', 1.2345678901234567, '\x00ff',
+    '2026-01-02 03:04:05+00', '2026-01-02', ARRAY['2026-01-02 03:04:05'::timestamp]);
+SET IntervalStyle = sql_standard;
+SET extra_float_digits = -3;
+SET bytea_output = escape;
+SET TimeZone = 'Asia/Tokyo';
+SET DateStyle = 'German';
+INSERT INTO settings_t VALUES (2, '1 day 2 hours', 1.2345678901234567, '\x00ff',
+    '2026-01-02 03:04:05+00', '2026-01-02', ARRAY['2026-01-02 03:04:05'::timestamp]);
+RESET IntervalStyle;
+RESET extra_float_digits;
+RESET bytea_output;
+RESET TimeZone;
+RESET DateStyle;
+SELECT (m->'value') - 'id' AS value FROM captured('cap/settings') m WHERE m ? 'type';
+
 -- Options: entity type, columns, row filter, composite key.
 CREATE TABLE lines (order_id int, line int, sku text, qty int, secret text,
                     PRIMARY KEY (order_id, line));
 INSERT INTO lines VALUES (1, 1, 'a', 1, 's1'), (1, 2, 'b', 0, 's2');
 SELECT ds.capture('lines', 'cap/lines', entity_type => 'line', columns => ARRAY['sku', 'qty'],
-                  row_filter => 'qty > 0');
+                  row_filter => 'qty > 0') IS NOT NULL;
 INSERT INTO lines VALUES (2, 1, 'c', 5, 's3'), (2, 2, 'd', 0, 's4');
 UPDATE lines SET qty = 3 WHERE (order_id, line) = (1, 2);  -- enters the filter: insert
 UPDATE lines SET qty = 0 WHERE (order_id, line) = (1, 1);  -- leaves it: delete
@@ -86,7 +112,7 @@ SELECT * FROM captured('cap/lines');
 -- A key expression for a table without a primary key.
 CREATE TABLE events (kind text, seq int, body text);
 SELECT attempt($$SELECT ds.capture('events', 'cap/events')$$);
-SELECT ds.capture('events', 'cap/events', key_expression => $$kind || ':' || seq$$);
+SELECT ds.capture('events', 'cap/events', key_expression => $$kind || ':' || seq$$) IS NOT NULL;
 INSERT INTO events VALUES ('click', 1, 'x');
 SELECT * FROM captured('cap/events');
 
@@ -120,7 +146,8 @@ SELECT attempt($$INSERT INTO t3 VALUES (1)$$);
 
 -- Writes fail while the stream cannot take them, and name the way out.
 SELECT ds.close('cap/t3') IS NOT NULL;
-SELECT attempt($$INSERT INTO t3 VALUES (2)$$);
+-- (Offsets hidden: they depend on the length of transaction ids.)
+SELECT regexp_replace(attempt($$INSERT INTO t3 VALUES (2)$$), 'offset [0-9_]+', 'offset N');
 SELECT ds.uncapture('t3');
 SELECT ds.uncapture('t3');
 INSERT INTO t3 VALUES (2);
@@ -184,9 +211,9 @@ SELECT ds.revoke('capturer', 'cap/t4');
 DROP TABLE t4;
 DROP OWNED BY capturer, plain_writer;
 DROP ROLE capturer, plain_writer;
-SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2', 'orders']::regclass[]) t;
+SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2', 'orders', 'settings_t']::regclass[]) t;
 SELECT count(*) FROM ds.captures;
 DROP VIEW items_view;
-DROP TABLE items, lines, events, t2, t3, orders;
+DROP TABLE items, lines, events, t2, t3, orders, settings_t;
 SELECT ds.delete('shop/orders');
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'cap/%';
