@@ -284,12 +284,8 @@ async fn large_values_and_types_are_captured_whole() {
     assert_eq!(value["big"].as_str().unwrap().len(), 3_200_000);
     assert_eq!(value["raw"], "\\x00ff");
     assert_eq!(value["doc"], serde_json::json!({"a": [1, {"b": null}]}));
-    let at: String = client
-        .query_one("SELECT to_json('2026-01-02 03:04:05.678+00'::timestamptz)::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(format!("\"{}\"", value["at"].as_str().unwrap()), at);
+    // Whatever the session's TimeZone: UTC.
+    assert_eq!(value["at"], "2026-01-02T03:04:05.678+00:00");
     // Numbers keep Postgres' digits (serde_json here would round them).
     let raw: Vec<String> = client
         .query("SELECT convert_from(data, 'UTF8') FROM ds.read($1)", &[&path])
