@@ -1,0 +1,308 @@
+// The official State Protocol client against a table captured with
+// ds.capture: @durable-streams/state's StreamDB (TanStack DB collections),
+// subscribed live through a running ds-sidecar over SSE and over long-poll,
+// while concurrent SQL sessions run a bounded random mix of inserts, updates
+// (key changes among them), deletes and rollbacks. Once each client has read
+// up to the stream's tail its rows must equal `SELECT to_jsonb(t) FROM table`:
+// values compared as JSON, so the type mapping of every column is checked.
+// Then TRUNCATE (a `reset` message) must clear the client, and what follows
+// rebuild it; a client that joins afterwards replays the whole history.
+//
+//   DS_BASE_URL=http://127.0.0.1:PORT DS_TEST_DATABASE_URL=postgresql://... node --test
+// Optional: DS_STATE_SEED (the random mix; printed), DS_STATE_WRITERS (4),
+// DS_STATE_TRANSACTIONS (per writer, 60).
+import assert from "node:assert/strict"
+import { after, before, test } from "node:test"
+import pg from "pg"
+import { stream } from "@durable-streams/client"
+import { MaterializedState, createStateSchema, isChangeEvent, isControlEvent } from "@durable-streams/state"
+import { createStreamDB } from "@durable-streams/state/db"
+import { expectedRows, makeRandom, materialisedRows, randomRow, stateRows } from "./rows.mjs"
+
+const baseUrl = process.env.DS_BASE_URL ?? "http://127.0.0.1:4437"
+const databaseUrl = process.env.DS_TEST_DATABASE_URL ?? "postgresql://postgres@127.0.0.1:5432/postgres"
+const seed = Number(process.env.DS_STATE_SEED ?? Date.now() % 1_000_000)
+const writers = Number(process.env.DS_STATE_WRITERS ?? 4)
+const transactionsPerWriter = Number(process.env.DS_STATE_TRANSACTIONS ?? 60)
+// Ids the writers pick from: small enough that sessions collide on rows
+// (lock waits, unique violations on key changes, deadlocks).
+const ID_SPACE = 300
+const CATCH_UP_TIMEOUT_MS = 30_000
+
+const suffix = `${process.pid}_${Date.now()}`
+const table = `state_e2e_${suffix}`
+const path = `state-e2e/${suffix}`
+const entityType = "item"
+// StreamDB writes the message's key (a string) into this field of every row,
+// so it is not a column: with `id` the client would turn every id into text.
+const KEY_FIELD = "_key"
+
+const schema = createStateSchema({
+  items: { schema: rowShape(), type: entityType, primaryKey: KEY_FIELD },
+})
+
+let admin
+const consumers = []
+
+before(async () => {
+  console.log(`seed ${seed}, ${writers} writers x ${transactionsPerWriter} transactions, table ${table}`)
+  admin = new pg.Client({ connectionString: databaseUrl })
+  await admin.connect()
+  await admin.query(`CREATE TABLE ${table} (
+      id integer PRIMARY KEY,
+      name text NOT NULL,
+      doc jsonb NOT NULL,
+      at timestamptz NOT NULL,
+      blob bytea NOT NULL,
+      amount numeric(14, 3) NOT NULL,
+      note text)`)
+})
+
+after(async () => {
+  for (const c of consumers) c.close()
+  if (admin) {
+    await admin.query(`SELECT ds.uncapture($1::regclass)`, [table]).catch(() => {})
+    await admin.query(`DROP TABLE IF EXISTS ${table}`)
+    await admin.query(`SELECT ds.delete($1)`, [path]).catch(() => {})
+    await admin.end()
+  }
+})
+
+test("capture snapshots the existing rows between snapshot-start and snapshot-end", async () => {
+  const random = makeRandom(seed)
+  for (let id = 1; id <= 40; id++) await insert(admin, id, randomRow(random))
+  const snapshotEnd = (await admin.query(`SELECT ds.capture($1::regclass, $2, $3) AS o`, [table, path, entityType]))
+    .rows[0].o
+
+  const res = await fetch(`${baseUrl}/v1/stream/${path}?offset=-1`)
+  assert.equal(res.status, 200)
+  assert.match(res.headers.get("content-type"), /^application\/json/)
+  assert.equal(res.headers.get("stream-next-offset"), snapshotEnd, "ds.capture returns the offset after snapshot-end")
+  const messages = await res.json()
+  assert.deepEqual(messages[0], { headers: { control: "snapshot-start" } })
+  assert.deepEqual(messages.at(-1), { headers: { control: "snapshot-end" } })
+  const inserts = messages.slice(1, -1)
+  assert.equal(inserts.length, 40)
+  for (const m of inserts) {
+    assert.equal(m.type, entityType)
+    assert.equal(m.headers.operation, "insert")
+    assert.match(m.headers.txid, /^\d+$/)
+    assert.ok(!Number.isNaN(Date.parse(m.headers.timestamp)), `RFC 3339 timestamp: ${m.headers.timestamp}`)
+    assert.equal(m.key, String(m.value.id))
+    assert.equal(m.old_value, undefined)
+  }
+  const byId = (a, b) => a.id - b.id
+  assert.deepEqual(inserts.map((m) => m.value).sort(byId), await expectedRows(admin, table))
+})
+
+test("live clients equal the table after concurrent random writers", async () => {
+  // Subscribed before any writer starts; each has read the snapshot.
+  const live = [
+    await openStreamDB("sse"),
+    await openStreamDB("long-poll"),
+    await openMaterialized("sse"),
+    await openMaterialized("long-poll"),
+  ]
+  for (const c of live) assert.equal(c.rows().length, 40, `${c.name} has the snapshot`)
+
+  const outcomes = await Promise.all(
+    Array.from({ length: writers }, (_, w) => runWriter(makeRandom(seed * 31 + w + 1), transactionsPerWriter)),
+  )
+  const total = outcomes.reduce((a, o) => {
+    for (const [k, v] of Object.entries(o)) a[k] = (a[k] ?? 0) + v
+    return a
+  }, {})
+  console.log("writers:", JSON.stringify(total))
+  assert.ok(total.committed > 0 && total.rolledBack > 0, "the mix commits and rolls back")
+
+  const expected = await expectedRows(admin, table)
+  console.log(`table has ${expected.length} rows at the end`)
+  for (const c of live) {
+    await catchUp(c)
+    assert.deepEqual(c.rows(), expected, `${c.name} equals the table`)
+  }
+})
+
+test("TRUNCATE resets the clients, later changes rebuild them, a late client replays everything", async () => {
+  const live = consumers.filter((c) => c.kind === "MaterializedState")
+  await admin.query(`TRUNCATE ${table}`)
+  for (const c of live) {
+    await catchUp(c)
+    assert.deepEqual(c.rows(), [], `reset cleared ${c.name}`)
+  }
+  const random = makeRandom(seed + 7)
+  await admin.query("BEGIN")
+  for (let id = 1; id <= 20; id++) await insert(admin, id, randomRow(random))
+  await admin.query("COMMIT")
+  await admin.query(`UPDATE ${table} SET id = id + 1000 WHERE id <= 5`)
+  await admin.query(`DELETE FROM ${table} WHERE id BETWEEN 6 AND 8`)
+  const expected = await expectedRows(admin, table)
+  assert.equal(expected.length, 17)
+  for (const c of live) {
+    await catchUp(c)
+    assert.deepEqual(c.rows(), expected, `${c.name} rebuilt`)
+  }
+  for (const c of [await openMaterialized("long-poll"), await openStreamDB("long-poll")]) {
+    await catchUp(c)
+    assert.deepEqual(c.rows(), expected, `a late ${c.name} replays the history through the reset`)
+  }
+})
+
+/**
+ * The official StreamDB (TanStack DB collections) on the captured stream,
+ * preloaded (the snapshot read); rows() gives its collection as plain rows.
+ */
+async function openStreamDB(live) {
+  const db = createStreamDB({
+    streamOptions: { url: `${baseUrl}/v1/stream/${path}`, contentType: "application/json" },
+    live,
+    state: schema,
+  })
+  const c = {
+    kind: "StreamDB",
+    name: `StreamDB (${live})`,
+    rows: () => materialisedRows(db.collections.items, KEY_FIELD),
+    get offset() {
+      return db.offset
+    },
+    close: () => db.close(),
+  }
+  consumers.push(c)
+  await withTimeout(db.preload(), CATCH_UP_TIMEOUT_MS, `${c.name} preload`)
+  return c
+}
+
+/**
+ * The official db-free MaterializedState, fed by the official client's live
+ * JSON subscription: change messages applied, `reset` clears the state (the
+ * State Protocol's SHOULD; MaterializedState itself only applies changes).
+ */
+async function openMaterialized(live) {
+  const state = new MaterializedState()
+  const controller = new AbortController()
+  const res = await stream({ url: `${baseUrl}/v1/stream/${path}`, offset: "-1", live, json: true, signal: controller.signal })
+  let offset = "-1"
+  res.subscribeJson(async (batch) => {
+    for (const event of batch.items) {
+      if (isChangeEvent(event)) state.apply(event)
+      else if (isControlEvent(event) && event.headers.control === "reset") state.clear()
+    }
+    offset = batch.offset
+  })
+  void res.closed.catch(() => {})
+  const c = {
+    kind: "MaterializedState",
+    name: `MaterializedState (${live})`,
+    rows: () => stateRows(state.getType(entityType)),
+    get offset() {
+      return offset
+    },
+    close: () => controller.abort(),
+  }
+  consumers.push(c)
+  const snapshot = (await admin.query(`SELECT next_offset FROM ds.head($1)`, [path])).rows[0].next_offset
+  await catchUp(c, snapshot)
+  return c
+}
+
+/** Waits until the consumer has read the stream up to its tail (now, unless given). */
+async function catchUp(c, tail) {
+  tail ??= (await admin.query(`SELECT next_offset FROM ds.head($1)`, [path])).rows[0].next_offset
+  const deadline = Date.now() + CATCH_UP_TIMEOUT_MS
+  while (c.offset !== tail) {
+    if (Date.now() > deadline) throw new Error(`${c.name} at ${c.offset}, tail ${tail} after ${CATCH_UP_TIMEOUT_MS} ms`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+/** One SQL session: `count` transactions of 1-3 random statements; returns outcome counts. */
+async function runWriter(random, count) {
+  const session = new pg.Client({ connectionString: databaseUrl })
+  await session.connect()
+  const counts = { committed: 0, rolledBack: 0, conflicts: 0, statements: 0 }
+  const id = () => 1 + Math.floor(random() * ID_SPACE)
+  try {
+    for (let i = 0; i < count; i++) {
+      await session.query("BEGIN")
+      try {
+        const statements = 1 + Math.floor(random() * 3)
+        for (let s = 0; s < statements; s++) {
+          const r = random()
+          if (r < 0.3) await insert(session, id(), randomRow(random), "ON CONFLICT (id) DO NOTHING")
+          else if (r < 0.4) await insert(session, id(), randomRow(random), upsertClause)
+          else if (r < 0.6) {
+            const row = randomRow(random)
+            await session.query(
+              `UPDATE ${table} SET name = $2, doc = $3, amount = $4, note = $5 WHERE id = $1`,
+              [id(), row.name, row.doc, row.amount, row.note],
+            )
+          } else if (r < 0.7) await session.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id(), id()])
+          else if (r < 0.75) {
+            const from = id()
+            await session.query(`UPDATE ${table} SET amount = amount + 1.5 WHERE id BETWEEN $1 AND $2`, [from, from + 10])
+          } else if (r < 0.78) await session.query(`UPDATE ${table} SET note = note WHERE id = $1`, [id()])
+          else await session.query(`DELETE FROM ${table} WHERE id = $1`, [id()])
+          counts.statements++
+        }
+        if (random() < 0.15) {
+          await session.query("ROLLBACK")
+          counts.rolledBack++
+        } else {
+          await session.query("COMMIT")
+          counts.committed++
+        }
+      } catch (e) {
+        // Sessions collide on purpose: a key change onto a taken id, or a deadlock.
+        if (e.code !== "23505" && e.code !== "40P01") throw e
+        await session.query("ROLLBACK")
+        counts.conflicts++
+      }
+    }
+  } finally {
+    await session.end()
+  }
+  return counts
+}
+
+const upsertClause = `ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, doc = EXCLUDED.doc, at = EXCLUDED.at,
+  blob = EXCLUDED.blob, amount = EXCLUDED.amount, note = EXCLUDED.note`
+
+async function insert(session, id, row, conflict = "") {
+  await session.query(
+    `INSERT INTO ${table} (id, name, doc, at, blob, amount, note) VALUES ($1, $2, $3, $4, $5, $6, $7) ${conflict}`,
+    [id, row.name, row.doc, row.at, row.blob, row.amount, row.note],
+  )
+}
+
+function withTimeout(promise, ms, what) {
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer after ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** A Standard Schema validator for one captured row (the JSON mapping of each column type). */
+function rowShape() {
+  const checks = {
+    id: (v) => Number.isInteger(v),
+    name: (v) => typeof v === "string",
+    doc: (v) => v !== undefined,
+    at: (v) => typeof v === "string" && !Number.isNaN(Date.parse(v)),
+    blob: (v) => typeof v === "string" && /^\\x([0-9a-f]{2})*$/.test(v),
+    amount: (v) => typeof v === "number",
+    note: (v) => v === null || typeof v === "string",
+  }
+  return {
+    "~standard": {
+      version: 1,
+      vendor: "ds-state-e2e",
+      validate: (value) => {
+        const bad = Object.entries(checks).filter(([k, ok]) => !ok(value?.[k]))
+        return bad.length === 0
+          ? { value }
+          : { issues: bad.map(([k]) => ({ message: `bad ${k}: ${JSON.stringify(value?.[k])}`, path: [k] })) }
+      },
+    },
+  }
+}
