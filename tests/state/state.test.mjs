@@ -125,10 +125,22 @@ test("live clients equal the table after concurrent random writers", async () =>
 
 test("TRUNCATE resets the clients, later changes rebuild them, a late client replays everything", async () => {
   const live = consumers.filter((c) => c.kind === "MaterializedState")
+  const liveStreamDBs = consumers.filter((c) => c.kind === "StreamDB")
+  const rowsBefore = (await expectedRows(admin, table)).length
   await admin.query(`TRUNCATE ${table}`)
   for (const c of live) {
     await catchUp(c)
     assert.deepEqual(c.rows(), [], `reset cleared ${c.name}`)
+  }
+  // Known limitation of @durable-streams/state 0.3.1, pinned: a live StreamDB
+  // that receives `reset` at the start of a batch calls TanStack DB's
+  // truncate() outside a sync transaction (NoPendingSyncTransactionWriteError,
+  // logged as "[StreamDB] Error processing batch"), stops consuming and keeps
+  // its old rows. A StreamDB that meets the reset inside a batch after other
+  // changes (the late client below) handles it.
+  for (const c of liveStreamDBs) {
+    await catchUp(c)
+    assert.equal(c.rows().length, rowsBefore, `${c.name} kept its rows: the upstream reset bug is fixed, update this test`)
   }
   const random = makeRandom(seed + 7)
   await admin.query("BEGIN")
