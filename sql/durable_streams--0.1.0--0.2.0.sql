@@ -26,14 +26,21 @@ REVOKE EXECUTE ON FUNCTION ds.touch(text[], text[]) FROM PUBLIC;
 -- Appends made with ds.enqueue: committed with the writing transaction but
 -- not yet given offsets. The sequencer (a background worker) and any
 -- locking append to the same stream move them into ds.messages, a
--- transaction's rows together and in their order, transactions in xid order
--- (a transaction that began after another committed has the larger xid).
+-- transaction's rows together and in their order, transactions in the order
+-- of their last write (lsn below).
 -- Rows live here for milliseconds; the table is vacuumed eagerly.
 CREATE TABLE ds.pending (
     stream_id bigint NOT NULL,
     xid       pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     -- The writing backend's counter: its order within the transaction.
     seq       bigint NOT NULL,
+    -- Where WAL was when the row was written. A transaction is sequenced by
+    -- the largest of its rows' (then xid): a write that had to wait for
+    -- another transaction's row lock or unique key comes after that
+    -- transaction's commit record, so conflicting transactions (a captured
+    -- row updated by two) are sequenced in commit order, and one that began
+    -- after another committed still comes after it.
+    lsn       pg_catalog.pg_lsn NOT NULL DEFAULT pg_catalog.pg_current_wal_insert_lsn(),
     data      bytea  COMPRESSION lz4 NOT NULL,
     PRIMARY KEY (stream_id, xid, seq)
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
@@ -371,3 +378,24 @@ BEGIN
     END LOOP;
 END
 $plan_cache$;
+
+-- Tables captured into streams (ds.capture): their triggers ds_capture and
+-- ds_capture_truncate append the table's changes to `path` as State
+-- Protocol messages. regclass/regrole so that dumps carry names.
+CREATE TABLE ds.captures (
+    tbl            pg_catalog.regclass PRIMARY KEY,
+    path           text NOT NULL,
+    entity_type    text NOT NULL CHECK (entity_type <> ''),
+    -- Columns in the messages' values; NULL: all (added columns follow).
+    columns        text[],
+    -- The key: these columns (the primary key's, by name), or the expression.
+    key_columns    text[],
+    key_expression text,
+    row_filter     text,
+    -- The role that called ds.capture: expressions run with its rights.
+    owner_role     pg_catalog.regrole NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK ((key_columns IS NULL) <> (key_expression IS NULL))
+);
+SELECT pg_catalog.pg_extension_config_dump('ds.captures', '');
+REVOKE ALL ON ds.captures FROM PUBLIC;

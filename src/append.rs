@@ -140,13 +140,23 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
 /// Validates a body against its stream up front, so simple calls raise the
 /// precise SQLSTATE rather than an outcome.
 pub(crate) fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
+    simple_append_as(path, data, json_only, None)
+}
+
+/// `simple_append` with the privileges of `as_role` (None: the caller).
+pub(crate) fn simple_append_as(
+    path: &str,
+    data: &[u8],
+    json_only: bool,
+    as_role: Option<pg_sys::Oid>,
+) -> DsResult<String> {
     storage::require_primary("ds.append")?;
     limits::validate_path(path)?;
     if data.is_empty() {
         return Err(CoreError::EmptyAppend.into());
     }
     Spi::connect_mut(|client| {
-        acl::check_path(client, path, Privilege::Append)?;
+        acl::require(client, as_role.unwrap_or_else(acl::caller), path, Privilege::Append)?;
         let known = match tails::written_row(path) {
             Some(row) => Some(row),
             None => storage::find_stream(client, path, Lock::None)?,
@@ -171,7 +181,7 @@ pub(crate) fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResul
                 stream_seq: None,
                 producer: None,
                 close: false,
-                as_role: None,
+                as_role,
             },
         )?;
         into_offset(path, r)

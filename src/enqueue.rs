@@ -6,8 +6,12 @@
 //! into `ds.pending` under its transaction id and returns nothing: the
 //! offsets are given after commit, by the sequencer worker
 //! (`sequencer.rs`) or by the next locking append to the stream, whichever
-//! comes first (`apply::sequence_pending`). Transactions are sequenced in
-//! xid order per batch, each one's messages together and in its order.
+//! comes first (`apply::sequence_pending`). Transactions are sequenced per
+//! batch in the order of their last write (the WAL insert position each
+//! row records, then xid), each one's messages together and in its order:
+//! a transaction that began after another committed writes after that
+//! commit record, and so does one that waited for another's row lock
+//! (change capture relies on that for per-row commit order).
 //!
 //! Closing or deleting a stream must not race an enqueue in flight (its
 //! messages would land after the close). Enqueuers therefore hold a shared
@@ -255,6 +259,17 @@ fn lock_free_possible() -> bool {
 }
 
 fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
+    enqueue_as(path, data, json_only, None)
+}
+
+/// `ds.enqueue` with the privileges of `as_role` (None: the caller); the
+/// extension's own writers (change capture) pass its owner.
+pub(crate) fn enqueue_as(
+    path: &str,
+    data: &[u8],
+    json_only: bool,
+    as_role: Option<pg_sys::Oid>,
+) -> DsResult<()> {
     storage::require_primary("ds.enqueue")?;
     limits::validate_path(path)?;
     if data.is_empty() {
@@ -262,14 +277,14 @@ fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
     }
     if !lock_free_possible() {
         // Same outcome, ordered now: the locking append.
-        crate::append::simple_append(path, data, json_only)?;
+        crate::append::simple_append_as(path, data, json_only, as_role)?;
         return Ok(());
     }
     let tag = lock_tag(path);
     // SAFETY: a transaction-level heavyweight lock on a tag we own.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
     Spi::connect_mut(|client| {
-        acl::check_path(client, path, Privilege::Append)?;
+        acl::require(client, as_role.unwrap_or_else(acl::caller), path, Privilege::Append)?;
         if let Some((stream_id, content_type, epoch)) =
             KNOWN.with(|k| k.borrow().get(path).cloned())
         {

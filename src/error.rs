@@ -49,6 +49,15 @@ pub enum DsError {
     /// A function that writes was called on a hot standby (read-only).
     #[error("{0}")]
     ReadOnly(String),
+    /// A captured table's change cannot go to its stream (closed, deleted).
+    #[error("{0}")]
+    CaptureTarget(String),
+    /// The acting role lacks a table privilege `ds.capture` needs.
+    #[error("{0}")]
+    TableForbidden(String),
+    /// `ds.capture` of a table without a primary key and no key expression.
+    #[error("{0}")]
+    NoKey(String),
     /// An SPI call failed: a bug, never a client mistake.
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,6 +111,9 @@ impl DsError {
             DsError::QuotaExceeded(_) => Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             DsError::ReadOnly(_) => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            DsError::CaptureTarget(_) => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DsError::TableForbidden(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            DsError::NoKey(_) => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 mod acl;
 mod append;
 mod apply;
+mod capture;
 mod doorbell;
 mod enqueue;
 mod error;

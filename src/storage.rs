@@ -79,6 +79,7 @@ fn update<'c>(
 
 type RowLimit = std::os::raw::c_long;
 
+pub mod capture;
 pub mod subscriptions;
 
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
@@ -653,7 +654,8 @@ pub fn insert_pending_if_open(
 
 /// Moves every committed `ds.enqueue` append of the streams `ids` (which the
 /// caller holds locked, with tails `tails`) into the hot log, in ONE
-/// statement: per stream, transactions in xid order, each transaction's
+/// statement: per stream, transactions in the order of their last write
+/// (the largest `lsn` of their rows, then xid; see `ds.pending`), each transaction's
 /// messages together and in its order, back to back from the tail. Returns
 /// (stream, new tail, messages moved) for the streams that had any.
 pub fn sequence_pending(
@@ -666,13 +668,16 @@ pub fn sequence_pending(
         "WITH moved AS ( \
              DELETE FROM ds.pending p \
              WHERE p.stream_id OPERATOR(pg_catalog.=) ANY($1::bigint[]) \
-             RETURNING p.stream_id, p.xid, p.seq, p.data), \
+             RETURNING p.stream_id, p.xid, p.seq, p.lsn, p.data), \
+         ranked AS ( \
+             SELECT m.*, pg_catalog.max(m.lsn) OVER (PARTITION BY m.stream_id, m.xid) AS last_lsn \
+             FROM moved m), \
          placed AS ( \
              SELECT m.stream_id, m.data, \
                     t.tail OPERATOR(pg_catalog.+) coalesce(pg_catalog.sum(pg_catalog.octet_length(m.data)) \
-                        OVER (PARTITION BY m.stream_id ORDER BY m.xid, m.seq \
+                        OVER (PARTITION BY m.stream_id ORDER BY m.last_lsn, m.xid, m.seq \
                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS start_pos \
-             FROM moved m \
+             FROM ranked m \
              JOIN ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) \
                   AS t(id, tail) ON t.id OPERATOR(pg_catalog.=) m.stream_id), \
          inserted AS ( \

@@ -18,6 +18,7 @@ pub mod offset;
 pub mod outcome;
 pub mod producer;
 pub mod segment;
+pub mod state_change;
 pub mod subscription;
 pub mod webhook_url;
 
