@@ -217,10 +217,24 @@ async function openMaterialized(live) {
   return c
 }
 
-/** Waits until the consumer has read the stream up to its tail (now, unless given). */
+/**
+ * Waits until the consumer has read the stream up to its tail: by default the
+ * tail once every committed change is in the stream (the capture triggers
+ * enqueue; the sequencer moves ds.pending's rows into the stream just after
+ * commit).
+ */
 async function catchUp(c, tail) {
-  tail ??= (await admin.query(`SELECT next_offset FROM ds.head($1)`, [path])).rows[0].next_offset
   const deadline = Date.now() + CATCH_UP_TIMEOUT_MS
+  while (tail === undefined) {
+    const { rows } = await admin.query(
+      `SELECT h.next_offset, EXISTS (SELECT 1 FROM ds.pending p WHERE p.stream_id = h.stream_id) AS unsequenced
+       FROM ds.head($1) h`,
+      [path],
+    )
+    if (!rows[0].unsequenced) tail = rows[0].next_offset
+    else if (Date.now() > deadline) throw new Error(`changes of ${path} still unsequenced after ${CATCH_UP_TIMEOUT_MS} ms`)
+    else await new Promise((r) => setTimeout(r, 10))
+  }
   while (c.offset !== tail) {
     if (Date.now() > deadline) throw new Error(`${c.name} at ${c.offset}, tail ${tail} after ${CATCH_UP_TIMEOUT_MS} ms`)
     await new Promise((r) => setTimeout(r, 20))
