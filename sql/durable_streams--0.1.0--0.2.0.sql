@@ -360,25 +360,6 @@ BEGIN
 END
 $revoke$;
 
--- Generic plans for every statement the ds.* functions run: they are short
--- keyed statements whose kept plans are re-used (storage.rs), and with the
--- default plan_cache_mode Postgres re-plans those that take arrays at every
--- call (a custom plan always looks cheaper for the array it is given):
--- measured at a third of an append's time. Set per function, so the
--- caller's own queries keep their setting.
-DO $plan_cache$
-DECLARE
-    f pg_catalog.regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::pg_catalog.regprocedure FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'ds'::pg_catalog.regnamespace
-               AND p.prosecdef ORDER BY 1
-    LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
-    END LOOP;
-END
-$plan_cache$;
-
 -- Tables captured into streams (ds.capture): their triggers ds_capture and
 -- ds_capture_truncate append the table's changes to `path` as State
 -- Protocol messages. regclass/regrole so that dumps carry names.
@@ -399,3 +380,50 @@ CREATE TABLE ds.captures (
 );
 SELECT pg_catalog.pg_extension_config_dump('ds.captures', '');
 REVOKE ALL ON ds.captures FROM PUBLIC;
+
+-- Change capture (src/capture.rs).
+CREATE FUNCTION ds."capture"(
+	"tbl" regclass,
+	"path" TEXT,
+	"entity_type" TEXT DEFAULT NULL,
+	"columns" TEXT[] DEFAULT NULL,
+	"row_filter" TEXT DEFAULT NULL,
+	"key_expression" TEXT DEFAULT NULL
+) RETURNS TEXT
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'capture_wrapper';
+CREATE FUNCTION ds."uncapture"(
+	"tbl" regclass
+) RETURNS bool
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'uncapture_wrapper';
+CREATE FUNCTION ds."capture_trigger"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'capture_trigger_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.capture(regclass, text, text, text[], text, text),
+    ds.uncapture(regclass), ds.capture_trigger() FROM PUBLIC;
+
+-- Generic plans for every statement the ds.* functions run: they are short
+-- keyed statements whose kept plans are re-used (storage.rs), and with the
+-- default plan_cache_mode Postgres re-plans those that take arrays at every
+-- call (a custom plan always looks cheaper for the array it is given):
+-- measured at a third of an append's time. Set per function, so the
+-- caller's own queries keep their setting.
+DO $plan_cache$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'ds'::pg_catalog.regnamespace
+               AND p.prosecdef ORDER BY 1
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
+    END LOOP;
+END
+$plan_cache$;
+

@@ -356,13 +356,15 @@ fn fire(trigger: &PgTrigger<'_>) -> DsResult<()> {
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn capture(
-    tbl: PgRelation,
-    path: &str,
+    tbl: Option<PgRelation>,
+    path: Option<&str>,
     entity_type: default!(Option<&str>, "NULL"),
     columns: default!(Option<Vec<String>>, "NULL"),
     row_filter: default!(Option<&str>, "NULL"),
     key_expression: default!(Option<&str>, "NULL"),
 ) -> Result<String, ErrorReport> {
+    let tbl = tbl.ok_or(DsError::NullArgument("tbl"))?;
+    let path = path.ok_or(DsError::NullArgument("path"))?;
     let request =
         Request { relid: tbl.oid(), path, entity_type, columns, row_filter, key_expression };
     drop(tbl);
@@ -386,7 +388,7 @@ fn start_capture(req: Request<'_>) -> DsResult<String> {
     storage::require_primary("ds.capture")?;
     ds_core::limits::validate_path(req.path)?;
     let me = acl::caller();
-    let (capture, info) = Spi::connect_mut(|client| -> DsResult<_> {
+    let (capture, info, reused) = Spi::connect_mut(|client| -> DsResult<_> {
         let info = store::table_info(client, req.relid)?;
         if info.relkind != b'r' as i8 {
             return Err(invalid(format!(
@@ -405,13 +407,10 @@ fn start_capture(req: Request<'_>) -> DsResult<String> {
             )));
         }
         if let Some(existing) = store::find_capture(client, req.relid)? {
-            return Err(DsError::Conflict {
-                path: req.path.to_owned(),
-                differences: format!(
-                    "table {} is already captured into {:?}; ds.uncapture it first",
-                    info.name, existing.path
-                ),
-            });
+            return Err(DsError::AlreadyCaptured(format!(
+                "table {} is already captured into stream {:?}; run ds.uncapture on it first",
+                info.name, existing.path
+            )));
         }
         if let Some(cols) = &req.columns {
             if cols.is_empty() {
@@ -453,26 +452,34 @@ fn start_capture(req: Request<'_>) -> DsResult<String> {
         // Writers wait from here to commit: nothing lands between snapshot and triggers.
         store::lock_out_writers(client, &info.name)?;
         // Checks the path privileges (Create if absent) and the content type.
-        client.update(
-            "SELECT 1 FROM ds.create($1, 'application/json')",
-            None,
-            &[req.path.into()],
-        )?;
+        let tail: String = client
+            .update(
+                "SELECT next_offset FROM ds.create($1, 'application/json')",
+                None,
+                &[req.path.into()],
+            )?
+            .first()
+            .get_one()?
+            .unwrap_or_default();
+        let reused = ds_core::Offset::parse(&tail).is_ok_and(|o| o != ds_core::Offset::ZERO);
         store::create_triggers(client, &info.name)?;
         store::insert_capture(client, req.relid, &row)?;
-        Ok((row, info))
+        Ok((row, info, reused))
     })?;
-    snapshot(&capture, &info, me)
+    snapshot(&capture, &info, me, reused)
 }
 
 /// Appends `snapshot-start`, one insert per row that passes the filter, and
-/// `snapshot-end`, in bounded chunks (one INSERT each, so time is linear in
+/// `snapshot-end` (after a `reset` when the stream already held messages:
+/// rows deleted while the table was not captured must not linger in a
+/// client's state), in bounded chunks (one INSERT each, so time is linear in
 /// the rows). The table's writers are locked out, so this is exactly the
 /// state the triggers continue from.
 fn snapshot(
     capture: &CaptureRow,
     info: &store::TableInfo,
     caller: pg_sys::Oid,
+    reused: bool,
 ) -> DsResult<String> {
     let query = store::snapshot_query(
         &info.name,
@@ -488,7 +495,11 @@ fn snapshot(
     };
     let timestamp = state_change::rfc3339_from_pg_micros(now);
     let owner = extension_owner()?;
-    let mut chunk = vec![state_change::control_message(Control::SnapshotStart)];
+    let mut chunk = Vec::new();
+    if reused {
+        chunk.push(state_change::control_message(Control::Reset));
+    }
+    chunk.push(state_change::control_message(Control::SnapshotStart));
     let mut bytes = 0usize;
     let mut tail = String::new();
     let flush = |chunk: &mut Vec<String>, tail: &mut String| -> DsResult<()> {

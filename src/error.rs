@@ -52,6 +52,12 @@ pub enum DsError {
     /// A captured table's change cannot go to its stream (closed, deleted).
     #[error("{0}")]
     CaptureTarget(String),
+    /// `ds.capture` of a table that is already captured.
+    #[error("{0}")]
+    AlreadyCaptured(String),
+    /// A required argument was NULL.
+    #[error("{0} must not be NULL")]
+    NullArgument(&'static str),
     /// The acting role lacks a table privilege `ds.capture` needs.
     #[error("{0}")]
     TableForbidden(String),
@@ -112,6 +118,8 @@ impl DsError {
             DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             DsError::ReadOnly(_) => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             DsError::CaptureTarget(_) => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            DsError::AlreadyCaptured(_) => Code::ERRCODE_DUPLICATE_OBJECT,
+            DsError::NullArgument(_) => Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             DsError::TableForbidden(_) => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             DsError::NoKey(_) => Code::ERRCODE_INVALID_TABLE_DEFINITION,
             DsError::Internal(_) => Code::ERRCODE_INTERNAL_ERROR,
