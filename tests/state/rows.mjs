@@ -43,37 +43,41 @@ export function randomRow(random) {
   }
 }
 
-/** The table as JSON, ordered by id: what a captured client must hold. */
-export async function expectedRows(session, table) {
-  const res = await session.query(`SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]') AS rows FROM ${table} t`)
-  return res.rows[0].rows
+/** How the capture keys a row of the test tables: the id as text, or a JSON array of a composite key. */
+export const idKey = (row) => String(row.id)
+
+/** Rows in the order of their keys, so two sides compare as lists. */
+const sortedByKey = (rows, keyOf) => rows.sort((a, b) => (keyOf(a) < keyOf(b) ? -1 : keyOf(a) > keyOf(b) ? 1 : 0))
+
+/** The table as JSON (to_jsonb of each row), in key order: what a captured client must hold. */
+export async function expectedRows(session, table, keyOf = idKey) {
+  const res = await session.query(`SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') AS rows FROM ${table} t`)
+  return sortedByKey(res.rows[0].rows, keyOf)
 }
 
 /**
- * A StreamDB collection's rows, ordered by id, without the two fields the
- * client adds to every row: `_seq` (its insertion counter) and the key field
- * (the message's key); the key must be the row's id as text.
+ * A StreamDB collection's rows in key order, without the fields the client
+ * adds to every row: `_seq` (its insertion counter), the key field (the
+ * message's key, which must be the row's key) and TanStack DB's virtual ones.
  */
-export function materialisedRows(collection, keyField) {
-  return [...collection.values()]
-    .map((row) => {
-      const { _seq, [keyField]: key, ...rest } = row
-      for (const virtual of TANSTACK_VIRTUAL_FIELDS) delete rest[virtual]
-      if (key !== String(rest.id)) throw new Error(`row keyed ${JSON.stringify(key)} has id ${rest.id}`)
-      return rest
-    })
-    .sort((a, b) => a.id - b.id)
+export function materialisedRows(collection, keyField, keyOf = idKey) {
+  const rows = [...collection.values()].map((row) => {
+    const { _seq, [keyField]: key, ...rest } = row
+    for (const virtual of TANSTACK_VIRTUAL_FIELDS) delete rest[virtual]
+    if (key !== keyOf(rest)) throw new Error(`row keyed ${JSON.stringify(key)} is ${JSON.stringify(rest)}`)
+    return rest
+  })
+  return sortedByKey(rows, keyOf)
 }
 
 // What TanStack DB adds to each row it hands out (sync state, origin, key, collection).
 const TANSTACK_VIRTUAL_FIELDS = ["$synced", "$origin", "$key", "$collectionId", "$hasPendingWrites"]
 
-/** A MaterializedState type map (key -> value) as rows ordered by id; each key must be the id as text. */
-export function stateRows(byKey) {
-  return [...byKey.entries()]
-    .map(([key, row]) => {
-      if (key !== String(row.id)) throw new Error(`row keyed ${JSON.stringify(key)} has id ${row.id}`)
-      return row
-    })
-    .sort((a, b) => a.id - b.id)
+/** A MaterializedState type map (key -> value) as rows in key order; each key must be the row's key. */
+export function stateRows(byKey, keyOf = idKey) {
+  const rows = [...byKey.entries()].map(([key, row]) => {
+    if (key !== keyOf(row)) throw new Error(`row keyed ${JSON.stringify(key)} is ${JSON.stringify(row)}`)
+    return row
+  })
+  return sortedByKey(rows, keyOf)
 }
