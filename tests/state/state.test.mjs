@@ -121,6 +121,19 @@ test("live clients equal the table after concurrent random writers", async () =>
     await catchUp(c)
     assert.deepEqual(c.rows(), expected, `${c.name} equals the table`)
   }
+
+  // A transaction's changes are contiguous in the stream: no txid comes back
+  // after another transaction's messages.
+  const history = await (await stream({ url: `${baseUrl}/v1/stream/${path}`, offset: "-1", live: false, json: true })).json()
+  const finished = new Set()
+  let current
+  for (const m of history.filter(isChangeEvent)) {
+    if (m.headers.txid === current) continue
+    assert.ok(!finished.has(m.headers.txid), `transaction ${m.headers.txid} interleaved with ${current}`)
+    if (current !== undefined) finished.add(current)
+    current = m.headers.txid
+  }
+  console.log(`${history.length} messages from ${finished.size + 1} transactions`)
 })
 
 test("TRUNCATE resets the clients, later changes rebuild them, a late client replays everything", async () => {
