@@ -1,12 +1,14 @@
 // The official State Protocol client against a table captured with
-// ds.capture: @durable-streams/state's StreamDB (TanStack DB collections),
+// ds.capture: @durable-streams/state's StreamDB (TanStack DB collections) and
+// its MaterializedState (fed by the official client's JSON subscription),
 // subscribed live through a running ds-sidecar over SSE and over long-poll,
 // while concurrent SQL sessions run a bounded random mix of inserts, updates
 // (key changes among them), deletes and rollbacks. Once each client has read
 // up to the stream's tail its rows must equal `SELECT to_jsonb(t) FROM table`:
 // values compared as JSON, so the type mapping of every column is checked.
 // Then TRUNCATE (a `reset` message) must clear the client, and what follows
-// rebuild it; a client that joins afterwards replays the whole history.
+// rebuild it; a client that joins afterwards replays the whole history. Also:
+// a composite key, and (todo) rendering independent of the writer's settings.
 //
 //   DS_BASE_URL=http://127.0.0.1:PORT DS_TEST_DATABASE_URL=postgresql://... node --test
 // Optional: DS_STATE_SEED (the random mix; printed), DS_STATE_WRITERS (8),
