@@ -247,3 +247,17 @@ CREATE TABLE ds.captures (
 );
 SELECT pg_catalog.pg_extension_config_dump('ds.captures', '');
 REVOKE ALL ON ds.captures FROM PUBLIC;
+
+-- A dropped table's capture goes with it (its triggers already did).
+CREATE FUNCTION ds.forget_dropped_captures() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path TO pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM ds.captures c
+    WHERE c.tbl::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY(
+        SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND d.objsubid OPERATOR(pg_catalog.=) 0));
+END
+$$;
+CREATE EVENT TRIGGER ds_forget_dropped_captures ON sql_drop
+    EXECUTE FUNCTION ds.forget_dropped_captures();

@@ -57,19 +57,38 @@ struct Capture {
 }
 
 thread_local! {
-    /// Table oid → capture, dropped on the table's relcache invalidation
-    /// (`ds.capture` / `ds.uncapture` create and drop triggers, which send one).
+    /// Table oid → capture. Entries go stale on the table's relcache
+    /// invalidation (`ds.capture` / `ds.uncapture` create and drop triggers,
+    /// `ALTER TABLE` changes it): the callback only records that, and
+    /// `load` drops them, so no kept plan is freed inside invalidation
+    /// processing.
     static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Capture>>> = RefCell::new(HashMap::new());
+    /// Invalidated since the last `load`: (every table, these tables).
+    static STALE: RefCell<(bool, Vec<pg_sys::Oid>)> = const { RefCell::new((false, Vec::new())) };
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    STALE.with(|s| {
+        let mut stale = s.borrow_mut();
+        if relid == pg_sys::InvalidOid || stale.1.len() >= CACHE_CAPACITY {
+            *stale = (true, Vec::new());
+        } else if !stale.0 {
+            stale.1.push(relid);
+        }
+    });
+}
+
+/// Drops the cache entries invalidated since the last call.
+fn drop_stale() {
+    let (all, relids) = STALE.with(|s| std::mem::take(&mut *s.borrow_mut()));
     CACHE.with(|c| {
         let mut cache = c.borrow_mut();
-        if relid == pg_sys::InvalidOid {
+        if all {
             cache.clear();
-        } else {
+        }
+        for relid in relids {
             cache.remove(&relid);
         }
     });
@@ -147,6 +166,7 @@ fn evaluate(capture: &Capture, composite: pg_sys::Datum) -> DsResult<(Option<Str
 
 fn load(relid: pg_sys::Oid) -> DsResult<Option<Rc<Capture>>> {
     register_invalidation_callback();
+    drop_stale();
     if let Some(c) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
         return Ok(Some(c));
     }
@@ -158,7 +178,18 @@ fn load(relid: pg_sys::Oid) -> DsResult<Option<Rc<Capture>>> {
             Ok(Some((row, info)))
         })
     })?;
-    let Some((row, info)) = found else { return Ok(None) };
+    let Some((mut row, info)) = found else { return Ok(None) };
+    if row.key_expression.is_none() {
+        // The primary key as it is now: a renamed or changed key follows.
+        if info.primary_key.is_empty() {
+            return Err(DsError::NoKey(format!(
+                "table {} is captured by its primary key, which it no longer has; run \
+                 ds.uncapture on it, then ds.capture with a key_expression",
+                info.name
+            )));
+        }
+        row.key_columns = Some(info.primary_key.clone());
+    }
     let eval = if row.key_expression.is_some() || row.row_filter.is_some() {
         let query =
             store::eval_query(&info.name, row.key_expression.as_deref(), row.row_filter.as_deref());

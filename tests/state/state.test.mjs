@@ -415,25 +415,23 @@ test("a composite key: clients key rows by the JSON array of the key's values", 
 
 // Found with this test, not fixed yet: the capture trigger renders a row
 // with row_to_json in the writing session, so its settings leak into the
-// message: TimeZone (the same instant as "+05:30" text), IntervalStyle
-// ("1 2:00:00" instead of "1 day 02:00:00") and extra_float_digits (a
-// float8 cut to 12 digits). Two sessions writing the same values produce
-// different messages, and a snapshot differs from the live changes.
+// message: IntervalStyle ("1 2:00:00" instead of "1 day 02:00:00") and
+// extra_float_digits (a float8 cut to 12 digits). Two sessions writing the
+// same values produce different messages. (TimeZone too, but the README
+// documents timestamptz in the writer's offset: same instant, so not here.)
 test("a change's JSON does not depend on the writing session's settings", {
-  todo: "capture renders rows with the writer's TimeZone, IntervalStyle and extra_float_digits",
+  todo: "capture renders rows with the writer's IntervalStyle and extra_float_digits",
 }, async () => {
   const settingsTable = `${table}_settings`
   const settingsPath = `${path}-settings`
-  await admin.query(`CREATE TABLE ${settingsTable} (id integer PRIMARY KEY, at timestamptz, span interval, f float8)`)
+  await admin.query(`CREATE TABLE ${settingsTable} (id integer PRIMARY KEY, span interval, f float8)`)
   try {
     await admin.query(`SELECT ds.capture($1::regclass, $2)`, [settingsTable, settingsPath])
     const writer = new pg.Client({ connectionString: databaseUrl })
     await writer.connect()
     try {
-      await writer.query(`SET TimeZone = 'Asia/Kolkata'; SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -3`)
-      await writer.query(
-        `INSERT INTO ${settingsTable} VALUES (1, '2026-01-01 00:00:00+00', '1 day 2 hours', 1.2345678901234567)`,
-      )
+      await writer.query(`SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -3`)
+      await writer.query(`INSERT INTO ${settingsTable} VALUES (1, '1 day 2 hours', 1.2345678901234567)`)
     } finally {
       await writer.end()
     }

@@ -4,6 +4,7 @@
 
 mod access;
 mod bulk;
+mod capture;
 mod concurrency;
 mod forks;
 mod hot;

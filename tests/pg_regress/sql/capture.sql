@@ -9,6 +9,17 @@ CREATE FUNCTION captured(p text) RETURNS SETOF jsonb LANGUAGE sql AS $$
     FROM ds.read(p) r, jsonb_array_elements(('[' || convert_from(r.data, 'UTF8') || ']')::jsonb) m
 $$;
 
+
+-- The README's "Tables as streams" SQL, as printed.
+CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric,
+                     placed_at timestamptz DEFAULT '2026-01-01 12:00+00');
+INSERT INTO orders (id, customer, total) VALUES (1, 'ada', 12.50);
+SELECT ds.capture('orders', 'shop/orders');                 -- the offset after the snapshot
+INSERT INTO orders (id, customer, total) VALUES (2, 'bob', 99.00);
+UPDATE orders SET total = 13.00 WHERE id = 1;
+DELETE FROM orders WHERE id = 2;
+SELECT * FROM captured('shop/orders');
+
 CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, tags jsonb,
                     at timestamptz, raw bytea, note text);
 INSERT INTO items VALUES
@@ -50,6 +61,12 @@ ALTER TABLE items DROP COLUMN note;
 UPDATE items SET name = 'apple 2' WHERE id = 1;
 SELECT m->'value' FROM captured('cap/items') m ORDER BY 1 DESC LIMIT 0;
 SELECT m->'value', m->'old_value' FROM captured('cap/items') m WHERE m->>'op' = 'update' AND m->'value'->>'name' = 'apple 2';
+
+-- A renamed key column still keys the rows (the primary key is read as it is now).
+ALTER TABLE items RENAME COLUMN id TO item_id;
+UPDATE items SET price = 3 WHERE item_id = 1;
+SELECT m->>'key', m->'value'->'item_id' FROM captured('cap/items') m WHERE m->'value'->>'price' = '3';
+ALTER TABLE items RENAME COLUMN item_id TO id;
 
 -- TRUNCATE is a reset.
 TRUNCATE items;
@@ -142,14 +159,28 @@ INSERT INTO t4 VALUES (1);
 RESET ROLE;
 SELECT * FROM captured('cap/t4');
 
+-- A dropped table's capture goes with it.
+CREATE TABLE t5 (id int PRIMARY KEY);
+SELECT ds.capture('t5', 'cap/t5') IS NOT NULL;
+DROP TABLE t5;
+SELECT count(*) FROM ds.captures c WHERE c.path = 'cap/t5';
+-- A table that lost its primary key fails writes until it is captured again.
+CREATE TABLE t6 (id int PRIMARY KEY);
+SELECT ds.capture('t6', 'cap/t6') IS NOT NULL;
+ALTER TABLE t6 DROP CONSTRAINT t6_pkey;
+SELECT attempt($$INSERT INTO t6 VALUES (1)$$);
+SELECT ds.uncapture('t6');
+DROP TABLE t6;
+
 -- Clean up the cluster-wide roles.
 SELECT ds.uncapture('t4');
 SELECT ds.revoke('capturer', 'cap/t4');
 DROP TABLE t4;
 DROP OWNED BY capturer, plain_writer;
 DROP ROLE capturer, plain_writer;
-SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2']::regclass[]) t;
+SELECT ds.uncapture(t) FROM unnest(ARRAY['items', 'lines', 'events', 't2', 'orders']::regclass[]) t;
 SELECT count(*) FROM ds.captures;
 DROP VIEW items_view;
-DROP TABLE items, lines, events, t2, t3;
+DROP TABLE items, lines, events, t2, t3, orders;
+SELECT ds.delete('shop/orders');
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'cap/%';
