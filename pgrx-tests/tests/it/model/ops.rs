@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 
+use super::capture::{self, CapOp};
 use super::state::{Model, hex, off};
 
 /// Streams per case: few, so operations keep meeting the same streams. A
@@ -114,17 +115,48 @@ impl Req {
 /// What proptest generates.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Create { p: usize, ct: Ct, ttl: Option<i64>, closed: bool, body: usize },
-    Append { p: usize, overload: Overload, body: usize },
+    Create {
+        p: usize,
+        ct: Ct,
+        ttl: Option<i64>,
+        closed: bool,
+        body: usize,
+    },
+    Append {
+        p: usize,
+        overload: Overload,
+        body: usize,
+    },
     TryAppend(Req),
     Batch(Vec<Req>),
-    Close { p: usize },
-    Fork { p: usize, source: usize, at: Option<u8>, sub: i64 },
-    Read { p: usize, from: From },
-    ReadChunk { p: usize, from: From },
-    Head { p: usize },
-    Delete { p: usize },
-    Rotate { p: usize },
+    Close {
+        p: usize,
+    },
+    Fork {
+        p: usize,
+        source: usize,
+        at: Option<u8>,
+        sub: i64,
+    },
+    Read {
+        p: usize,
+        from: From,
+    },
+    ReadChunk {
+        p: usize,
+        from: From,
+    },
+    Head {
+        p: usize,
+    },
+    Delete {
+        p: usize,
+    },
+    Rotate {
+        p: usize,
+    },
+    /// A write of the case's captured table, or a capture call.
+    Capture(CapOp),
 }
 
 /// What is run: an `Op` with concrete offsets and bodies.
@@ -172,6 +204,7 @@ pub enum Call {
     Rotate {
         p: usize,
     },
+    Capture(CapOp),
 }
 
 /// Settings of the test's session: rotation packs everything, into small
@@ -234,6 +267,14 @@ pub fn case() -> impl Strategy<Value = Vec<Op>> {
     (first, prop::collection::vec(op(), 1..40)).prop_map(|(mut first, ops)| {
         first.extend(ops);
         first
+    })
+}
+
+/// A case of change capture only, ending with a read of its stream.
+pub fn capture_case() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(capture::op().prop_map(Op::Capture), 1..30).prop_map(|mut ops| {
+        ops.push(Op::Capture(CapOp::Read));
+        ops
     })
 }
 
@@ -302,6 +343,7 @@ impl Op {
             Op::Head { p } => Call::Head { p: *p },
             Op::Delete { p } => Call::Delete { p: *p },
             Op::Rotate { p } => Call::Rotate { p: *p },
+            Op::Capture(op) => Call::Capture(op.clone()),
         }
     }
 }
@@ -404,6 +446,7 @@ impl Call {
             }
             Call::Delete { p } => format!("SELECT ds.delete({});", q(p)),
             Call::Rotate { p } => format!("SELECT count(*) FROM ds.rotate({});", q(p)),
+            Call::Capture(op) => op.sql(paths),
         }
     }
 }

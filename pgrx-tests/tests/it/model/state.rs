@@ -94,6 +94,8 @@ impl Stream {
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub streams: BTreeMap<usize, Stream>,
+    /// The case's captured table and its stream (a path no other call uses).
+    pub cap: super::capture::CapModel,
 }
 
 pub fn off(pos: u64) -> String {
@@ -222,6 +224,7 @@ impl Model {
                 }
             }
             Call::Fork { p, source, offset, sub } => self.fork(*p, *source, *offset, *sub),
+            Call::Capture(op) => self.cap.apply(op),
             Call::Read { p, from } => {
                 let s = self.live(*p)?;
                 Ok(s.visible_from(from.resolve(s.tail))
