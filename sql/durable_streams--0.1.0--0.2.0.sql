@@ -419,6 +419,20 @@ CREATE FUNCTION ds."capture_trigger"()
 	RETURNS TRIGGER
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'capture_trigger_wrapper';
+CREATE FUNCTION ds."list_captures"() RETURNS TABLE (
+	"tbl" TEXT,
+	"path" TEXT,
+	"entity_type" TEXT,
+	"columns" TEXT[],
+	"key_expression" TEXT,
+	"row_filter" TEXT,
+	"owner_role" TEXT
+)
+STABLE STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'list_captures_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.list_captures() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ds.capture(regclass, text, text, text[], text, text),
     ds.uncapture(regclass), ds.capture_trigger(), ds.forget_dropped_captures() FROM PUBLIC;
 

@@ -622,3 +622,37 @@ fn stop_capture(relid: pg_sys::Oid) -> DsResult<bool> {
         store::delete_capture(client, relid)
     })
 }
+
+/// The captures whose tables the caller may read (all of them for
+/// superusers and the extension's owner).
+#[pg_extern(security_definer, stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn list_captures() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(tbl, String),
+            name!(path, String),
+            name!(entity_type, String),
+            name!(columns, Option<Vec<String>>),
+            name!(key_expression, Option<String>),
+            name!(row_filter, Option<String>),
+            name!(owner_role, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    let me = acl::caller();
+    let rows = Spi::connect(|client| store::list_captures(client, me))?;
+    Ok(TableIterator::new(rows.into_iter().map(|(tbl, c)| {
+        (
+            tbl,
+            c.path,
+            c.entity_type,
+            c.columns,
+            c.key_expression,
+            c.row_filter,
+            acl::role_name(c.owner_role),
+        )
+    })))
+}

@@ -198,3 +198,33 @@ pub fn snapshot_query(table: &str, key_expression: Option<&str>, filter: Option<
         filter.unwrap_or("true"),
     )
 }
+
+/// Every capture of a table `role` may SELECT from, by table name.
+pub fn list_captures(client: &SpiClient<'_>, role: Oid) -> DsResult<Vec<(String, CaptureRow)>> {
+    let table = select(
+        client,
+        "SELECT c.tbl::pg_catalog.text, c.path, c.entity_type, c.columns, c.key_expression, \
+                c.row_filter, c.owner_role::pg_catalog.oid \
+         FROM ds.captures c \
+         WHERE pg_catalog.has_table_privilege($1, c.tbl::pg_catalog.oid, 'SELECT') \
+         ORDER BY c.tbl::pg_catalog.text",
+        None,
+        &[role.into()],
+    )?;
+    let mut out = Vec::new();
+    for row in table {
+        out.push((
+            row.get(1)?.unwrap_or_default(),
+            CaptureRow {
+                path: row.get(2)?.unwrap_or_default(),
+                entity_type: row.get(3)?.unwrap_or_default(),
+                columns: row.get(4)?,
+                key_columns: None,
+                key_expression: row.get(5)?,
+                row_filter: row.get(6)?,
+                owner_role: row.get(7)?.unwrap_or(Oid::INVALID),
+            },
+        ));
+    }
+    Ok(out)
+}

@@ -254,3 +254,49 @@ async fn the_snapshot_is_consistent_with_the_changes_that_follow() {
     assert_eq!(all[5002]["old_value"]["v"].as_str().unwrap().len(), 100);
     assert_eq!(materialise(&all), table_state(&admin, &table).await);
 }
+
+/// Large (TOASTed) values are captured whole, and byte/JSON/time types map
+/// to JSON as documented.
+#[tokio::test]
+async fn large_values_and_types_are_captured_whole() {
+    let (table, path) = (unique_table("large"), unique_path("capture-large"));
+    let client = connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, big text, raw bytea, doc jsonb, at timestamptz, n numeric)"
+        ))
+        .await
+        .unwrap();
+    client.execute(&format!("SELECT ds.capture('{table}', $1)"), &[&path]).await.unwrap();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {table} VALUES (1, repeat('abcdefgh', 400000), '\\x00ff', \
+                 '{{\"a\": [1, {{\"b\": null}}]}}', '2026-01-02 03:04:05.678+00', 1e-30)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_sequenced(&client, &path).await;
+    let all = messages(&client, &path).await;
+    let value = &all.last().unwrap()["value"];
+    assert_eq!(value["big"].as_str().unwrap().len(), 3_200_000);
+    assert_eq!(value["raw"], "\\x00ff");
+    assert_eq!(value["doc"], serde_json::json!({"a": [1, {"b": null}]}));
+    let at: String = client
+        .query_one("SELECT to_json('2026-01-02 03:04:05.678+00'::timestamptz)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(format!("\"{}\"", value["at"].as_str().unwrap()), at);
+    // Numbers keep Postgres' digits (serde_json here would round them).
+    let raw: Vec<String> = client
+        .query("SELECT convert_from(data, 'UTF8') FROM ds.read($1)", &[&path])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(raw.iter().any(|m| m.contains(r#""n":0.000000000000000000000000000001}"#)));
+}

@@ -90,6 +90,9 @@ SELECT ds.capture('events', 'cap/events', key_expression => $$kind || ':' || seq
 INSERT INTO events VALUES ('click', 1, 'x');
 SELECT * FROM captured('cap/events');
 
+-- What is captured where (the tables the caller may read).
+SELECT * FROM ds.list_captures();
+
 -- Bad input.
 SELECT attempt($$SELECT ds.capture('items', 'cap/items')$$);            -- already captured
 SELECT attempt($$SELECT ds.capture('lines', 'cap/other')$$);            -- already captured
@@ -154,8 +157,11 @@ RESET ROLE;
 CREATE ROLE plain_writer NOLOGIN;
 GRANT INSERT ON t4 TO plain_writer;
 SELECT ds.capture('t4', 'cap/t4') IS NOT NULL;
+GRANT USAGE ON SCHEMA ds TO plain_writer;
+GRANT EXECUTE ON FUNCTION ds.list_captures() TO plain_writer;
 SET ROLE plain_writer;
 INSERT INTO t4 VALUES (1);
+SELECT count(*) FROM ds.list_captures();  -- plain_writer may not read t4
 RESET ROLE;
 SELECT * FROM captured('cap/t4');
 
