@@ -83,8 +83,8 @@ pgbench_tps() {
         -c "$CLIENTS" -j 2 -T "$2" -f "$DIR/$1.sql" bench 2>&1 | awk '/^tps/ {print $3}'
 }
 # A warm-up run of each kind, not counted: on a fresh cluster the first seconds
-# of captured inserts run at a fraction of the later rate (seen: 260-790 tps
-# in a first 2 s run, then 5,000+), even with the sequencer already sequencing.
+# of captured inserts can run at a fraction of the later rate (seen once: 790
+# tps in a first 2 s run after the wait above, then 5,571; not explained yet).
 for k in $KINDS; do
     log "warm-up: $k, $WARMUP_SECONDS s"
     log "warm-up $k: $(pgbench_tps "$k" "$WARMUP_SECONDS") tps (not counted)"
