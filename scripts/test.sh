@@ -131,6 +131,24 @@ export DS_TOKEN
 run_conformance jwt --auth jwt
 unset DS_TOKEN DS_JWT_SECRET
 
+log "State Protocol end to end (tests/state: the official @durable-streams/state client on a ds.capture'd table)"
+state_started=$(date +%s)
+SIDECAR_PORT="$(free_port)"
+./target/debug/ds-sidecar --database-url "$CONFORMANCE_DB" --listen "127.0.0.1:$SIDECAR_PORT" \
+    --long-poll-timeout-ms 3000 --metrics-listen off >"$TEST_DIR/sidecar-state.log" 2>&1 &
+SIDECAR_PID=$!
+wait_for_http "http://127.0.0.1:$SIDECAR_PORT/health"
+(
+    cd tests/state
+    [ -d node_modules/@durable-streams/state ] || npm ci --no-audit --no-fund --loglevel=error
+    DS_BASE_URL="http://127.0.0.1:$SIDECAR_PORT" DS_TEST_DATABASE_URL="$CONFORMANCE_DB" \
+        timeout 300 node --test --test-concurrency=1
+) || { tail -30 "$TEST_DIR/sidecar-state.log"; exit 1; }
+kill "$SIDECAR_PID"
+wait "$SIDECAR_PID" || true
+SIDECAR_PID=
+log "State Protocol end to end took $(($(date +%s) - state_started)) s"
+
 log "end-to-end fault tests (tests/e2e: sidecar + cluster)"
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_SIDECAR_BIN="$ROOT/target/debug/ds-sidecar" \
