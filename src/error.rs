@@ -83,7 +83,8 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::InvalidArguments(_)
         | CoreError::InvalidFork(_)
         | CoreError::InvalidGrant(_)
-        | CoreError::InvalidQuota(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+        | CoreError::InvalidQuota(_)
+        | CoreError::InvalidRegistry(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }
 
