@@ -103,7 +103,7 @@ pub fn may_become(member: Oid, role: Oid) -> bool {
     member == role || unsafe { pg_sys::is_member_of_role(member, role) }
 }
 
-fn extension_owner(client: &SpiClient<'_>) -> DsResult<Oid> {
+pub fn extension_owner(client: &SpiClient<'_>) -> DsResult<Oid> {
     if let Some(owner) = with_cache(|c| c.owner) {
         return Ok(owner);
     }

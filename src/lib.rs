@@ -21,6 +21,7 @@ mod gucs;
 mod maintenance;
 mod quota;
 mod read;
+mod registry;
 mod sequencer;
 mod storage;
 mod streams;
