@@ -142,6 +142,7 @@ fn into_offset(path: &str, r: AppendResult) -> DsResult<String> {
 pub(crate) fn simple_append(path: &str, data: &[u8], json_only: bool) -> DsResult<String> {
     storage::require_primary("ds.append")?;
     limits::validate_path(path)?;
+    crate::registry::refuse_reserved(path)?;
     if data.is_empty() {
         return Err(CoreError::EmptyAppend.into());
     }

@@ -65,9 +65,9 @@ pub fn live_streams_under(
     static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "SELECT path, content_type, \
-                    (pg_catalog.extract(epoch FROM created_at) OPERATOR(pg_catalog.*) 1000000)::bigint, \
+                    (pg_catalog.extract('epoch', created_at) OPERATOR(pg_catalog.*) 1000000)::bigint, \
                     ttl_seconds, \
-                    (pg_catalog.extract(epoch FROM expires_at) OPERATOR(pg_catalog.*) 1000000)::bigint, \
+                    (pg_catalog.extract('epoch', expires_at) OPERATOR(pg_catalog.*) 1000000)::bigint, \
                     fork_source_path \
              FROM ds.streams \
              WHERE pg_catalog.starts_with(path, $1) AND (path COLLATE \"C\") OPERATOR(pg_catalog.>) $2 \
