@@ -208,6 +208,7 @@ fn append_jsonb(path: &str, data: pgrx::JsonB) -> Result<String, ErrorReport> {
 fn close(path: &str) -> Result<String, ErrorReport> {
     storage::require_primary("ds.close")?;
     limits::validate_path(path).map_err(DsError::from)?;
+    crate::registry::refuse_reserved(path)?;
     let r = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
         execute(
