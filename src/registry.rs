@@ -150,7 +150,8 @@ fn append(
 ) -> DsResult<()> {
     let body = format!("[{}]", messages.join(","));
     if crate::enqueue::lock_free_possible() {
-        let stored = messages_for(Mode::Json, "application/json", body.as_bytes(), Purpose::Append)?;
+        let stored =
+            messages_for(Mode::Json, "application/json", body.as_bytes(), Purpose::Append)?;
         return crate::enqueue::enqueue_unchecked(client, path, stream_id, stored);
     }
     let _writing = Writing::start();

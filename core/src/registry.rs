@@ -182,7 +182,10 @@ mod tests {
     fn candidates_stop_at_the_maximum_depth() {
         assert_eq!(candidate_prefixes("x"), vec![""]);
         assert_eq!(candidate_prefixes("acme/orders"), vec!["", "acme/"]);
-        assert_eq!(candidate_prefixes("a/b/c/d/e/f/g"), vec!["", "a/", "a/b/", "a/b/c/", "a/b/c/d/"]);
+        assert_eq!(
+            candidate_prefixes("a/b/c/d/e/f/g"),
+            vec!["", "a/", "a/b/", "a/b/c/", "a/b/c/d/"]
+        );
         assert!(candidate_prefixes("acme/__registry__").is_empty());
         // Every candidate of a path is a prefix a registry can exist for.
         for p in candidate_prefixes("a/b/c/d/e/f/g") {
