@@ -33,6 +33,10 @@ use crate::gucs;
 use crate::storage::{self, Lock, NewStream, registries};
 use crate::subscriptions::{Membership, lock_membership};
 
+#[cfg(any(test, feature = "pg_test"))]
+#[path = "registry_pg_tests.rs"]
+mod pg_tests;
+
 /// Streams one page of a new registry's listing covers (one append each).
 const LISTING_PAGE: i64 = 1000;
 
