@@ -39,25 +39,10 @@ async fn finish(c: &Client, prefixes: &[&str]) {
     }
 }
 
-/// Every message of a registry, in order (paging through `ds.read`).
+/// Every message of a registry, in order.
 async fn registry_messages(c: &Client, registry: &str) -> Vec<Value> {
-    let (mut out, mut from) = (Vec::new(), "-1".to_owned());
-    loop {
-        let rows = c
-            .query(
-                "SELECT next_offset, convert_from(data, 'UTF8') FROM ds.read($1, $2)",
-                &[&registry, &from],
-            )
-            .await
-            .unwrap();
-        if rows.is_empty() {
-            return out;
-        }
-        for r in &rows {
-            out.push(serde_json::from_str(r.get::<_, &str>(1)).unwrap());
-            from = r.get(0);
-        }
-    }
+    let messages = crate::hot::messages(c, registry).await;
+    messages.iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect()
 }
 
 /// The set of paths the messages leave, checking each one as it is applied:
