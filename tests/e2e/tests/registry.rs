@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ds_e2e::{JWT_FLAGS, Sidecar, http, read_events, sql, token, unique_path};
+use ds_e2e::{JWT_FLAGS, Sidecar, every_ds_function, http, read_events, sql, token, unique_path};
 use serde_json::Value;
 use tokio::time::timeout;
 
@@ -15,15 +15,7 @@ const TENANT_B: &str = "ds_e2e_registry_b";
 /// recording on for every session (reset by `finish`).
 async fn setup(base: &str) -> tokio_postgres::Client {
     let db = sql().await;
-    let functions: String = db
-        .query_one(
-            "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p \
-             WHERE p.pronamespace = 'ds'::regnamespace",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let functions = every_ds_function(&db).await;
     db.batch_execute(&format!(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{TENANT_A}') THEN
