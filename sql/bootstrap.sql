@@ -154,6 +154,15 @@ SELECT pg_catalog.pg_extension_config_dump('ds.role_quotas', '');
 REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers, ds.pending, ds.path_grants,
               ds.role_quotas, ds.settings FROM PUBLIC;
 
+-- Stream registries (ds.create_registry): one row per registered prefix
+-- ('' = every stream) and its registry stream, <prefix>__registry__.
+CREATE TABLE ds.registries (
+    prefix    text PRIMARY KEY,
+    stream_id bigint NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('ds.registries', '');
+REVOKE ALL ON ds.registries FROM PUBLIC;
+
 -- Subscriptions (issue 11; src/subscriptions/). One row per id; a deleted
 -- subscription is a tombstone (deleted_at) so that `generation` survives a
 -- re-create of the same id and tokens of its earlier life stay fenced.

@@ -436,6 +436,35 @@ REVOKE EXECUTE ON FUNCTION ds.list_captures() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ds.capture(regclass, text, text, text[], text, text),
     ds.uncapture(regclass), ds.capture_trigger(), ds.forget_dropped_captures() FROM PUBLIC;
 
+-- Stream registries (ds.create_registry): one row per registered prefix
+-- ('' = every stream) and its registry stream, <prefix>__registry__.
+CREATE TABLE ds.registries (
+    prefix    text PRIMARY KEY,
+    stream_id bigint NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('ds.registries', '');
+REVOKE ALL ON ds.registries FROM PUBLIC;
+
+CREATE FUNCTION ds."create_registry"(
+	"prefix" TEXT
+) RETURNS TABLE (
+	"path" TEXT,
+	"created" bool,
+	"listed" bigint
+)
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_registry_wrapper';
+CREATE FUNCTION ds."drop_registry"(
+	"prefix" TEXT
+) RETURNS bool
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drop_registry_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.create_registry(text), ds.drop_registry(text) FROM PUBLIC;
+
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the
 -- default plan_cache_mode Postgres re-plans those that take arrays at every

@@ -152,6 +152,7 @@ pub(crate) fn simple_append_as(
 ) -> DsResult<String> {
     storage::require_primary("ds.append")?;
     limits::validate_path(path)?;
+    crate::registry::refuse_reserved(path)?;
     if data.is_empty() {
         return Err(CoreError::EmptyAppend.into());
     }
@@ -217,6 +218,7 @@ fn append_jsonb(path: &str, data: pgrx::JsonB) -> Result<String, ErrorReport> {
 fn close(path: &str) -> Result<String, ErrorReport> {
     storage::require_primary("ds.close")?;
     limits::validate_path(path).map_err(DsError::from)?;
+    crate::registry::refuse_reserved(path)?;
     let r = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Append)?;
         execute(

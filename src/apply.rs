@@ -299,6 +299,11 @@ fn check_privileges(
     let me = acl::caller();
     for (req, slot) in requests.iter().zip(results.iter_mut()) {
         let role = req.as_role.unwrap_or(me);
+        if slot.is_none()
+            && let Some(reserved) = crate::registry::reserved(req.path)
+        {
+            *slot = Some(AppendResult::forbidden(reserved.to_string()));
+        }
         if slot.is_none() && !acl::allows(client, role, req.path, Privilege::Append)? {
             let detail = acl::denied(role, req.path, Privilege::Append).to_string();
             *slot = Some(AppendResult::forbidden(detail));

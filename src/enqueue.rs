@@ -29,6 +29,7 @@ use ds_core::json::Purpose;
 use ds_core::{Error as CoreError, limits};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::{PgAtomic, pg_shmem_init};
 
 use crate::acl;
@@ -252,7 +253,7 @@ unsafe extern "C-unwind" fn on_xact_event(
 /// serves the database, and the isolation level is READ COMMITTED (a
 /// snapshot older than the statement could miss a close that committed
 /// while this transaction waited for the path lock).
-fn lock_free_possible() -> bool {
+pub fn lock_free_possible() -> bool {
     // SAFETY: plain read of the session's isolation level.
     let read_committed = unsafe { pg_sys::XactIsoLevel } <= pg_sys::XACT_READ_COMMITTED as i32;
     read_committed && sequencer_serves_this_database()
@@ -272,6 +273,7 @@ pub(crate) fn enqueue_as(
 ) -> DsResult<()> {
     storage::require_primary("ds.enqueue")?;
     limits::validate_path(path)?;
+    crate::registry::refuse_reserved(path)?;
     if data.is_empty() {
         return Err(CoreError::EmptyAppend.into());
     }
@@ -344,6 +346,25 @@ pub(crate) fn enqueue_as(
         }
         Ok(())
     })
+}
+
+/// Enqueues `messages` (stored form) to the stream `stream_id` at `path` on
+/// the extension's own behalf (stream registries): no privilege, quota or
+/// state check, the change they record was checked. Only when
+/// [`lock_free_possible`].
+pub fn enqueue_unchecked(
+    client: &mut SpiClient<'_>,
+    path: &str,
+    stream_id: i64,
+    messages: Vec<Vec<u8>>,
+) -> DsResult<()> {
+    let tag = lock_tag(path);
+    // SAFETY: a transaction-level heavyweight lock on a tag we own.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
+    let seqs = next_seqs(messages.len());
+    storage::insert_pending(client, stream_id, seqs, messages)?;
+    enqueued();
+    Ok(())
 }
 
 /// The next `n` numbers of this backend's enqueue order.

@@ -37,6 +37,12 @@ pub enum DsError {
         "permission denied: role {role:?} lacks the {privilege} privilege on stream path {path:?}"
     )]
     Forbidden { role: String, path: String, privilege: ds_core::acl::Privilege },
+    /// A write to a path reserved for a stream registry (see `registry.rs`).
+    #[error(
+        "stream path {0:?} is reserved for a stream registry: only the extension writes it \
+         (ds.create_registry, ds.drop_registry)"
+    )]
+    Reserved(String),
     /// `ds.grant` / `ds.revoke` / `as_roles` named a role that does not exist.
     #[error("role {0:?} does not exist")]
     NoSuchRole(String),
@@ -98,7 +104,8 @@ pub fn core_sqlstate(e: &CoreError) -> Code {
         | CoreError::InvalidArguments(_)
         | CoreError::InvalidFork(_)
         | CoreError::InvalidGrant(_)
-        | CoreError::InvalidQuota(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+        | CoreError::InvalidQuota(_)
+        | CoreError::InvalidRegistry(_) => Code::ERRCODE_INVALID_PARAMETER_VALUE,
     }
 }
 
@@ -112,7 +119,9 @@ impl DsError {
             DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
             DsError::Rejected { .. } => Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            DsError::Forbidden { .. } => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            DsError::Forbidden { .. } | DsError::Reserved(_) => {
+                Code::ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             DsError::NoSuchRole(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             DsError::QuotaExceeded(_) => Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             DsError::LimitExceeded(_) => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,

@@ -40,6 +40,11 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Superuser-only, so no role can switch its own checks off.
 pub static PATH_CHECKS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Whether stream creations, forks, deletions and expiries are recorded in
+/// the stream registries (`ds.create_registry`). Superuser-only: a role must
+/// not hide its changes from a registry by switching it off.
+pub static REGISTRY: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Target size of one segment, in bytes (rotation packs full segments only).
 pub static SEGMENT_TARGET_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -153,6 +158,14 @@ pub fn init(preloading: bool) {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"ds.registry",
+        c"Whether stream changes are recorded in the stream registries (default off).",
+        c"On: every create, fork, delete and expiry is appended to the registries of its path's prefixes (ds.create_registry) in the same transaction.",
+        &REGISTRY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     let ints: [(
         &'static std::ffi::CStr,
         &'static std::ffi::CStr,
@@ -236,6 +249,10 @@ fn define_worker_gucs() {
 /// Whether path grants are checked.
 pub fn path_checks() -> bool {
     PATH_CHECKS.get()
+}
+
+pub fn registry() -> bool {
+    REGISTRY.get()
 }
 
 /// The configured maximum body size.

@@ -22,6 +22,7 @@ mod gucs;
 mod maintenance;
 mod quota;
 mod read;
+mod registry;
 mod sequencer;
 mod storage;
 mod streams;

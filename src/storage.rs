@@ -80,6 +80,7 @@ fn update<'c>(
 type RowLimit = std::os::raw::c_long;
 
 pub mod capture;
+pub mod registries;
 pub mod subscriptions;
 
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
@@ -323,8 +324,9 @@ pub struct NewStream<'a> {
     pub expires_at: Option<TimestampWithTimeZone>,
     pub closed: bool,
     pub fork: Option<ForkOrigin>,
-    /// The creating role (see `StreamRow::owner_role`).
-    pub owner_role: pgrx::pg_sys::Oid,
+    /// The creating role (see `StreamRow::owner_role`); `None` for streams
+    /// the extension makes itself (registries).
+    pub owner_role: Option<pgrx::pg_sys::Oid>,
 }
 
 /// Inserts a stream unless the path is taken; returns its id if inserted.

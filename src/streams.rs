@@ -5,6 +5,7 @@ use ds_core::acl::Privilege;
 use ds_core::content_type::{self, Mode, OCTET_STREAM};
 use ds_core::json::Purpose;
 use ds_core::notification::Announcement;
+use ds_core::registry::Change;
 use ds_core::{Error as CoreError, Offset, limits};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -17,6 +18,7 @@ use crate::error::{DsError, DsResult};
 use crate::gucs;
 use crate::quota::Quotas;
 use crate::read::visible_messages;
+use crate::registry;
 use crate::storage::{self, ForkOrigin, Lock, NewStream, StreamRow, StreamUpdate};
 
 /// Creates a stream, or confirms one that exists with the same configuration
@@ -125,15 +127,13 @@ struct ForkRequest<'a> {
 fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, StreamRow)> {
     storage::require_primary(if req.fork.is_some() { "ds.fork" } else { "ds.create" })?;
     limits::validate_path(req.path)?;
+    registry::refuse_reserved(req.path)?;
     if let Some(ct) = req.content_type {
         content_type::essence(ct)?;
     }
     limits::validate_ttl(req.ttl_seconds, req.expires_at.is_some())?;
     if let Some(at) = req.expires_at {
-        /// Microseconds from the Unix epoch to Postgres' (2000-01-01).
-        const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-        let micros = pg_sys::TimestampTz::from(at).saturating_add(PG_EPOCH_UNIX_MICROS);
-        limits::validate_expires_at(micros)?;
+        limits::validate_expires_at(registry::unix_micros(at))?;
     }
 
     Spi::connect_mut(|client| {
@@ -172,8 +172,8 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
             let mode = content_type::mode(&wanted.content_type)?;
             let messages = messages_for(mode, &wanted.content_type, body, Purpose::Create)?;
             let bytes = messages.iter().map(|m| m.len() as i64).sum();
-            Quotas::load(client, &[wanted.owner_role])?
-                .charge_stream(wanted.owner_role, bytes)
+            Quotas::load(client, &[me])?
+                .charge_stream(me, bytes)
                 .map_err(DsError::QuotaExceeded)?;
             let Some(stream_id) = storage::insert_stream(client, &wanted)? else {
                 continue; // created concurrently: compare with it in the next round
@@ -186,6 +186,7 @@ fn create_stream(req: &CreateRequest<'_>, body: &[u8]) -> DsResult<(bool, Stream
             // what it inherited), in this transaction: its first append is
             // already pending work.
             crate::subscriptions::link_new_stream(client, req.path, start.as_i64())?;
+            registry::record(client, req.path, Change::Insert(registry::entry(&wanted)))?;
             let tail = storage::insert_messages(client, stream_id, start, messages)?;
             storage::update_streams(
                 client,
@@ -217,7 +218,7 @@ fn plain_stream<'a>(req: &CreateRequest<'a>) -> DsResult<NewStream<'a>> {
         expires_at: req.expires_at,
         closed: req.closed,
         fork: None,
-        owner_role: acl::caller(),
+        owner_role: Some(acl::caller()),
     })
 }
 
@@ -273,7 +274,7 @@ fn fork_stream<'a>(
         expires_at,
         closed: req.closed,
         fork: Some(origin),
-        owner_role: acl::caller(),
+        owner_role: Some(acl::caller()),
     };
     Ok((wanted, source.stream_id))
 }
@@ -385,6 +386,9 @@ pub(crate) fn retire_stream(
     crate::enqueue::lock_out_enqueuers(path, crate::apply::LockWait::Wait);
     storage::discard_pending(client, stream.stream_id)?;
     crate::subscriptions::unlink_stream(client, path)?;
+    // A soft-deleted stream is gone for clients (410): listed as deleted
+    // now, and nothing is recorded when its last fork releases it.
+    registry::record(client, path, Change::Delete)?;
     if stream.fork_count > 0 {
         return storage::soft_delete_stream(client, stream.stream_id, release_path);
     }
@@ -457,6 +461,7 @@ fn delete(path: &str) -> Result<(), ErrorReport> {
     storage::require_primary("ds.delete")?;
     Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Delete)?;
+        registry::refuse_registered(client, path)?;
         let s = live_stream(client, path, Lock::ForWrite)?;
         retire_stream(client, path, s, false)?;
         storage::notify(client, &Announcement::Deleted { path: path.to_owned() }.line())

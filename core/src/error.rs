@@ -67,6 +67,9 @@ pub enum Error {
     /// A grant pattern or privilege list that cannot be used.
     #[error("invalid grant: {0}")]
     InvalidGrant(String),
+    /// A stream registry prefix that cannot be used (see `registry`).
+    #[error("invalid registry: {0}")]
+    InvalidRegistry(String),
     /// A quota limit that cannot be used.
     #[error("invalid quota: {0}")]
     InvalidQuota(String),

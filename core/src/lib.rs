@@ -17,6 +17,7 @@ pub mod notification;
 pub mod offset;
 pub mod outcome;
 pub mod producer;
+pub mod registry;
 pub mod segment;
 pub mod state_change;
 pub mod subscription;

@@ -80,7 +80,8 @@ fn respond(outcome: Outcome) -> Result<pgrx::JsonB, ErrorReport> {
 pub(crate) enum Membership {
     /// Stream creation and deletion: many at once.
     Streams,
-    /// Subscription creation and explicit links: alone.
+    /// Subscription creation, explicit links and registry creation
+    /// (`ds.create_registry` lists the streams that exist): alone.
     Subscriptions,
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::{connect, off, sqlstate, unique_path};
 
 /// Reads every JSON message of `path` (paging), with its start offset.
-async fn messages(client: &tokio_postgres::Client, path: &str) -> Vec<(String, String)> {
+pub async fn messages(client: &tokio_postgres::Client, path: &str) -> Vec<(String, String)> {
     let (mut out, mut from) = (Vec::new(), "-1".to_owned());
     loop {
         let rows = client

@@ -10,6 +10,7 @@ mod forks;
 mod hot;
 mod model;
 mod notify;
+mod registry;
 mod storm;
 mod subscriptions;
 mod transactions;

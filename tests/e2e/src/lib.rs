@@ -26,6 +26,18 @@ pub async fn sql() -> Client {
     client
 }
 
+/// Every `ds.*` function's signature, comma-separated, for `GRANT EXECUTE`.
+pub async fn every_ds_function(db: &Client) -> String {
+    db.query_one(
+        "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p \
+         WHERE p.pronamespace = 'ds'::regnamespace",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// A stream path no other test (or earlier run) uses.
 pub fn unique_path(name: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ds_e2e::cluster::{Cluster, DATABASE};
-use ds_e2e::{Sidecar, free_port, http, next_offset, read_events};
+use ds_e2e::{Sidecar, every_ds_function, free_port, http, next_offset, read_events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hot_standby_reads_what_the_primary_committed() {
@@ -346,15 +346,7 @@ async fn with_tokens_standby_reads_run_as_the_role_and_ttls_are_refreshed_as_it(
     let primary = Cluster::primary("jwt-primary", &[]).await;
     let standby = Cluster::standby(&primary, "jwt-standby", &[]).await;
     let db = primary.sql(DATABASE).await;
-    let functions: String = db
-        .query_one(
-            "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p \
-             WHERE p.pronamespace = 'ds'::regnamespace",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let functions = every_ds_function(&db).await;
     db.batch_execute(&format!(
         "CREATE ROLE rr_reader NOLOGIN; CREATE ROLE rr_other NOLOGIN;
          GRANT USAGE ON SCHEMA ds TO rr_reader, rr_other;
