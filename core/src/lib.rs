@@ -17,6 +17,7 @@ pub mod notification;
 pub mod offset;
 pub mod outcome;
 pub mod producer;
+pub mod retention;
 pub mod segment;
 pub mod subscription;
 pub mod webhook_url;
