@@ -21,6 +21,7 @@ mod gucs;
 mod maintenance;
 mod quota;
 mod read;
+mod retention;
 mod sequencer;
 mod storage;
 mod streams;

@@ -14,8 +14,10 @@ use crate::gucs;
 use crate::storage::{self, Lock, Rotated};
 use crate::streams::{live_stream, retire_stream};
 
-/// Rotates one stream with the current settings.
+/// Rotates one stream with the current settings, after any trim of it in
+/// flight (the maintenance lock, see `retention.rs`).
 pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<Rotated> {
+    crate::retention::lock_maintenance(stream_id, true);
     storage::rotate(client, stream_id, &gucs::rotation())
 }
 
@@ -50,7 +52,7 @@ pub struct Cursor(pub i64);
 impl Cursor {
     /// Up to `limit` ids from `query(after, upto)` (ids in `(after, upto]`,
     /// ascending), starting after the cursor and wrapping around once.
-    fn next<T>(
+    pub(crate) fn next<T>(
         &mut self,
         limit: i64,
         id: impl Fn(&T) -> i64,

@@ -66,7 +66,8 @@ impl Quotas {
                     coalesce(u.bytes, 0), coalesce(u.streams, 0) \
              FROM ds.role_quotas q \
              LEFT JOIN LATERAL ( \
-                 SELECT sum(s.tail_pos OPERATOR(pg_catalog.-) coalesce(s.fork_pos, 0))::bigint AS bytes, \
+                 SELECT sum(s.tail_pos OPERATOR(pg_catalog.-) \
+                            greatest(coalesce(s.fork_pos, 0), s.retained_from))::bigint AS bytes, \
                         count(*) FILTER (WHERE s.path IS NOT NULL AND NOT s.soft_deleted) AS streams \
                  FROM ds.streams s \
                  WHERE s.owner_role::pg_catalog.oid OPERATOR(pg_catalog.=) q.role::pg_catalog.oid \
@@ -136,7 +137,8 @@ impl Quotas {
 }
 
 /// Sets the storage quota of streams created by `role`: at most `max_bytes`
-/// bytes in all (a fork counts only its own appends) and at most
+/// bytes in all (a fork counts only its own appends, and what retention
+/// dropped no longer counts) and at most
 /// `max_streams` streams. NULL lifts a limit; both NULL removes the quota.
 /// Superusers and the extension's owner only.
 #[pg_extern(security_definer)]

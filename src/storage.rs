@@ -79,6 +79,7 @@ fn update<'c>(
 
 type RowLimit = std::os::raw::c_long;
 
+pub mod retention;
 pub mod subscriptions;
 
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
@@ -103,12 +104,16 @@ pub struct StreamRow {
     /// Whether its owner has a quota (`ds.set_quota`): only then is the
     /// owner's usage read (`Quotas::load`).
     pub owner_has_quota: bool,
+    /// Earliest retained position (`src/retention.rs`): reads start here.
+    pub retained_from: Offset,
 }
 
 impl StreamRow {
-    /// Bytes the stream holds of its own (a fork's inherited part excluded).
+    /// Bytes the stream holds of its own (a fork's inherited part and what
+    /// retention dropped excluded).
     pub fn own_bytes(&self) -> i64 {
-        self.tail.as_i64() - self.fork.as_ref().map_or(0, |f| f.pos.as_i64())
+        let start = self.fork.as_ref().map_or(0, |f| f.pos.as_i64());
+        self.tail.as_i64() - start.max(self.retained_from.as_i64())
     }
 }
 
@@ -155,7 +160,8 @@ static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
          fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, \
          soft_deleted, owner_role::pg_catalog.oid, max_bytes, \
          EXISTS (SELECT FROM ds.role_quotas q \
-                 WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid)",
+                 WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid), \
+         retained_from",
         expired = *EXPIRED
     )
 });
@@ -247,7 +253,7 @@ pub fn lock_streams(
     };
     let mut rows = Vec::with_capacity(paths.len());
     for row in table {
-        let path: String = row.get(22)?.expect("path = ANY(...) is not NULL");
+        let path: String = row.get(23)?.expect("path = ANY(...) is not NULL");
         rows.push((path, stream_row(&row)?));
     }
     Ok(rows)
@@ -308,6 +314,7 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         owner_role: row.get(19)?,
         max_bytes: row.get(20)?,
         owner_has_quota: row.get(21)?.expect("EXISTS is never NULL"),
+        retained_from: Offset::from_i64(row.get(22)?.expect("retained_from is NOT NULL")),
     };
     // This transaction may have appended past what the row holds yet.
     crate::tails::overlay(&mut stream);
@@ -324,6 +331,8 @@ pub struct NewStream<'a> {
     pub fork: Option<ForkOrigin>,
     /// The creating role (see `StreamRow::owner_role`).
     pub owner_role: pgrx::pg_sys::Oid,
+    /// Earliest retained position: a fork's is its source's.
+    pub retained_from: Offset,
 }
 
 /// Inserts a stream unless the path is taken; returns its id if inserted.
@@ -334,9 +343,9 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
         client,
         "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
              fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
-             owner_role) \
+             owner_role, retained_from) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
-                 $11::pg_catalog.regrole) \
+                 $11::pg_catalog.regrole, $12) \
          ON CONFLICT (path) DO NOTHING RETURNING stream_id",
         Some(1),
         &[
@@ -351,6 +360,7 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
             f.map(|f| f.sub_offset).into(),
             f.map(|f| f.pos.as_i64()).into(),
             s.owner_role.into(),
+            s.retained_from.as_i64().into(),
         ],
     )?;
     Ok(table.into_iter().next().map(|r| r.get::<i64>(1)).transpose()?.flatten())
@@ -397,6 +407,7 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         "DELETE FROM ds.segments WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.producers WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.pending WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.retention WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1",
     ] {
         update(client, query, None, &[stream_id.into()])?;

@@ -62,12 +62,8 @@ pub fn cut(stream: &Stream, units: &[Unit]) -> Option<i64> {
     }
     let by_bytes = max_bytes.map(|b| tail.saturating_sub(b));
     // The old prefix ends at the end of the last leading old unit.
-    let by_age = units
-        .iter()
-        .take(boundaries.len() - 1)
-        .take_while(|u| u.old)
-        .last()
-        .map(|u| u.end);
+    let by_age =
+        units.iter().take(boundaries.len() - 1).take_while(|u| u.old).last().map(|u| u.end);
     let wanted = by_bytes.into_iter().chain(by_age).max()?;
     let limit = fork_floor.map_or(wanted, |f| wanted.min(f)).min(tail);
     let at = boundaries.into_iter().filter(|b| *b <= limit).max()?;
@@ -108,6 +104,32 @@ fn floor_of(id: i64, all: &[Descendant], depth: usize) -> Option<i64> {
             (need < d.fork_pos).then_some(need)
         })
         .min()
+}
+
+/// Validates a per-stream policy: `max_age` (in microseconds, months as 30
+/// days like Postgres' interval comparison) becomes whole seconds, at least
+/// one and at most [`crate::limits::MAX_TTL_SECONDS`]; `max_bytes` must not
+/// be negative.
+pub fn validate_policy(
+    max_age_micros: Option<i128>,
+    max_bytes: Option<i64>,
+) -> crate::error::Result<(Option<i64>, Option<i64>)> {
+    let invalid = |what: String| crate::Error::InvalidArguments(what);
+    if let Some(b) = max_bytes
+        && b < 0
+    {
+        return Err(invalid(format!("retention max_bytes {b} is negative")));
+    }
+    let Some(micros) = max_age_micros else { return Ok((None, max_bytes)) };
+    let seconds = micros / 1_000_000;
+    if seconds < 1 {
+        return Err(invalid("retention max_age must be at least 1 second".into()));
+    }
+    let max = crate::limits::MAX_TTL_SECONDS;
+    if seconds > i128::from(max) {
+        return Err(invalid(format!("retention max_age must be at most {max} seconds")));
+    }
+    Ok((Some(seconds as i64), max_bytes))
 }
 
 #[cfg(test)]
@@ -194,6 +216,16 @@ mod tests {
         assert_eq!(cut(&plain(30, Some(0)), &u), Some(20));
         assert_eq!(cut(&plain(30, Some(0)), &u[..1]), Some(10));
         assert_eq!(cut(&plain(30, Some(0)), &[]), None);
+    }
+
+    #[test]
+    fn policies() {
+        assert_eq!(validate_policy(None, None).unwrap(), (None, None));
+        assert_eq!(validate_policy(Some(90_000_000), Some(0)).unwrap(), (Some(90), Some(0)));
+        assert!(validate_policy(None, Some(-1)).is_err());
+        assert!(validate_policy(Some(999_999), None).is_err());
+        assert!(validate_policy(Some(-5_000_000), None).is_err());
+        assert!(validate_policy(Some(i128::MAX), None).is_err());
     }
 
     fn d(stream_id: i64, source: i64, fork_pos: i64, retained_from: i64) -> Descendant {
