@@ -173,6 +173,8 @@ pub struct Head {
     pub ttl_seconds: Option<i64>,
     /// Absolute expiry, RFC 3339 in UTC.
     pub expires_at: Option<String>,
+    /// Earliest retained offset (where a read from `-1` starts).
+    pub earliest_offset: String,
 }
 
 const CREATE: &str = "SELECT created, next_offset, content_type, closed \
@@ -195,7 +197,7 @@ const SET_ROLE: &str = "SELECT pg_catalog.set_config('role', $1, true)";
 const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
      FROM ds.read_chunk($1, $2, $3)";
 const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
-     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), earliest_offset \
      FROM ds.head($1)";
 const DELETE: &str = "SELECT ds.delete($1)";
 const TOUCH: &str = "SELECT ds.touch($1, as_roles => $2)";
@@ -714,6 +716,7 @@ impl Db {
             closed: row.try_get(3)?,
             ttl_seconds: row.try_get(4)?,
             expires_at: row.try_get(5)?,
+            earliest_offset: row.try_get(6)?,
         }))
     }
 
