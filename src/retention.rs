@@ -56,7 +56,7 @@ pub fn define_gucs() {
         &DEFAULT_MAX_AGE,
         0,
         i32::MAX,
-        GucContext::Sighup,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
@@ -66,7 +66,7 @@ pub fn define_gucs() {
         &DEFAULT_MAX_KB,
         0,
         i32::MAX,
-        GucContext::Sighup,
+        GucContext::Suset,
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
@@ -190,11 +190,14 @@ pub fn candidates(
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_retention(
-    path: &str,
+    path: Option<&str>,
     max_age: Option<Interval>,
     max_bytes: Option<i64>,
 ) -> Result<(), ErrorReport> {
     storage::require_primary("ds.set_retention")?;
+    let path = path.ok_or_else(|| {
+        DsError::Invalid(ds_core::Error::InvalidArguments("the path must not be NULL".into()))
+    })?;
     let (age, bytes) =
         rules::validate_policy(max_age.map(|a| a.as_micros()), max_bytes).map_err(DsError::from)?;
     Spi::connect_mut(|client| -> DsResult<()> {
@@ -248,7 +251,10 @@ fn retention(
         };
         let age = policy
             .0
-            .map(|s| Interval::new(0, 0, s.saturating_mul(1_000_000)))
+            .map(|s| {
+                let days = i32::try_from(s / 86_400).unwrap_or(i32::MAX);
+                Interval::new(0, days, (s % 86_400) * 1_000_000)
+            })
             .transpose()
             .map_err(|e| DsError::Internal(e.to_string()))?;
         Ok((age, policy.1, source.to_owned(), stream.retained_from.to_string()))
