@@ -9,6 +9,7 @@ mod forks;
 mod hot;
 mod model;
 mod notify;
+mod retention;
 mod storm;
 mod subscriptions;
 mod transactions;
