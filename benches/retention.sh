@@ -33,15 +33,35 @@ sql() { psql_at "$PORT" bench -tAq -c "$1"; }
 pgbench_at() { "$(pg_bindir)/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n "$@" bench; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-# fill STREAM N: N messages of 100 bytes ({"p":"xxx...x"} with 92 x), 1000 per transaction.
+# fill STREAM N: N messages of 100 bytes ({"p":"..."} with 92 random hex
+# digits: lz4 cannot shrink them much, so sizes follow the payload), 1000 per
+# transaction.
 fill() {
-    cat >"$DIR/fill-$1.sql" <<SQL
-SELECT ds.append('$1', (SELECT jsonb_agg(jsonb_build_object('p', repeat('x', 92))) FROM generate_series(1, $PER_APPEND)));
+    local script="$DIR/fill-${1//\//-}.sql"
+    cat >"$script" <<SQL
+SELECT ds.append('$1', (SELECT jsonb_agg(jsonb_build_object('p', substr(md5(random()::text) || md5(random()::text) || md5(random()::text), 1, 92))) FROM generate_series(1, $PER_APPEND)));
 SQL
-    pgbench_at -c 1 -t $(($2 / PER_APPEND)) -f "$DIR/fill-$1.sql" >/dev/null
+    pgbench_at -c 1 -t $(($2 / PER_APPEND)) -f "$script" >/dev/null
 }
 storage() {
     sql "SELECT pg_total_relation_size('ds.messages') + pg_total_relation_size('ds.segments')"
+}
+# "messages X + segments Y" (each with TOAST and indexes)
+split() {
+    sql "SELECT 'messages ' || pg_size_pretty(pg_total_relation_size('ds.messages')) || ' + segments '
+                || pg_size_pretty(pg_total_relation_size('ds.segments'))"
+}
+# trim_all STREAM: ds.trim until it drops nothing (one trim looks at most at
+# 100,000 units); prints "trims dropped-rows dropped-segments dropped-bytes".
+trim_all() {
+    local n=0 rows=0 segs=0 bytes=0 r
+    while :; do
+        r=$(sql "SELECT rows || ' ' || segments || ' ' || bytes FROM ds.trim('$1')")
+        set -- "$1" $r
+        [ "$4" -eq 0 ] && [ "$3" -eq 0 ] && break
+        n=$((n + 1)) rows=$((rows + $2)) segs=$((segs + $3)) bytes=$((bytes + $4))
+    done
+    echo "$n $rows $segs $bytes"
 }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1048576 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -58,17 +78,21 @@ while :; do
     n=$(sql "SET ds.rotation_max_bytes = '64MB'; SELECT segments FROM ds.rotate('bench/ret')" | tail -1)
     [ "$n" -eq 0 ] && break
 done
-sql "VACUUM ds.messages, ds.segments"
+# A clean start: the rows rotation deleted would otherwise dominate ds.messages.
+sql "VACUUM FULL ds.messages"
+sql "VACUUM FULL ds.segments"
 before=$(storage)
+before_split=$(split)
 sql "SELECT ds.set_retention('bench/ret', NULL, $KEEP)" >/dev/null
 t0=$(now_ms)
-trim=$(sql "SELECT segments || ' segments, ' || rows || ' hot rows, ' || bytes || ' bytes' FROM ds.trim('bench/ret')")
+read -r trims trim_rows trim_segs trim_bytes < <(trim_all bench/ret)
 trim_ms=$(( $(now_ms) - t0 ))
 retained=$(sql "SELECT next_offset || ' / ' || earliest_offset FROM ds.head('bench/ret')")
 t0=$(now_ms)
 sql "VACUUM ds.messages, ds.segments"
 vacuum_ms=$(( $(now_ms) - t0 ))
 after_vacuum=$(storage)
+after_vacuum_split=$(split)
 log "appending the dropped amount again (space VACUUM freed is reused)"
 fill bench/ret $((MESSAGES - MESSAGES / 10))
 while :; do
@@ -76,10 +100,12 @@ while :; do
     [ "$n" -eq 0 ] && break
 done
 after_refill=$(storage)
-sql "SELECT ds.trim('bench/ret')" >/dev/null
+after_refill_split=$(split)
+trim_all bench/ret >/dev/null
 sql "VACUUM FULL ds.messages"
 sql "VACUUM FULL ds.segments"
 after_full=$(storage)
+after_full_split=$(split)
 
 # --- Hot rows only, against deleting a whole stream ----------------------
 HOT_BYTES=$((HOT_MESSAGES * 100))
@@ -90,7 +116,7 @@ fill bench/ref $((HOT_MESSAGES - HOT_MESSAGES / 10))
 sql "VACUUM ds.messages"
 sql "SELECT ds.set_retention('bench/hot', NULL, $((HOT_BYTES / 10)))" >/dev/null
 t0=$(now_ms)
-hot_trim=$(sql "SELECT rows || ' rows, ' || bytes || ' bytes' FROM ds.trim('bench/hot')")
+read -r hot_trims hot_rows _ hot_bytes < <(trim_all bench/hot)
 hot_trim_ms=$(( $(now_ms) - t0 ))
 t0=$(now_ms)
 sql "SELECT ds.delete('bench/ref')" >/dev/null
@@ -106,20 +132,23 @@ HOT_MESSAGES=$HOT_MESSAGES; load before the run: $(uptime | sed 's/.*load averag
 
 | ds.messages + ds.segments (with TOAST and indexes) | size | ratio to before |
 |---|---|---|
-| before the trim (after VACUUM) | $(mb "$before") | 1.00 |
-| after the trim + VACUUM (file size: freed pages stay in the files, reusable) | $(mb "$after_vacuum") | $(ratio "$after_vacuum" "$before") |
-| after appending the dropped $(mb $((BYTES - BYTES / 10))) again (and rotating) | $(mb "$after_refill") | $(ratio "$after_refill" "$before") |
-| after a second trim + VACUUM FULL (files rewritten) | $(mb "$after_full") | $(ratio "$after_full" "$before") |
+| state | size | of which | ratio to before |
+|---|---|---|---|
+| before the trim (after VACUUM FULL) | $(mb "$before") | $before_split | 1.00 |
+| after the trim + VACUUM (freed pages stay in the files, reusable) | $(mb "$after_vacuum") | $after_vacuum_split | $(ratio "$after_vacuum" "$before") |
+| after appending the dropped $(mb $((BYTES - KEEP))) again (and rotating) | $(mb "$after_refill") | $after_refill_split | $(ratio "$after_refill" "$before") |
+| after a second trim + VACUUM FULL (files rewritten) | $(mb "$after_full") | $after_full_split | $(ratio "$after_full" "$before") |
 
-The trim dropped $trim in ${trim_ms} ms (one transaction; tail and earliest offset afterwards: $retained);
+The trim dropped $trim_segs segments and $trim_rows hot rows, $(mb "$trim_bytes") of payload, in
+${trim_ms} ms ($trims trim(s), one transaction each; tail / earliest offset afterwards: $retained);
 the VACUUM after it took ${vacuum_ms} ms.
 
 ## Hot rows: $HOT_MESSAGES messages of 100 bytes, never rotated, policy keeps 10%
 
 | operation (same run) | dropped | time |
 |---|---|---|
-| ds.trim of bench/hot | $hot_trim | ${hot_trim_ms} ms |
-| reference: ds.delete of a stream of the same $((HOT_MESSAGES - HOT_MESSAGES / 10)) rows | $(mb $((HOT_BYTES - HOT_BYTES / 10))) | ${ref_delete_ms} ms |
+| ds.trim of bench/hot until nothing is left to drop ($hot_trims trims of at most 100,000 rows) | $hot_rows rows, $(mb "$hot_bytes") | ${hot_trim_ms} ms |
+| reference: ds.delete of a stream of the same $((HOT_MESSAGES - HOT_MESSAGES / 10)) rows | $((HOT_MESSAGES - HOT_MESSAGES / 10)) rows, $(mb $((HOT_BYTES - HOT_BYTES / 10))) | ${ref_delete_ms} ms |
 
 Ratio trim / delete of the same number of rows: $(ratio "$hot_trim_ms" "$ref_delete_ms").
 TABLE

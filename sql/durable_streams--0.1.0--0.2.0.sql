@@ -366,42 +366,45 @@ CREATE TABLE ds.retention (
 SELECT pg_catalog.pg_extension_config_dump('ds.retention', '');
 REVOKE ALL ON ds.retention FROM PUBLIC;
 
--- ds.head gains a column: re-created, keeping the EXECUTE grants roles had.
-CREATE TEMPORARY TABLE ds_head_grants ON COMMIT DROP AS
-    SELECT a.grantee, a.is_grantable
-    FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-    WHERE p.oid OPERATOR(pg_catalog.=) 'ds.head(text)'::pg_catalog.regprocedure
-      AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-      AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
-DROP FUNCTION ds.head(text);
-CREATE FUNCTION ds."head"(
-	"path" TEXT
-) RETURNS TABLE (
-	"stream_id" bigint,
-	"content_type" TEXT,
-	"next_offset" TEXT,
-	"closed" bool,
-	"ttl_seconds" bigint,
-	"expires_at" timestamp with time zone,
-	"earliest_offset" TEXT
-)
-STRICT STABLE SECURITY DEFINER
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'head_wrapper';
-REVOKE EXECUTE ON FUNCTION ds.head(text) FROM PUBLIC;
-DO $head_grants$
+-- ds.head gains a column: re-created, keeping the EXECUTE grants roles had
+-- (in one block: a table made here would become a member of the extension).
+DO $head$
 DECLARE
-    g record;
+    regrant text[];
+    g text;
 BEGIN
-    FOR g IN SELECT grantee, is_grantable FROM ds_head_grants LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION ds.head(text) TO %s%s',
-            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                 ELSE pg_catalog.quote_ident(g.grantee::pg_catalog.regrole::pg_catalog.text) END,
-            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    SELECT coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'GRANT EXECUTE ON FUNCTION ds.head(text) TO %s%s',
+               CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                    ELSE pg_catalog.quote_ident(a.grantee::pg_catalog.regrole::pg_catalog.text) END,
+               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+      INTO regrant
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid OPERATOR(pg_catalog.=) 'ds.head(text)'::pg_catalog.regprocedure
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+    DROP FUNCTION ds.head(text);
+    CREATE FUNCTION ds."head"(
+    	"path" TEXT
+    ) RETURNS TABLE (
+    	"stream_id" bigint,
+    	"content_type" TEXT,
+    	"next_offset" TEXT,
+    	"closed" bool,
+    	"ttl_seconds" bigint,
+    	"expires_at" timestamp with time zone,
+    	"earliest_offset" TEXT
+    )
+    STRICT STABLE SECURITY DEFINER
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'head_wrapper';
+    REVOKE EXECUTE ON FUNCTION ds.head(text) FROM PUBLIC;
+    FOREACH g IN ARRAY regrant LOOP
+        EXECUTE g;
     END LOOP;
 END
-$head_grants$;
+$head$;
 
 CREATE FUNCTION ds."set_retention"(
 	"path" TEXT,

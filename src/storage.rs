@@ -153,6 +153,14 @@ pub static EXPIRED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// `STREAM_COLUMNS` for a catalog with `retained_from`, or (between a
+/// package upgrade and `ALTER EXTENSION ... UPDATE`) without it.
+fn stream_columns(client: &SpiClient<'_>) -> DsResult<&'static str> {
+    static OLD: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| STREAM_COLUMNS.replace(", retained_from", ", 0::bigint"));
+    Ok(if retention::catalog_has_retention(client)? { &STREAM_COLUMNS } else { &OLD })
+}
+
 static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
@@ -193,7 +201,7 @@ fn find_by(
     let table = match lock {
         Lock::None => select(
             client,
-            &format!("SELECT {} FROM ds.streams WHERE {condition}", *STREAM_COLUMNS),
+            &format!("SELECT {} FROM ds.streams WHERE {condition}", stream_columns(client)?),
             Some(1),
             &[key],
         )?,
@@ -202,7 +210,7 @@ fn find_by(
             client,
             &format!(
                 "SELECT {} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             Some(1),
             &[key],
@@ -234,7 +242,7 @@ pub fn lock_streams(
             &format!(
                 "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) $1 \
                  FOR NO KEY UPDATE{wait}",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             None,
             &[(*path).into()],
@@ -245,7 +253,7 @@ pub fn lock_streams(
             &format!(
                 "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) ANY($1) \
                  ORDER BY path FOR NO KEY UPDATE{wait}",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             None,
             &[paths.to_vec().into()],
@@ -339,14 +347,23 @@ pub struct NewStream<'a> {
 /// A fork starts with its tail at the divergence point.
 pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<Option<i64>> {
     let f = s.fork.as_ref();
+    // Before `ALTER EXTENSION ... UPDATE` there is no retained_from (and no
+    // trim): $12 goes unused.
+    let (columns, values) = if retention::catalog_has_retention(client)? {
+        (", retained_from", ", $12")
+    } else {
+        ("", "")
+    };
     let table = update(
         client,
-        "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
-             fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
-             owner_role, retained_from) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
-                 $11::pg_catalog.regrole, $12) \
-         ON CONFLICT (path) DO NOTHING RETURNING stream_id",
+        &format!(
+            "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
+                 fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
+                 owner_role{columns}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
+                     $11::pg_catalog.regrole{values}) \
+             ON CONFLICT (path) DO NOTHING RETURNING stream_id",
+        ),
         Some(1),
         &[
             s.path.into(),
@@ -410,6 +427,9 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         "DELETE FROM ds.retention WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1",
     ] {
+        if query.contains("ds.retention") && !retention::catalog_has_retention(client)? {
+            continue; // not created before `ALTER EXTENSION ... UPDATE`
+        }
         update(client, query, None, &[stream_id.into()])?;
     }
     Ok(())

@@ -11,8 +11,36 @@ use ds_core::limits::MAX_TTL_SECONDS;
 use ds_core::retention::{Descendant, Unit};
 use pgrx::spi::SpiClient;
 
-use super::update;
+use super::{select, update};
 use crate::error::DsResult;
+
+thread_local! {
+    /// Set once this backend saw the retention columns (they never go away).
+    static PRESENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this database's catalog has `ds.streams.retained_from` and
+/// `ds.retention` (0.2.0). Between installing a new package and `ALTER
+/// EXTENSION ... UPDATE`, the new library runs on the 0.1.0 tables, and
+/// every function must work there as before (`scripts/upgrade-test.sh`).
+/// Looked up until seen, then remembered for the backend.
+pub fn catalog_has_retention(client: &SpiClient<'_>) -> DsResult<bool> {
+    if PRESENT.with(std::cell::Cell::get) {
+        return Ok(true);
+    }
+    let table = select(
+        client,
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute \
+                        WHERE attrelid OPERATOR(pg_catalog.=) 'ds.streams'::pg_catalog.regclass \
+                          AND attname OPERATOR(pg_catalog.=) 'retained_from' \
+                          AND NOT attisdropped)",
+        Some(1),
+        &[],
+    )?;
+    let present = table.first().get_one::<bool>()?.unwrap_or(false);
+    PRESENT.with(|p| p.set(present));
+    Ok(present)
+}
 
 /// A stream about to be trimmed, as its locked row and policy say.
 #[derive(Debug, Clone)]
