@@ -104,15 +104,7 @@ pub fn check_retained(path: &str, stream: &StreamRow, start: Offset) -> DsResult
 /// one stream never overlap. With `wait` false, returns false instead of
 /// waiting.
 pub fn lock_maintenance(stream_id: i64, wait: bool) -> bool {
-    let tag = pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set once the backend is connected.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (stream_id >> 32) as u32,
-        locktag_field3: stream_id as u32,
-        locktag_field4: LOCK_SPACE,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
-    };
+    let tag = crate::enqueue::extension_lock_tag(LOCK_SPACE, stream_id as u64);
     // SAFETY: a transaction-level heavyweight lock on a tag we own.
     let got = unsafe {
         pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, !wait)
