@@ -15,9 +15,12 @@ use crate::storage::{self, Lock, Rotated};
 use crate::streams::{live_stream, retire_stream};
 
 /// Rotates one stream with the current settings, after any trim of it in
-/// flight (the maintenance lock, see `retention.rs`).
-pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<Rotated> {
-    crate::retention::lock_maintenance(stream_id, true);
+/// flight (the maintenance lock, see `retention.rs`). With `wait` false
+/// (the worker), a stream being trimmed is skipped this time.
+pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64, wait: bool) -> DsResult<Rotated> {
+    if !crate::retention::lock_maintenance(stream_id, wait) {
+        return Ok(Rotated::default());
+    }
     storage::rotate(client, stream_id, &gucs::rotation())
 }
 
@@ -37,7 +40,7 @@ fn rotate(
     let done = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Admin)?;
         let s = live_stream(client, path, Lock::None)?;
-        rotate_stream(client, s.stream_id)
+        rotate_stream(client, s.stream_id, true)
     })?;
     Ok(TableIterator::once((done.segments, done.messages, done.bytes)))
 }

@@ -367,7 +367,7 @@ fn maintenance_pass(cursors: &mut Cursors) {
         }
         reload_if_asked("maintenance");
         match in_transaction(&format!("rotating stream {stream_id}"), || {
-            Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id))
+            Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id, false))
         }) {
             Some(done) => report.segments += done.segments,
             None => report.errors += 1,

@@ -169,10 +169,12 @@ pub(super) async fn head(
     let mut h = Headers::default();
     h.set(header::CONTENT_TYPE, &meta.content_type)
         .set(STREAM_NEXT_OFFSET, &meta.next_offset)
-        .set(STREAM_EARLIEST_OFFSET, &meta.earliest_offset)
         .set(header::CACHE_CONTROL, NO_STORE)
         .set(header::ETAG, etag::format(meta.stream_id, "-1", &meta.next_offset, meta.closed))
         .flag(STREAM_CLOSED, meta.closed);
+    if let Some(earliest) = &meta.earliest_offset {
+        h.set(STREAM_EARLIEST_OFFSET, earliest);
+    }
     if let Some(ttl) = meta.ttl_seconds {
         h.set(STREAM_TTL, ttl.to_string());
     }
