@@ -155,7 +155,8 @@ pub fn trim_stream(client: &mut SpiClient<'_>, stream_id: i64, wait: bool) -> Ds
     };
     let pause =
         std::time::Duration::from_millis(u64::try_from(DEBUG_TRIM_PAUSE_MS.get()).unwrap_or(0));
-    let dropped = sql::drop_below(client, stream_id, cut, pause)?;
+    let stored_from = t.retained_from.max(t.own_start);
+    let dropped = sql::drop_below(client, stream_id, cut, stored_from, pause)?;
     Ok(Trimmed { dropped, retained_from: Some(cut) })
 }
 

@@ -181,37 +181,37 @@ pub struct Dropped {
 /// `cut` (a unit boundary), and records `cut` as its earliest retained
 /// position, in the caller's transaction. Only units wholly below the cut
 /// are deleted, so nothing above it can be lost whatever the units are.
+/// `stored_from` is where the stream's stored data starts (its units are
+/// contiguous from there), so the bytes dropped are `cut - stored_from`.
 /// `pause` sleeps between the deletes and the update of the stream row (a
 /// debug hook for crash tests).
 pub fn drop_below(
     client: &mut SpiClient<'_>,
     stream_id: i64,
     cut: i64,
+    stored_from: i64,
     pause: std::time::Duration,
 ) -> DsResult<Dropped> {
     crate::tails::forget_row(stream_id);
-    let table = update(
+    // Plain deletes (no RETURNING): the counts are SPI's processed rows.
+    let segments = update(
         client,
-        "WITH g AS (DELETE FROM ds.segments \
-                    WHERE stream_id OPERATOR(pg_catalog.=) $1 AND end_pos OPERATOR(pg_catalog.<=) $2 \
-                    RETURNING end_pos OPERATOR(pg_catalog.-) start_pos AS b), \
-              m AS (DELETE FROM ds.messages \
-                    WHERE stream_id OPERATOR(pg_catalog.=) $1 AND start_pos OPERATOR(pg_catalog.<) $2 \
-                      AND (start_pos OPERATOR(pg_catalog.+) pg_catalog.octet_length(data)) \
-                          OPERATOR(pg_catalog.<=) $2 \
-                    RETURNING pg_catalog.octet_length(data)::bigint AS b) \
-         SELECT (SELECT pg_catalog.count(*) FROM g), (SELECT pg_catalog.count(*) FROM m), \
-                coalesce((SELECT pg_catalog.sum(b) FROM g), 0)::bigint \
-                  OPERATOR(pg_catalog.+) coalesce((SELECT pg_catalog.sum(b) FROM m), 0)::bigint",
-        Some(1),
+        "DELETE FROM ds.segments \
+         WHERE stream_id OPERATOR(pg_catalog.=) $1 AND end_pos OPERATOR(pg_catalog.<=) $2",
+        None,
         &[stream_id.into(), cut.into()],
-    )?;
-    let row = table.first();
-    let dropped = Dropped {
-        segments: row.get(1)?.unwrap_or(0),
-        rows: row.get(2)?.unwrap_or(0),
-        bytes: row.get(3)?.unwrap_or(0),
-    };
+    )?
+    .len();
+    let rows = update(
+        client,
+        "DELETE FROM ds.messages \
+         WHERE stream_id OPERATOR(pg_catalog.=) $1 AND start_pos OPERATOR(pg_catalog.<) $2 \
+           AND (start_pos OPERATOR(pg_catalog.+) pg_catalog.octet_length(data)) \
+               OPERATOR(pg_catalog.<=) $2",
+        None,
+        &[stream_id.into(), cut.into()],
+    )?
+    .len();
     if !pause.is_zero() {
         std::thread::sleep(pause);
     }
@@ -221,7 +221,11 @@ pub fn drop_below(
         None,
         &[stream_id.into(), cut.into()],
     )?;
-    Ok(dropped)
+    Ok(Dropped {
+        segments: i64::try_from(segments).unwrap_or(i64::MAX),
+        rows: i64::try_from(rows).unwrap_or(i64::MAX),
+        bytes: (cut - stored_from).max(0),
+    })
 }
 
 /// The next `limit` streams with ids in `(after, upto]` whose policy (own,
