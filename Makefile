@@ -16,5 +16,6 @@ bench:
 	@SKIP_INSTALL=1 bash benches/wal.sh
 	@SKIP_INSTALL=1 bash benches/sql.sh
 	@SKIP_INSTALL=1 bash benches/capture.sh
+	@SKIP_INSTALL=1 bash benches/retention.sh
 	@SKIP_BUILD=1 bash benches/webhooks.sh
 	@bash benches/collect.sh

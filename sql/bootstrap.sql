@@ -44,6 +44,9 @@ CREATE TABLE ds.streams (
     -- Most bytes of its own (beyond what a fork inherits) the stream may
     -- hold (ds.set_stream_quota); NULL: no per-stream limit.
     max_bytes          bigint CHECK (max_bytes >= 0),
+    -- Earliest retained position: retention (src/retention.rs) dropped the
+    -- data below it; reads from below it fail with SD410 (HTTP 410).
+    retained_from      bigint NOT NULL DEFAULT 0 CHECK (retained_from >= 0),
     CHECK (ttl_seconds IS NULL OR expires_at IS NULL),
     CHECK ((fork_source IS NULL) = (fork_pos IS NULL))
 ) WITH (fillfactor = 50);
@@ -129,6 +132,16 @@ CREATE TABLE ds.role_quotas (
 );
 CREATE INDEX streams_owner_role ON ds.streams (owner_role) WHERE owner_role IS NOT NULL;
 
+-- Retention policies of single streams (ds.set_retention); streams without
+-- a row follow the server defaults (ds.retention_max_age,
+-- ds.retention_max_bytes). NULL: no limit of that kind. Deleted with the
+-- stream.
+CREATE TABLE ds.retention (
+    stream_id       bigint PRIMARY KEY,
+    max_age_seconds bigint CHECK (max_age_seconds > 0),
+    max_bytes       bigint CHECK (max_bytes >= 0)
+);
+
 -- Private settings of this installation. `notify_channel` is the channel
 -- the doorbell announces on: a random name, so that only roles allowed to
 -- call ds.notify_channel() can LISTEN to paths and tails, and nobody else
@@ -150,9 +163,10 @@ SELECT pg_catalog.pg_extension_config_dump('ds.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.pending', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.path_grants', '');
 SELECT pg_catalog.pg_extension_config_dump('ds.role_quotas', '');
+SELECT pg_catalog.pg_extension_config_dump('ds.retention', '');
 
 REVOKE ALL ON ds.streams, ds.messages, ds.segments, ds.producers, ds.pending, ds.path_grants,
-              ds.role_quotas, ds.settings FROM PUBLIC;
+              ds.role_quotas, ds.retention, ds.settings FROM PUBLIC;
 
 -- Stream registries (ds.create_registry): one row per registered prefix
 -- ('' = every stream) and its registry stream, <prefix>__registry__.

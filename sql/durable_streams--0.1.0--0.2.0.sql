@@ -465,6 +465,102 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'drop_registry_wrapper';
 REVOKE EXECUTE ON FUNCTION ds.create_registry(text), ds.drop_registry(text) FROM PUBLIC;
 
+-- Retention (issue 13): the earliest retained position of each stream,
+-- per-stream policies, ds.head's earliest_offset, and the functions that
+-- set and apply policies.
+ALTER TABLE ds.streams
+    ADD COLUMN retained_from bigint NOT NULL DEFAULT 0 CHECK (retained_from >= 0);
+CREATE TABLE ds.retention (
+    stream_id       bigint PRIMARY KEY,
+    max_age_seconds bigint CHECK (max_age_seconds > 0),
+    max_bytes       bigint CHECK (max_bytes >= 0)
+);
+SELECT pg_catalog.pg_extension_config_dump('ds.retention', '');
+REVOKE ALL ON ds.retention FROM PUBLIC;
+
+-- ds.head gains a column: re-created, keeping the EXECUTE grants roles had
+-- (in one block: a table made here would become a member of the extension).
+DO $head$
+DECLARE
+    regrant text[];
+    g text;
+BEGIN
+    SELECT coalesce(pg_catalog.array_agg(pg_catalog.format(
+               'GRANT EXECUTE ON FUNCTION ds.head(text) TO %s%s',
+               CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                    ELSE pg_catalog.quote_ident(a.grantee::pg_catalog.regrole::pg_catalog.text) END,
+               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+      INTO regrant
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid OPERATOR(pg_catalog.=) 'ds.head(text)'::pg_catalog.regprocedure
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+    DROP FUNCTION ds.head(text);
+    CREATE FUNCTION ds."head"(
+    	"path" TEXT
+    ) RETURNS TABLE (
+    	"stream_id" bigint,
+    	"content_type" TEXT,
+    	"next_offset" TEXT,
+    	"closed" bool,
+    	"ttl_seconds" bigint,
+    	"expires_at" timestamp with time zone,
+    	"earliest_offset" TEXT
+    )
+    STRICT STABLE SECURITY DEFINER
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'head_wrapper';
+    REVOKE EXECUTE ON FUNCTION ds.head(text) FROM PUBLIC;
+    FOREACH g IN ARRAY regrant LOOP
+        EXECUTE g;
+    END LOOP;
+END
+$head$;
+
+CREATE FUNCTION ds."set_retention"(
+	"path" TEXT,
+	"max_age" interval,
+	"max_bytes" bigint
+) RETURNS VOID
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_retention_wrapper';
+CREATE FUNCTION ds."reset_retention"(
+	"path" TEXT
+) RETURNS VOID
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reset_retention_wrapper';
+CREATE FUNCTION ds."retention"(
+	"path" TEXT
+) RETURNS TABLE (
+	"max_age" interval,
+	"max_bytes" bigint,
+	"source" TEXT,
+	"earliest_offset" TEXT
+)
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'retention_wrapper';
+CREATE FUNCTION ds."trim"(
+	"path" TEXT
+) RETURNS TABLE (
+	"segments" bigint,
+	"rows" bigint,
+	"bytes" bigint,
+	"earliest_offset" TEXT
+)
+STRICT SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'trim_wrapper';
+REVOKE EXECUTE ON FUNCTION ds.set_retention(text, interval, bigint), ds.reset_retention(text),
+    ds.retention(text), ds.trim(text) FROM PUBLIC;
+
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the
 -- default plan_cache_mode Postgres re-plans those that take arrays at every

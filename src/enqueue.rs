@@ -178,12 +178,18 @@ fn lock_tag(path: &str) -> pg_sys::LOCKTAG {
     for b in path.bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
+    extension_lock_tag(LOCK_SPACE, hash)
+}
+
+/// A lock tag of ours in this database: `key` in tag space `space` (advisory
+/// lock tags whose `field4` SQL advisory locks never use).
+pub(crate) fn extension_lock_tag(space: u16, key: u64) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set once the backend is connected.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (hash >> 32) as u32,
-        locktag_field3: hash as u32,
-        locktag_field4: LOCK_SPACE,
+        locktag_field2: (key >> 32) as u32,
+        locktag_field3: key as u32,
+        locktag_field4: space,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
     }

@@ -20,6 +20,13 @@ pub enum DsError {
     /// Deleted, but kept because forks still read it (HTTP 410).
     #[error("stream {0:?} was deleted; it is kept only for the forks that read it")]
     Gone(String),
+    /// A read (or fork) from below the earliest retained offset: retention
+    /// dropped that data (SQLSTATE SD410, HTTP 410).
+    #[error(
+        "offset {offset} of stream {path:?} is before its earliest retained offset {earliest} \
+         (retention dropped the data before it): read from {earliest}, or from -1"
+    )]
+    NotRetained { path: String, offset: String, earliest: String },
     /// `ds.create` found a stream with a different configuration.
     #[error("stream {path:?} already exists with a different configuration ({differences})")]
     Conflict { path: String, differences: String },
@@ -115,6 +122,8 @@ impl DsError {
             DsError::Invalid(e) => core_sqlstate(e),
             DsError::NotFound(_) => Code::ERRCODE_UNDEFINED_OBJECT,
             DsError::Gone(_) => Code::ERRCODE_OBJECT_IN_USE,
+            // Rewritten to SD410 while it is raised (see `not_retained`).
+            DsError::NotRetained { .. } => not_retained::PLACEHOLDER,
             DsError::Conflict { .. } => Code::ERRCODE_DUPLICATE_OBJECT,
             DsError::Closed { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             DsError::ContentTypeMismatch { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
@@ -138,7 +147,90 @@ impl DsError {
 
 impl From<DsError> for ErrorReport {
     fn from(e: DsError) -> Self {
-        ErrorReport::new(e.sqlstate(), e.to_string(), "durable_streams")
+        let report = ErrorReport::new(e.sqlstate(), e.to_string(), "durable_streams");
+        match e {
+            DsError::NotRetained { earliest, .. } => {
+                // Only ever converted to be raised at once (the `?` of a
+                // `#[pg_extern]`), which is what `arm` requires.
+                not_retained::arm();
+                report.set_detail(format!("earliest retained offset: {earliest}"))
+            }
+            _ => report,
+        }
+    }
+}
+
+/// SQLSTATE `SD410` for [`DsError::NotRetained`]. Class `SD` is ours
+/// (Postgres never raises it), but pgrx can only raise the codes of its
+/// `PgSqlErrorCode` enum. So the error is raised with a placeholder code and
+/// an error context callback, pushed just before, sets the real code: Postgres
+/// runs context callbacks inside `errfinish`, before the error is thrown,
+/// and `errcode()` there changes the error being raised. Everything that
+/// sees the error (PL/pgSQL handlers, clients, the log) sees SD410.
+pub mod not_retained {
+    use pgrx::PgSqlErrorCode as Code;
+    use pgrx::pg_sys;
+
+    /// What the error carries until the callback runs (and, should it ever
+    /// not run, still a 410 for the sidecar).
+    pub const PLACEHOLDER: Code = Code::ERRCODE_OBJECT_IN_USE;
+
+    /// The five characters of the real code.
+    pub const SQLSTATE: &str = "SD410";
+
+    unsafe extern "C-unwind" {
+        // Excluded from pgrx's bindings; the same declaration pgrx uses.
+        fn errcode(sqlerrcode: std::ffi::c_int) -> std::ffi::c_int;
+    }
+
+    /// PG's MAKE_SQLSTATE of five characters.
+    fn make_sqlstate(code: &str) -> i32 {
+        code.bytes().enumerate().map(|(i, b)| (i32::from(b - b'0') & 0x3F) << (6 * i)).sum()
+    }
+
+    /// Identifies our entry on the error context stack (its `arg`).
+    static MARKER: u8 = 0;
+
+    /// Pushes the callback for the error about to be raised. The caller must
+    /// raise that error before control returns to Postgres: the entry lives
+    /// in the current memory context and is popped by the error's longjmp.
+    pub fn arm() {
+        // SAFETY: a palloc'd callback entry pushed onto the error context
+        // stack; PG_TRY/PG_CATCH restore the stack when the error is thrown.
+        unsafe {
+            let marker = std::ptr::addr_of!(MARKER).cast_mut().cast::<std::ffi::c_void>();
+            let top = pg_sys::error_context_stack;
+            if !top.is_null() && (*top).arg == marker {
+                return; // already on the stack for this error
+            }
+            let entry = pg_sys::palloc0(size_of::<pg_sys::ErrorContextCallback>())
+                .cast::<pg_sys::ErrorContextCallback>();
+            (*entry).previous = pg_sys::error_context_stack;
+            (*entry).callback = Some(rewrite);
+            (*entry).arg = marker;
+            pg_sys::error_context_stack = entry;
+        }
+    }
+
+    /// Runs inside `errfinish` of every report while on the stack (only
+    /// between `arm` and the raise): sets SD410 on the one with the
+    /// placeholder code, ours.
+    unsafe extern "C-unwind" fn rewrite(_arg: *mut std::ffi::c_void) {
+        // SAFETY: called by errfinish with the report on the error stack.
+        unsafe {
+            if pg_sys::geterrcode() == PLACEHOLDER as i32 {
+                errcode(make_sqlstate(SQLSTATE));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn packs_like_postgres() {
+            // ERRCODE_OBJECT_IN_USE is MAKE_SQLSTATE('5','5','0','0','6').
+            assert_eq!(super::make_sqlstate("55006"), super::PLACEHOLDER as i32);
+        }
     }
 }
 

@@ -228,6 +228,7 @@ pub fn init(preloading: bool) {
             flags,
         );
     }
+    crate::retention::define_gucs();
     if preloading {
         define_worker_gucs();
     }

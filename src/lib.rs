@@ -23,6 +23,7 @@ mod maintenance;
 mod quota;
 mod read;
 mod registry;
+mod retention;
 mod sequencer;
 mod storage;
 mod streams;

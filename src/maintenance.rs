@@ -14,8 +14,13 @@ use crate::gucs;
 use crate::storage::{self, Lock, Rotated};
 use crate::streams::{live_stream, retire_stream};
 
-/// Rotates one stream with the current settings.
-pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<Rotated> {
+/// Rotates one stream with the current settings, after any trim of it in
+/// flight (the maintenance lock, see `retention.rs`). With `wait` false
+/// (the worker), a stream being trimmed is skipped this time.
+pub fn rotate_stream(client: &mut SpiClient<'_>, stream_id: i64, wait: bool) -> DsResult<Rotated> {
+    if !crate::retention::lock_maintenance(stream_id, wait) {
+        return Ok(Rotated::default());
+    }
     storage::rotate(client, stream_id, &gucs::rotation())
 }
 
@@ -35,7 +40,7 @@ fn rotate(
     let done = Spi::connect_mut(|client| {
         acl::check_path(client, path, Privilege::Admin)?;
         let s = live_stream(client, path, Lock::None)?;
-        rotate_stream(client, s.stream_id)
+        rotate_stream(client, s.stream_id, true)
     })?;
     Ok(TableIterator::once((done.segments, done.messages, done.bytes)))
 }
@@ -50,7 +55,7 @@ pub struct Cursor(pub i64);
 impl Cursor {
     /// Up to `limit` ids from `query(after, upto)` (ids in `(after, upto]`,
     /// ascending), starting after the cursor and wrapping around once.
-    fn next<T>(
+    pub(crate) fn next<T>(
         &mut self,
         limit: i64,
         id: impl Fn(&T) -> i64,

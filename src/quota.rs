@@ -60,18 +60,26 @@ impl Quotas {
             return Ok(quotas);
         }
         let owners: Vec<Oid> = owners.to_vec();
+        // Retention's column exists only after `ALTER EXTENSION ... UPDATE`.
+        let start = if storage::retention::catalog_has_retention(client)? {
+            "greatest(coalesce(s.fork_pos, 0), s.retained_from)"
+        } else {
+            "coalesce(s.fork_pos, 0)"
+        };
         let table = storage::select(
             client,
-            "SELECT q.role::pg_catalog.oid, q.max_bytes, q.max_streams, \
+            &format!(
+                "SELECT q.role::pg_catalog.oid, q.max_bytes, q.max_streams, \
                     coalesce(u.bytes, 0), coalesce(u.streams, 0) \
              FROM ds.role_quotas q \
              LEFT JOIN LATERAL ( \
-                 SELECT sum(s.tail_pos OPERATOR(pg_catalog.-) coalesce(s.fork_pos, 0))::bigint AS bytes, \
+                 SELECT sum(s.tail_pos OPERATOR(pg_catalog.-) {start})::bigint AS bytes, \
                         count(*) FILTER (WHERE s.path IS NOT NULL AND NOT s.soft_deleted) AS streams \
                  FROM ds.streams s \
                  WHERE s.owner_role::pg_catalog.oid OPERATOR(pg_catalog.=) q.role::pg_catalog.oid \
                    AND s.owner_role IS NOT NULL) u ON true \
-             WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) ANY($1)",
+             WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) ANY($1)"
+            ),
             None,
             &[owners.into()],
         )?;
@@ -136,7 +144,8 @@ impl Quotas {
 }
 
 /// Sets the storage quota of streams created by `role`: at most `max_bytes`
-/// bytes in all (a fork counts only its own appends) and at most
+/// bytes in all (a fork counts only its own appends, and what retention
+/// dropped no longer counts) and at most
 /// `max_streams` streams. NULL lifts a limit; both NULL removes the quota.
 /// Superusers and the extension's owner only.
 #[pg_extern(security_definer)]

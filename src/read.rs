@@ -32,7 +32,13 @@ fn open_for_read(
     if stream.ttl_seconds.is_some() && !storage::in_recovery() {
         storage::touch_stream(client, stream.stream_id)?;
     }
-    let start = from.resolve(stream.tail);
+    // `-1` starts at the earliest retained offset; a named offset below it
+    // was dropped by retention (SD410).
+    let start = match from {
+        ReadFrom::Start => stream.retained_from,
+        other => other.resolve(stream.tail),
+    };
+    crate::retention::check_retained(path, &stream, start)?;
     Ok((stream, start))
 }
 

@@ -224,6 +224,7 @@ fn create_registry(
             closed: false,
             fork: None,
             owner_role: None,
+            retained_from: ds_core::Offset::ZERO,
         };
         let not_a_registry = || DsError::Conflict {
             path: path.clone(),

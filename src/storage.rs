@@ -81,6 +81,7 @@ type RowLimit = std::os::raw::c_long;
 
 pub mod capture;
 pub mod registries;
+pub mod retention;
 pub mod subscriptions;
 
 /// One row of `ds.streams`, with its expiry evaluated at `now()`.
@@ -105,12 +106,16 @@ pub struct StreamRow {
     /// Whether its owner has a quota (`ds.set_quota`): only then is the
     /// owner's usage read (`Quotas::load`).
     pub owner_has_quota: bool,
+    /// Earliest retained position (`src/retention.rs`): reads start here.
+    pub retained_from: Offset,
 }
 
 impl StreamRow {
-    /// Bytes the stream holds of its own (a fork's inherited part excluded).
+    /// Bytes the stream holds of its own (a fork's inherited part and what
+    /// retention dropped excluded).
     pub fn own_bytes(&self) -> i64 {
-        self.tail.as_i64() - self.fork.as_ref().map_or(0, |f| f.pos.as_i64())
+        let start = self.fork.as_ref().map_or(0, |f| f.pos.as_i64());
+        self.tail.as_i64() - start.max(self.retained_from.as_i64())
     }
 }
 
@@ -150,6 +155,14 @@ pub static EXPIRED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// `STREAM_COLUMNS` for a catalog with `retained_from`, or (between a
+/// package upgrade and `ALTER EXTENSION ... UPDATE`) without it.
+fn stream_columns(client: &SpiClient<'_>) -> DsResult<&'static str> {
+    static OLD: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| STREAM_COLUMNS.replace(", retained_from", ", 0::bigint"));
+    Ok(if retention::catalog_has_retention(client)? { &STREAM_COLUMNS } else { &OLD })
+}
+
 static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "stream_id, content_type, ttl_seconds, expires_at, tail_pos, closed, \
@@ -157,7 +170,8 @@ static STREAM_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
          fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, fork_count, \
          soft_deleted, owner_role::pg_catalog.oid, max_bytes, \
          EXISTS (SELECT FROM ds.role_quotas q \
-                 WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid)",
+                 WHERE q.role::pg_catalog.oid OPERATOR(pg_catalog.=) owner_role::pg_catalog.oid), \
+         retained_from",
         expired = *EXPIRED
     )
 });
@@ -189,7 +203,7 @@ fn find_by(
     let table = match lock {
         Lock::None => select(
             client,
-            &format!("SELECT {} FROM ds.streams WHERE {condition}", *STREAM_COLUMNS),
+            &format!("SELECT {} FROM ds.streams WHERE {condition}", stream_columns(client)?),
             Some(1),
             &[key],
         )?,
@@ -198,7 +212,7 @@ fn find_by(
             client,
             &format!(
                 "SELECT {} FROM ds.streams WHERE {condition} FOR NO KEY UPDATE",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             Some(1),
             &[key],
@@ -230,7 +244,7 @@ pub fn lock_streams(
             &format!(
                 "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) $1 \
                  FOR NO KEY UPDATE{wait}",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             None,
             &[(*path).into()],
@@ -241,7 +255,7 @@ pub fn lock_streams(
             &format!(
                 "SELECT {}, path FROM ds.streams WHERE path OPERATOR(pg_catalog.=) ANY($1) \
                  ORDER BY path FOR NO KEY UPDATE{wait}",
-                *STREAM_COLUMNS
+                stream_columns(client)?
             ),
             None,
             &[paths.to_vec().into()],
@@ -249,7 +263,7 @@ pub fn lock_streams(
     };
     let mut rows = Vec::with_capacity(paths.len());
     for row in table {
-        let path: String = row.get(22)?.expect("path = ANY(...) is not NULL");
+        let path: String = row.get(23)?.expect("path = ANY(...) is not NULL");
         rows.push((path, stream_row(&row)?));
     }
     Ok(rows)
@@ -310,6 +324,7 @@ fn stream_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> DsResult<StreamRow> {
         owner_role: row.get(19)?,
         max_bytes: row.get(20)?,
         owner_has_quota: row.get(21)?.expect("EXISTS is never NULL"),
+        retained_from: Offset::from_i64(row.get(22)?.expect("retained_from is NOT NULL")),
     };
     // This transaction may have appended past what the row holds yet.
     crate::tails::overlay(&mut stream);
@@ -327,20 +342,31 @@ pub struct NewStream<'a> {
     /// The creating role (see `StreamRow::owner_role`); `None` for streams
     /// the extension makes itself (registries).
     pub owner_role: Option<pgrx::pg_sys::Oid>,
+    /// Earliest retained position: a fork's is its source's.
+    pub retained_from: Offset,
 }
 
 /// Inserts a stream unless the path is taken; returns its id if inserted.
 /// A fork starts with its tail at the divergence point.
 pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<Option<i64>> {
     let f = s.fork.as_ref();
+    // Before `ALTER EXTENSION ... UPDATE` there is no retained_from (and no
+    // trim): $12 goes unused.
+    let (columns, values) = if retention::catalog_has_retention(client)? {
+        (", retained_from", ", $12")
+    } else {
+        ("", "")
+    };
     let table = update(
         client,
-        "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
-             fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
-             owner_role) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
-                 $11::pg_catalog.regrole) \
-         ON CONFLICT (path) DO NOTHING RETURNING stream_id",
+        &format!(
+            "INSERT INTO ds.streams (path, content_type, ttl_seconds, expires_at, closed, \
+                 fork_source, fork_source_path, fork_offset, fork_sub_offset, fork_pos, tail_pos, \
+                 owner_role{columns}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($10, 0::bigint), \
+                     $11::pg_catalog.regrole{values}) \
+             ON CONFLICT (path) DO NOTHING RETURNING stream_id",
+        ),
         Some(1),
         &[
             s.path.into(),
@@ -354,6 +380,7 @@ pub fn insert_stream(client: &mut SpiClient<'_>, s: &NewStream<'_>) -> DsResult<
             f.map(|f| f.sub_offset).into(),
             f.map(|f| f.pos.as_i64()).into(),
             s.owner_role.into(),
+            s.retained_from.as_i64().into(),
         ],
     )?;
     Ok(table.into_iter().next().map(|r| r.get::<i64>(1)).transpose()?.flatten())
@@ -400,8 +427,12 @@ pub fn delete_stream(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<()>
         "DELETE FROM ds.segments WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.producers WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.pending WHERE stream_id OPERATOR(pg_catalog.=) $1",
+        "DELETE FROM ds.retention WHERE stream_id OPERATOR(pg_catalog.=) $1",
         "DELETE FROM ds.streams WHERE stream_id OPERATOR(pg_catalog.=) $1",
     ] {
+        if query.contains("ds.retention") && !retention::catalog_has_retention(client)? {
+            continue; // not created before `ALTER EXTENSION ... UPDATE`
+        }
         update(client, query, None, &[stream_id.into()])?;
     }
     Ok(())

@@ -219,6 +219,7 @@ fn plain_stream<'a>(req: &CreateRequest<'a>) -> DsResult<NewStream<'a>> {
         closed: req.closed,
         fork: None,
         owner_role: Some(acl::caller()),
+        retained_from: Offset::ZERO,
     })
 }
 
@@ -252,6 +253,13 @@ fn fork_stream<'a>(
         ))
         .into());
     }
+    if anchor < source.retained_from {
+        return Err(DsError::NotRetained {
+            path: f.source.to_owned(),
+            offset: anchor.to_string(),
+            earliest: source.retained_from.to_string(),
+        });
+    }
     let pos = sub_offset_position(client, &source, anchor, f.sub_offset)?;
     // §4.2: with no expiry of its own, a fork inherits the source's.
     let (ttl_seconds, expires_at) = if req.ttl_seconds.is_none() && req.expires_at.is_none() {
@@ -275,6 +283,8 @@ fn fork_stream<'a>(
         closed: req.closed,
         fork: Some(origin),
         owner_role: Some(acl::caller()),
+        // It reads what its source still holds, no earlier.
+        retained_from: source.retained_from,
     };
     Ok((wanted, source.stream_id))
 }
@@ -419,7 +429,8 @@ pub fn live_stream(client: &mut SpiClient<'_>, path: &str, lock: Lock) -> DsResu
     }
 }
 
-/// Metadata of a stream. Does not restart a sliding TTL (§5.1).
+/// Metadata of a stream, with its earliest retained offset (where a read
+/// from `-1` starts). Does not restart a sliding TTL (§5.1).
 #[pg_extern(security_definer, stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn head(
@@ -434,6 +445,7 @@ fn head(
             name!(closed, bool),
             name!(ttl_seconds, Option<i64>),
             name!(expires_at, Option<TimestampWithTimeZone>),
+            name!(earliest_offset, String),
         ),
     >,
     ErrorReport,
@@ -449,6 +461,7 @@ fn head(
         s.closed,
         s.ttl_seconds,
         s.expires_at,
+        s.retained_from.to_string(),
     )))
 }
 

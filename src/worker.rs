@@ -326,6 +326,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
 struct Cursors {
     rotation: maintenance::Cursor,
     expiry: maintenance::Cursor,
+    retention: maintenance::Cursor,
 }
 
 /// One maintenance pass: rotation, expiry, producer retention, each stream
@@ -366,12 +367,13 @@ fn maintenance_pass(cursors: &mut Cursors) {
         }
         reload_if_asked("maintenance");
         match in_transaction(&format!("rotating stream {stream_id}"), || {
-            Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id))
+            Spi::connect_mut(|c| maintenance::rotate_stream(c, stream_id, false))
         }) {
             Some(done) => report.segments += done.segments,
             None => report.errors += 1,
         }
     }
+    trim_pass(cursors, &mut report);
     let cursor = cursors.expiry;
     let expired = in_transaction("listing expired streams", move || {
         let mut cursor = cursor;
@@ -405,14 +407,49 @@ fn maintenance_pass(cursors: &mut Cursors) {
         report.errors += 1;
     }
     doorbell::record_pass(report.segments, report.expired, report.errors);
-    if report.segments > 0 || report.expired > 0 || report.errors > 0 {
+    if report.segments > 0 || report.expired > 0 || report.trimmed > 0 || report.errors > 0 {
         debug1!(
-            "durable_streams worker: pass wrote {} segment(s), expired {} stream(s), {} error(s) in {:?}",
+            "durable_streams worker: pass wrote {} segment(s), expired {} stream(s), \
+             trimmed {} stream(s) by {} bytes, {} error(s) in {:?}",
             report.segments,
             report.expired,
+            report.trimmed,
+            report.trimmed_bytes,
             report.errors,
             started.elapsed()
         );
+    }
+}
+
+/// Retention: each candidate trimmed in its own transaction, skipping
+/// streams another transaction holds (they come round again).
+fn trim_pass(cursors: &mut Cursors, report: &mut PassReport) {
+    const BATCH: i64 = 100;
+    let cursor = cursors.retention;
+    let candidates = in_transaction("listing retention candidates", move || {
+        let mut cursor = cursor;
+        Spi::connect_mut(|c| {
+            crate::retention::candidates(c, &mut cursor, BATCH).map(|v| (v, cursor))
+        })
+    })
+    .map(|(v, c)| {
+        cursors.retention = c;
+        v
+    });
+    for stream_id in candidates.unwrap_or_default() {
+        if BackgroundWorker::sigterm_received() {
+            return;
+        }
+        match in_transaction(&format!("trimming stream {stream_id}"), || {
+            Spi::connect_mut(|c| crate::retention::trim_stream(c, stream_id, false))
+        }) {
+            Some(done) if done.dropped.bytes > 0 || done.dropped.segments > 0 => {
+                report.trimmed += 1;
+                report.trimmed_bytes += done.dropped.bytes;
+            }
+            Some(_) => {}
+            None => report.errors += 1,
+        }
     }
 }
 
@@ -420,6 +457,8 @@ fn maintenance_pass(cursors: &mut Cursors) {
 struct PassReport {
     segments: i64,
     expired: i64,
+    trimmed: i64,
+    trimmed_bytes: i64,
     errors: i64,
 }
 

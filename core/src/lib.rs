@@ -18,6 +18,7 @@ pub mod offset;
 pub mod outcome;
 pub mod producer;
 pub mod registry;
+pub mod retention;
 pub mod segment;
 pub mod state_change;
 pub mod subscription;

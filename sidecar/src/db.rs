@@ -173,6 +173,10 @@ pub struct Head {
     pub ttl_seconds: Option<i64>,
     /// Absolute expiry, RFC 3339 in UTC.
     pub expires_at: Option<String>,
+    /// Earliest retained offset (where a read from `-1` starts); `None`
+    /// from an extension without retention (0.1.0, or a package upgraded
+    /// before `ALTER EXTENSION ... UPDATE`).
+    pub earliest_offset: Option<String>,
 }
 
 const CREATE: &str = "SELECT created, next_offset, content_type, closed \
@@ -195,8 +199,12 @@ const SET_ROLE: &str = "SELECT pg_catalog.set_config('role', $1, true)";
 const READ_CHUNK: &str = "SELECT body, next_offset, up_to_date, closed, content_type, stream_id \
      FROM ds.read_chunk($1, $2, $3)";
 const HEAD: &str = "SELECT stream_id, content_type, next_offset, closed, ttl_seconds, \
-     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), earliest_offset \
      FROM ds.head($1)";
+/// [`HEAD`] for an extension whose `ds.head` has no `earliest_offset` yet.
+const HEAD_WITHOUT_RETENTION: &str = "SELECT stream_id, content_type, next_offset, closed, \
+     ttl_seconds, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+     NULL::text FROM ds.head($1)";
 const DELETE: &str = "SELECT ds.delete($1)";
 const TOUCH: &str = "SELECT ds.touch($1, as_roles => $2)";
 
@@ -705,7 +713,14 @@ impl Db {
         role: Option<&str>,
         path: &str,
     ) -> Result<Option<Head>, DbError> {
-        let rows = self.query_as(role, HEAD, &[&path]).await?;
+        let rows = match self.query_as(role, HEAD, &[&path]).await {
+            Err(DbError::Postgres(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) =>
+            {
+                self.query_as(role, HEAD_WITHOUT_RETENTION, &[&path]).await?
+            }
+            other => other?,
+        };
         let Some(row) = rows.first() else { return Ok(None) };
         Ok(Some(Head {
             stream_id: row.try_get(0)?,
@@ -714,6 +729,7 @@ impl Db {
             closed: row.try_get(3)?,
             ttl_seconds: row.try_get(4)?,
             expires_at: row.try_get(5)?,
+            earliest_offset: row.try_get(6)?,
         }))
     }
 

@@ -108,3 +108,25 @@ SELECT pg_temp.check(NOT EXISTS (SELECT FROM ds.streams WHERE path = 'tenant/b')
 SELECT ds.delete('deleted/src-fork');
 SELECT pg_temp.check(NOT EXISTS (SELECT FROM ds.streams WHERE path IN ('deleted/src', 'deleted/src-fork')),
                      'deleting the last fork removed the soft-deleted source');
+
+-- Retention on old data: streams made before it existed take a policy and a
+-- trim; a read below the earliest offset is SD410; forks made then still
+-- hold their source's data.
+SELECT ds.set_retention('json/rotated', NULL, 0);
+-- (ds.trim or the worker, whichever comes first.)
+SELECT pg_temp.check(t.earliest_offset = h.next_offset,
+                     format('json/rotated trimmed to its tail: %s', t))
+FROM ds.trim('json/rotated') t, ds.head('json/rotated') h;
+SELECT pg_temp.check(count(*) = 0, 'json/rotated reads nothing from -1')
+FROM ds.read('json/rotated');
+DO $$
+BEGIN
+    PERFORM * FROM ds.read('json/rotated', '0000000000000000_0000000000000000');
+    RAISE EXCEPTION 'exercise failed: a read below the earliest offset of json/rotated worked';
+EXCEPTION WHEN SQLSTATE 'SD410' THEN NULL;
+END $$;
+SELECT ds.set_retention('json/orders', NULL, 0);
+SELECT pg_temp.check(earliest_offset = '0000000000000000_0000000000000000',
+                     'json/orders keeps what its forks read: ' || earliest_offset)
+FROM ds.trim('json/orders');
+SELECT ds.reset_retention('json/orders');

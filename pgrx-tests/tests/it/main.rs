@@ -11,6 +11,7 @@ mod hot;
 mod model;
 mod notify;
 mod registry;
+mod retention;
 mod storm;
 mod subscriptions;
 mod transactions;

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use crate::{connect, connect_with_notifications, off, unique_path};
 
 /// Sets worker settings with ALTER SYSTEM and reloads; `reset` undoes them.
-async fn configure(c: &Client, settings: &[(&str, &str)]) {
+pub(crate) async fn configure(c: &Client, settings: &[(&str, &str)]) {
     for (name, value) in settings {
         c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'")).await.unwrap();
     }
@@ -19,7 +19,7 @@ async fn configure(c: &Client, settings: &[(&str, &str)]) {
     sleep(Duration::from_millis(300)).await;
 }
 
-async fn reset(c: &Client, names: &[&str]) {
+pub(crate) async fn reset(c: &Client, names: &[&str]) {
     for name in names {
         c.batch_execute(&format!("ALTER SYSTEM RESET {name}")).await.unwrap();
     }
@@ -335,7 +335,7 @@ async fn a_huge_ttl_from_an_old_install_stops_neither_expiry_nor_delete() {
 
 /// Kills the maintenance worker with SIGKILL: the postmaster then restarts
 /// every process, and the workers reconnect (picking up database settings).
-async fn crash_restart(c: Client) -> Client {
+pub(crate) async fn crash_restart(c: Client) -> Client {
     let pid: i32 = c
         .query_one(
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'durable_streams maintenance'",

@@ -14,7 +14,7 @@ use tokio_postgres::error::SqlState;
 use crate::auth::AuthError;
 use crate::db::DbError;
 use crate::failover::{self, Outage};
-use crate::protocol::headers::{HeaderError, STREAM_CLOSED};
+use crate::protocol::headers::{HeaderError, STREAM_CLOSED, STREAM_EARLIEST_OFFSET};
 
 /// The realm of `WWW-Authenticate` challenges.
 pub const REALM: &str = "durable_streams";
@@ -34,6 +34,10 @@ pub enum ApiError {
     /// The stream was deleted but is kept for its forks (410).
     #[error("{0}")]
     Gone(String),
+    /// The offset is before the earliest retained one (410 +
+    /// `Stream-Earliest-Offset` when the extension said which).
+    #[error("{message}")]
+    NotRetained { message: String, earliest: Option<String> },
     /// Conflicts with the stream's state or configuration (409).
     #[error("{0}")]
     Conflict(String),
@@ -79,6 +83,17 @@ pub enum ApiError {
 /// C function that raised them (`get_role_oid`, ...).
 pub const EXTENSION_ROUTINE: &str = "durable_streams";
 
+/// The extension's SQLSTATE for a read or fork below the earliest retained
+/// offset (class `SD` is ours: Postgres never raises it).
+pub const NOT_RETAINED: &str = "SD410";
+
+/// The earliest retained offset an SD410 names in its detail
+/// (`earliest retained offset: <offset>`).
+pub fn earliest_from_detail(detail: Option<&str>) -> Option<String> {
+    let offset = detail?.strip_prefix("earliest retained offset: ")?;
+    ds_core::Offset::parse(offset).ok().map(|o| o.to_string())
+}
+
 /// SQLSTATEs that name a durable_streams outcome (a missing, deleted,
 /// conflicting or closed stream, a content type mismatch, a limit or quota)
 /// only when the extension raised them. Postgres raises the same built-in
@@ -100,6 +115,7 @@ fn names_an_outcome(code: &SqlState) -> bool {
         SqlState::CONFIGURATION_LIMIT_EXCEEDED,
     ]
     .contains(code)
+        || code.code() == NOT_RETAINED
 }
 
 /// [`status_for_sqlstate`] for an error Postgres reported, raised in
@@ -117,7 +133,7 @@ pub fn status_for_db_error(code: &SqlState, routine: Option<&str>) -> Option<Sta
 pub fn status_for_sqlstate(code: &SqlState) -> Option<StatusCode> {
     let status = match code {
         c if *c == SqlState::UNDEFINED_OBJECT => StatusCode::NOT_FOUND,
-        c if *c == SqlState::OBJECT_IN_USE => StatusCode::GONE,
+        c if *c == SqlState::OBJECT_IN_USE || c.code() == NOT_RETAINED => StatusCode::GONE,
         c if *c == SqlState::DUPLICATE_OBJECT => StatusCode::CONFLICT,
         c if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => StatusCode::CONFLICT,
         c if *c == SqlState::DATATYPE_MISMATCH => StatusCode::CONFLICT,
@@ -151,6 +167,9 @@ impl ApiError {
     pub fn from_sqlstate(code: &SqlState, message: String) -> ApiError {
         match status_for_sqlstate(code) {
             Some(StatusCode::NOT_FOUND) => ApiError::NotFound,
+            Some(StatusCode::GONE) if code.code() == NOT_RETAINED => {
+                ApiError::NotRetained { message, earliest: None }
+            }
             Some(StatusCode::GONE) => ApiError::Gone(message),
             Some(StatusCode::CONFLICT) if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => {
                 ApiError::StreamClosed(message)
@@ -181,7 +200,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Gone(_) | ApiError::NotRetained { .. } => StatusCode::GONE,
             ApiError::Conflict(_) | ApiError::StreamClosed(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -212,7 +231,13 @@ impl From<DbError> for ApiError {
                         db.message()
                     ))
                 }
-                Some(db) => ApiError::from_sqlstate(db.code(), db.message().to_owned()),
+                Some(db) => match ApiError::from_sqlstate(db.code(), db.message().to_owned()) {
+                    ApiError::NotRetained { message, .. } => ApiError::NotRetained {
+                        message,
+                        earliest: earliest_from_detail(db.detail()),
+                    },
+                    other => other,
+                },
                 None => ApiError::Unavailable(e),
             },
             DbError::Pool(_) | DbError::Batch(_) | DbError::Unavailable(..) => {
@@ -291,6 +316,11 @@ impl IntoResponse for ApiError {
             ApiError::StreamClosed(_) => {
                 response.headers_mut().insert(STREAM_CLOSED, HeaderValue::from_static("true"));
             }
+            ApiError::NotRetained { earliest: Some(earliest), .. } => {
+                if let Ok(v) = HeaderValue::from_str(&earliest) {
+                    response.headers_mut().insert(STREAM_EARLIEST_OFFSET, v);
+                }
+            }
             ApiError::Busy(_) | ApiError::Unavailable(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -331,6 +361,7 @@ mod tests {
         check("42501", Some(403));
         check("53400", Some(507));
         check("53100", Some(507));
+        check("SD410", Some(410));
         check("XX000", None);
         check("40001", None);
     }
@@ -349,6 +380,7 @@ mod tests {
             ("42804", 409),
             ("54000", 413),
             ("53400", 507),
+            ("SD410", 410),
         ] {
             assert_eq!(status(code, ours), Some(want), "{code}");
             // As Postgres raises them (routines seen in its error reports).
@@ -394,6 +426,23 @@ mod tests {
             ApiError::from_sqlstate(&SqlState::DISK_FULL, "could not extend base/1/2".into());
         assert_eq!(disk.status(), 507);
         assert!(!disk.to_string().contains("base/1/2"));
+    }
+
+    #[test]
+    fn not_retained_is_410_with_the_earliest_offset() {
+        let at = "0000000000000000_0000000000000021";
+        assert_eq!(
+            earliest_from_detail(Some(&format!("earliest retained offset: {at}"))).as_deref(),
+            Some(at)
+        );
+        assert_eq!(earliest_from_detail(Some("earliest retained offset: x\r\n")), None);
+        assert_eq!(earliest_from_detail(None), None);
+        let e = ApiError::from_sqlstate(&SqlState::from_code("SD410"), "before".into());
+        assert!(matches!(e, ApiError::NotRetained { .. }));
+        let e = ApiError::NotRetained { message: "before".into(), earliest: Some(at.into()) };
+        let r = e.into_response();
+        assert_eq!(r.status(), 410);
+        assert_eq!(r.headers()[STREAM_EARLIEST_OFFSET], at);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::metrics::OutcomeLabels;
 use crate::protocol::etag;
 use crate::protocol::headers::{
     self, HeaderError, PRODUCER_EPOCH, PRODUCER_ID, PRODUCER_SEQ, STREAM_CLOSED, STREAM_CURSOR,
-    STREAM_EXPIRES_AT, STREAM_FORK_OFFSET, STREAM_FORK_SUB_OFFSET, STREAM_FORKED_FROM,
-    STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_TTL, STREAM_UP_TO_DATE,
+    STREAM_EARLIEST_OFFSET, STREAM_EXPIRES_AT, STREAM_FORK_OFFSET, STREAM_FORK_SUB_OFFSET,
+    STREAM_FORKED_FROM, STREAM_NEXT_OFFSET, STREAM_SEQ, STREAM_TTL, STREAM_UP_TO_DATE,
 };
 use crate::protocol::query::{Live, ReadParams};
 
@@ -172,6 +172,9 @@ pub(super) async fn head(
         .set(header::CACHE_CONTROL, NO_STORE)
         .set(header::ETAG, etag::format(meta.stream_id, "-1", &meta.next_offset, meta.closed))
         .flag(STREAM_CLOSED, meta.closed);
+    if let Some(earliest) = &meta.earliest_offset {
+        h.set(STREAM_EARLIEST_OFFSET, earliest);
+    }
     if let Some(ttl) = meta.ttl_seconds {
         h.set(STREAM_TTL, ttl.to_string());
     }
@@ -233,9 +236,16 @@ pub(super) fn start_offset(from: ReadFrom) -> Option<String> {
     }
 }
 
-/// Whether a chunk read from `start` carries any data.
+/// Whether a chunk read from `start` carries any data. A read from `-1`
+/// starts at the earliest retained offset, which only the extension knows:
+/// a stream that retention emptied answers it with no data at a later
+/// offset, so the body decides too (an empty JSON read is `[]`).
 pub(super) fn has_data(start: Option<&str>, chunk: &Chunk) -> bool {
-    start.is_some_and(|s| s != chunk.next_offset)
+    let empty_body = chunk.body.is_empty()
+        || (chunk.body.as_ref() == b"[]"
+            && ds_core::content_type::mode(&chunk.content_type)
+                .is_ok_and(|m| m == ds_core::content_type::Mode::Json));
+    start.is_some_and(|s| s != chunk.next_offset) && !empty_body
 }
 
 /// A `200` carrying a chunk: protocol headers, ETag, Cache-Control.

@@ -22,6 +22,9 @@ pub const STREAM_CURSOR: HeaderName = HeaderName::from_static("stream-cursor");
 pub const STREAM_TTL: HeaderName = HeaderName::from_static("stream-ttl");
 /// `Stream-Expires-At`.
 pub const STREAM_EXPIRES_AT: HeaderName = HeaderName::from_static("stream-expires-at");
+/// `Stream-Earliest-Offset` (HEAD, and a 410 for an offset retention
+/// dropped): the earliest retained offset, where a read from `-1` starts.
+pub const STREAM_EARLIEST_OFFSET: HeaderName = HeaderName::from_static("stream-earliest-offset");
 /// `Stream-Seq`.
 pub const STREAM_SEQ: HeaderName = HeaderName::from_static("stream-seq");
 /// `Stream-SSE-Data-Encoding`.
@@ -62,8 +65,9 @@ pub const REQUEST_HEADERS: [&str; 13] = [
 ];
 
 /// Response headers a browser may read (CORS `Access-Control-Expose-Headers`).
-pub const EXPOSED_HEADERS: [&str; 15] = [
+pub const EXPOSED_HEADERS: [&str; 16] = [
     "stream-next-offset",
+    "stream-earliest-offset",
     "stream-cursor",
     "stream-up-to-date",
     "stream-closed",
