@@ -190,32 +190,8 @@ fn push_json_string(out: &mut String, s: &str) {
 /// RFC 3339 (UTC, microseconds) of a Postgres timestamp: microseconds since
 /// 2000-01-01 00:00:00 UTC.
 pub fn rfc3339_from_pg_micros(micros: i64) -> String {
-    const UNIX_TO_PG_DAYS: i64 = 10_957;
-    let days = micros.div_euclid(86_400_000_000) + UNIX_TO_PG_DAYS;
-    let in_day = micros.rem_euclid(86_400_000_000);
-    let (y, m, d) = civil_from_days(days);
-    let secs = in_day / 1_000_000;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        in_day % 1_000_000
-    )
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian;
-/// Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+    crate::registry::rfc3339(micros.saturating_add(PG_EPOCH_UNIX_MICROS))
 }
 
 #[cfg(test)]
