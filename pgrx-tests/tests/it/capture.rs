@@ -18,23 +18,11 @@ fn unique_table(name: &str) -> String {
 
 /// Every message of `path`, parsed.
 async fn messages(client: &Client, path: &str) -> Vec<Value> {
-    let (mut out, mut from) = (Vec::new(), "-1".to_owned());
-    loop {
-        let rows = client
-            .query(
-                "SELECT next_offset, convert_from(data, 'UTF8') FROM ds.read($1, $2)",
-                &[&path, &from],
-            )
-            .await
-            .unwrap();
-        if rows.is_empty() {
-            return out;
-        }
-        for r in &rows {
-            out.push(serde_json::from_str(r.get::<_, &str>(1)).unwrap());
-            from = r.get(0);
-        }
-    }
+    crate::hot::messages(client, path)
+        .await
+        .into_iter()
+        .map(|(_, text)| serde_json::from_str(&text).unwrap())
+        .collect()
 }
 
 /// Waits until nothing the table's writers committed waits for an offset.
