@@ -238,6 +238,16 @@ const OUTPUT_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 5] = [
     (c"bytea_output", c"hex"),
 ];
 
+/// Whether the session's time zone is a fixed offset of zero (prints like UTC).
+fn session_is_utc() -> bool {
+    let mut offset: std::ffi::c_long = 1;
+    // SAFETY: reads the session's time zone, which Postgres always sets.
+    unsafe {
+        let tz = pg_sys::session_timezone;
+        !tz.is_null() && pg_sys::pg_get_timezone_offset(tz, &mut offset) && offset == 0
+    }
+}
+
 /// Runs `f` with `settings`, setting (for its duration) only those whose
 /// current value differs: sessions that keep the defaults pay nothing.
 fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> T) -> T {
@@ -246,6 +256,11 @@ fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnO
     let differing: Vec<_> = settings
         .iter()
         .filter(|(name, value)| unsafe {
+            if *name == c"TimeZone" && *value == c"UTC" && session_is_utc() {
+                // "Etc/UTC", "GMT", ...: the same output. Setting TimeZone
+                // would also send the client a ParameterStatus each time.
+                return false;
+            }
             let current = pg_sys::GetConfigOption(name.as_ptr(), true, false);
             current.is_null() || std::ffi::CStr::from_ptr(current) != *value
         })
