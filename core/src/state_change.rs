@@ -162,7 +162,12 @@ impl<'a> Row<'a> {
 
 /// A JSON string's contents, or any other value's JSON text.
 pub fn scalar_text(value: &RawValue) -> String {
-    serde_json::from_str::<String>(value.get()).unwrap_or_else(|_| value.get().to_owned())
+    let raw = value.get();
+    if !raw.starts_with('"') {
+        // Not a string: its JSON text (and no parse error built per row).
+        return raw.to_owned();
+    }
+    serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned())
 }
 
 struct Columns<'a>(std::marker::PhantomData<&'a ()>);
