@@ -53,6 +53,11 @@ static ENDED: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_enq
 /// Bumped by every quota change (`ds.set_quota`, `ds.set_stream_quota`):
 /// `KNOWN` entries from before are not trusted to be quota-free.
 static QUOTA_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_quota_epoch") };
+/// Bumped by everyone who locks enqueuers out of a path (closes, deletes,
+/// expiry), as soon as they hold that lock: a `KNOWN` entry cached before
+/// may describe a stream that is closed or gone by the time an enqueuer
+/// gets the path lock again, and is checked against the table instead.
+static STATE_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"durable_streams_state_epoch") };
 /// One more than `PRE_COMMITTED` as of the last sequencer round that left
 /// nothing pending: while it still matches `PRE_COMMITTED`, no committed
 /// enqueue waits for an offset and a locking append need not look (0, as
@@ -71,11 +76,28 @@ thread_local! {
     /// Whether this transaction counted itself in `PRE_COMMITTED`.
     static COUNTED: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
-    /// Path → (stream id, content type, quota epoch) of quota-free streams
-    /// this backend enqueued into: id and type never change for a stream,
-    /// so a hit needs only the one INSERT that also checks the stream is
-    /// still there, open and live, as long as no quota changed since.
-    static KNOWN: RefCell<HashMap<String, (i64, String, u64)>> = RefCell::new(HashMap::new());
+    /// Path → what this backend knows of a quota-free stream it enqueued
+    /// into: id and type never change for a stream, so a hit needs one
+    /// INSERT, as long as no quota changed since (`QUOTA_EPOCH`). That
+    /// INSERT also checks the stream is still there, open and live, unless
+    /// nobody locked enqueuers out of any path since (`STATE_EPOCH`) and
+    /// the stream cannot expire by itself (no TTL or expiry time).
+    static KNOWN: RefCell<HashMap<String, Known>> = RefCell::new(HashMap::new());
+}
+
+#[derive(Clone)]
+struct Known {
+    stream_id: i64,
+    content_type: String,
+    quota_epoch: u64,
+    state_epoch: Option<u64>,
+    /// Has a TTL or an expiry time: may expire without anyone locking.
+    expires: bool,
+}
+
+/// The current `STATE_EPOCH` (None without shared memory: never trusted).
+fn state_epoch() -> Option<u64> {
+    PRELOADED.load(Ordering::Relaxed).then(|| STATE_EPOCH.get().load(Ordering::Acquire))
 }
 
 /// Streams `KNOWN` remembers at most (then it starts over).
@@ -95,6 +117,7 @@ pub fn init_shared_memory() {
     pg_shmem_init!(ENDED);
     pg_shmem_init!(SEQUENCED_THROUGH);
     pg_shmem_init!(QUOTA_EPOCH);
+    pg_shmem_init!(STATE_EPOCH);
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
@@ -205,7 +228,14 @@ pub fn lock_out_enqueuers(path: &str, wait: LockWait) -> bool {
     let got = unsafe {
         pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait)
     };
-    got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    let locked = got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
+    if locked && PRELOADED.load(Ordering::Relaxed) {
+        // Before anything changes: an enqueuer that gets the path lock after
+        // this transaction ends sees the new epoch (and one that aborts
+        // only costs others a look at the table).
+        STATE_EPOCH.get().fetch_add(1, Ordering::AcqRel);
+    }
+    locked
 }
 
 fn register_callback() {
@@ -293,14 +323,22 @@ pub(crate) fn enqueue_as(
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
     Spi::connect_mut(|client| {
         acl::require(client, as_role.unwrap_or_else(acl::caller), path, Privilege::Append)?;
-        if let Some((stream_id, content_type, epoch)) =
-            KNOWN.with(|k| k.borrow().get(path).cloned())
-        {
-            let mode = content_type::mode(&content_type)?;
-            if quota_epoch() == Some(epoch) && (!json_only || mode == Mode::Json) {
-                let messages = messages_for(mode, &content_type, data, Purpose::Append)?;
+        if let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
+            let mode = content_type::mode(&known.content_type)?;
+            if quota_epoch() == Some(known.quota_epoch) && (!json_only || mode == Mode::Json) {
+                let messages = messages_for(mode, &known.content_type, data, Purpose::Append)?;
                 let seqs = next_seqs(messages.len());
-                if storage::insert_pending_if_open(client, path, stream_id, seqs, messages)? {
+                // Under our path lock, an unchanged epoch means no close,
+                // delete or expiry of any stream since the entry was made.
+                let unchanged = !known.expires
+                    && known.state_epoch.is_some()
+                    && state_epoch() == known.state_epoch;
+                if unchanged {
+                    storage::insert_pending(client, known.stream_id, seqs, messages)?;
+                    enqueued();
+                    return Ok(());
+                }
+                if storage::insert_pending_if_open(client, path, known.stream_id, seqs, messages)? {
                     enqueued();
                     return Ok(());
                 }
@@ -309,6 +347,8 @@ pub(crate) fn enqueue_as(
             KNOWN.with(|k| k.borrow_mut().remove(path));
         }
         // Read after the lock: a close that committed meanwhile is seen.
+        // The epoch first: a close after this read bumps it.
+        let states = state_epoch();
         let stream = storage::find_stream(client, path, Lock::None)?
             .filter(|s| !s.expired)
             .ok_or_else(|| DsError::NotFound(path.to_owned()))?;
@@ -347,7 +387,17 @@ pub(crate) fn enqueue_as(
                 if known.len() >= KNOWN_CAPACITY {
                     known.clear();
                 }
-                known.insert(path.to_owned(), (stream.stream_id, stream.content_type, epoch));
+                let expires = stream.ttl_seconds.is_some() || stream.expires_at.is_some();
+                known.insert(
+                    path.to_owned(),
+                    Known {
+                        stream_id: stream.stream_id,
+                        content_type: stream.content_type,
+                        quota_epoch: epoch,
+                        state_epoch: states,
+                        expires,
+                    },
+                );
             });
         }
         Ok(())

@@ -381,3 +381,34 @@ async fn a_quota_set_after_an_enqueue_applies_to_the_next_one() {
     client.execute("SELECT ds.enqueue($1, 'de'::bytea)", &[&path]).await.unwrap();
     wait_for_tail(&admin, &path, 5).await;
 }
+
+/// A backend that enqueued into a stream remembers it; a close, a delete
+/// and a re-create of the path by other sessions are still seen by its next
+/// enqueue (the remembered stream is checked again after anyone locked
+/// enqueuers out).
+#[tokio::test]
+async fn a_remembered_stream_closed_or_replaced_elsewhere_is_seen() {
+    let path = unique_path("hot-remembered");
+    let enqueuer = connect().await;
+    let other = connect().await;
+    other.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'a'::text)", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'b'::text)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.close($1)", &[&path]).await.unwrap();
+    let e = enqueuer.execute("SELECT ds.enqueue($1, 'c'::text)", &[&path]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "closed elsewhere: {e}");
+
+    other.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
+    let e = enqueuer.execute("SELECT ds.enqueue($1, 'd'::text)", &[&path]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42704", "deleted elsewhere: {e}");
+
+    other.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'e'::text)", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'f'::text)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'g'::text)", &[&path]).await.unwrap();
+    wait_for_tail(&other, &path, 1).await;
+    let got: Vec<String> = messages(&other, &path).await.into_iter().map(|m| m.1).collect();
+    assert_eq!(got, vec!["g"], "the new stream at the path took the enqueue");
+}
