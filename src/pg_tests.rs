@@ -308,8 +308,15 @@ mod tests {
         );
         assert_eq!(executable, "");
         assert!(!boolean("SELECT has_table_privilege('ds_test_nobody', 'ds.messages', 'SELECT')"));
+        // Every function runs as the extension's owner, except the capture
+        // trigger: it runs as the writer and switches identities itself
+        // (capture.rs), so the capture's own SQL never runs as the owner.
         assert!(boolean(
-            "SELECT bool_and(prosecdef) FROM pg_proc WHERE pronamespace = 'ds'::regnamespace"
+            "SELECT bool_and(prosecdef) FROM pg_proc WHERE pronamespace = 'ds'::regnamespace \
+             AND oid <> 'ds.capture_trigger()'::regprocedure"
+        ));
+        assert!(!boolean(
+            "SELECT prosecdef FROM pg_proc WHERE oid = 'ds.capture_trigger()'::regprocedure"
         ));
     }
 
