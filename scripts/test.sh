@@ -44,8 +44,15 @@ install_extension
 PORT="${DS_TEST_PORT:-54371}"
 TEST_DIR="$(mktemp -d /tmp/ds-test-cluster.XXXXXX)"
 cleanup() {
+    local status=$?
     [ -z "${SIDECAR_PID:-}" ] || kill "$SIDECAR_PID" 2>/dev/null || true
     cluster_stop "$TEST_DIR" || true
+    if [ "$status" != 0 ] && [ -f "$TEST_DIR/server.log" ]; then
+        # The cluster goes with TEST_DIR: show what its server saw first.
+        log "the test cluster's server log (crashes and restarts, then its last lines)"
+        grep -E "terminated by signal|PANIC|all server processes terminated" "$TEST_DIR/server.log" || true
+        tail -60 "$TEST_DIR/server.log" || true
+    fi
     rm -rf "$TEST_DIR"
 }
 trap cleanup EXIT
