@@ -120,6 +120,15 @@ pub fn extension_owner(client: &SpiClient<'_>) -> DsResult<Oid> {
     Ok(owner)
 }
 
+/// Whether `role` surely skips path checks, without running SQL (the
+/// extension's owner is known only once [`extension_owner`] read it).
+pub fn exempt_without_sql(role: Oid) -> bool {
+    // SAFETY: catalog lookup.
+    !gucs::path_checks()
+        || unsafe { pg_sys::superuser_arg(role) }
+        || with_cache(|c| c.owner) == Some(role)
+}
+
 /// Whether `role` skips path checks: superusers, the extension's owner, and
 /// everyone while `ds.path_checks` is off.
 pub fn exempt(client: &SpiClient<'_>, role: Oid) -> DsResult<bool> {

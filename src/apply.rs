@@ -185,12 +185,15 @@ fn sequence_pending(
     if !enqueue::may_have_pending() {
         return Ok(0);
     }
-    sequence_pending_always(client, streams)
+    sequence_pending_always(client, streams, 0)
 }
 
+/// Sequences the committed pending appends (with an xid of at least
+/// `floor`) of the open streams among `streams`.
 fn sequence_pending_always(
     client: &mut SpiClient<'_>,
     streams: &mut HashMap<String, Locked>,
+    floor: u64,
 ) -> DsResult<usize> {
     let open: Vec<&Locked> = streams.values().filter(|s| !s.row.closed).collect();
     if open.is_empty() {
@@ -198,7 +201,7 @@ fn sequence_pending_always(
     }
     let ids: Vec<i64> = open.iter().map(|s| s.row.stream_id).collect();
     let tails: Vec<i64> = open.iter().map(|s| s.row.tail.as_i64()).collect();
-    let moved = storage::sequence_pending(client, ids, tails)?;
+    let moved = storage::sequence_pending(client, ids, tails, floor)?;
     let mut messages = 0;
     for (stream_id, tail, count) in moved {
         if let Some(s) = streams.values_mut().find(|s| s.row.stream_id == stream_id) {
@@ -213,23 +216,28 @@ fn sequence_pending_always(
 /// What the sequencer does in one transaction: locks (at most `limit`)
 /// streams with committed `ds.enqueue` appends, skipping those another
 /// transaction holds (its own locking append sequences them), and gives
-/// their appends offsets. Returns how many messages were sequenced.
-pub fn sequence_committed(client: &mut SpiClient<'_>, limit: i64) -> DsResult<Round> {
-    let paths = storage::paths_with_pending(client, limit)?;
-    if paths.is_empty() {
-        return Ok(Round { messages: 0, drained: true });
+/// their appends offsets. Looks only at appends with an xid of at least
+/// `floor`, which the caller knows leaves nothing committed out.
+pub fn sequence_committed(client: &mut SpiClient<'_>, limit: usize, floor: u64) -> DsResult<Round> {
+    // Before the snapshots below: whatever committed under this xid, they
+    // see (and the round moves, if it drains).
+    let oldest_running = storage::oldest_running_xid(client)?;
+    let found = storage::paths_with_pending(client, limit, floor)?;
+    if found.paths.is_empty() && found.complete {
+        return Ok(Round { messages: 0, drained: true, next_floor: oldest_running.max(floor) });
     }
-    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let paths: Vec<&str> = found.paths.iter().map(String::as_str).collect();
     let mut streams: HashMap<String, Locked> = storage::lock_streams(client, &paths, true)?
         .into_iter()
         .map(|(path, row)| (path, Locked { row, changed: false, fields_changed: false }))
         .collect();
-    let messages = sequence_pending_always(client, &mut streams)?;
+    let messages = sequence_pending_always(client, &mut streams, floor)?;
     write_back(client, &streams)?;
     // Drained if every stream that had pending appends was locked and the
     // candidate list was not cut short.
-    let drained = streams.len() == paths.len() && (paths.len() as i64) < limit;
-    Ok(Round { messages, drained })
+    let drained = found.complete && streams.len() == paths.len();
+    let next_floor = if drained { oldest_running.max(floor) } else { floor };
+    Ok(Round { messages, drained, next_floor })
 }
 
 /// What one sequencer round did.
@@ -238,6 +246,11 @@ pub struct Round {
     pub messages: usize,
     /// Nothing committed was left pending (as of the round's snapshot).
     pub drained: bool,
+    /// The floor for the next round, once this one commits: every
+    /// transaction below it had ended before the round looked, so what
+    /// they committed was moved (a drained round) or still is at or above
+    /// the old floor (otherwise the floor stays).
+    pub next_floor: u64,
 }
 
 /// Writes the changed streams' rows (or only remembers their tails, see

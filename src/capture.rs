@@ -365,9 +365,8 @@ fn write(capture: &Capture, messages: &[String]) -> DsResult<()> {
     if messages.is_empty() {
         return Ok(());
     }
-    let body = if let [one] = messages { one.clone() } else { format!("[{}]", messages.join(",")) };
     as_role(owner, false, || {
-        enqueue::enqueue_as(&capture.row.path, body.as_bytes(), true, Some(owner))
+        enqueue::enqueue_as(&capture.row.path, enqueue::Payload::BuiltJson(messages), Some(owner))
     })
     .map_err(|e| match e {
         DsError::NotFound(_) | DsError::Gone(_) | DsError::Closed { .. } => {

@@ -36,6 +36,7 @@ use crate::acl;
 use crate::append::messages_for;
 use crate::apply::LockWait;
 use crate::error::{DsError, DsResult};
+use crate::gucs;
 use crate::quota::Quotas;
 use crate::storage::{self, Lock};
 
@@ -296,37 +297,93 @@ pub fn lock_free_possible() -> bool {
 }
 
 fn enqueue(path: &str, data: &[u8], json_only: bool) -> DsResult<()> {
-    enqueue_as(path, data, json_only, None)
+    enqueue_as(path, Payload::Body { data, json_only }, None)
+}
+
+/// What one enqueue appends.
+pub(crate) enum Payload<'a> {
+    /// A request body, split into messages by the stream's content type;
+    /// `json_only`: the stream must be a JSON stream (a jsonb argument).
+    Body { data: &'a [u8], json_only: bool },
+    /// JSON messages the extension built itself (change capture), already
+    /// compact and valid: stored as they are, for a JSON stream only, after
+    /// the size and depth limits a body of them would meet.
+    BuiltJson(&'a [String]),
+}
+
+impl Payload<'_> {
+    fn json_only(&self) -> bool {
+        match self {
+            Payload::Body { json_only, .. } => *json_only,
+            Payload::BuiltJson(_) => true,
+        }
+    }
+
+    /// The stored messages for a stream of `content_type` (in `mode`).
+    fn messages(&self, mode: Mode, content_type: &str) -> Result<Vec<Vec<u8>>, CoreError> {
+        match self {
+            Payload::Body { data, .. } => messages_for(mode, content_type, data, Purpose::Append),
+            Payload::BuiltJson(messages) => {
+                let bytes = messages.iter().map(String::len).sum::<usize>() + messages.len() + 1;
+                limits::validate_body_size(bytes, gucs::max_append_bytes())?;
+                let json_limits = gucs::json_limits();
+                if messages.len() > json_limits.max_messages {
+                    return Err(CoreError::TooManyMessages { max: json_limits.max_messages });
+                }
+                for m in messages.iter() {
+                    ds_core::json::check_built_message(m, json_limits)?;
+                    debug_assert_eq!(
+                        ds_core::json::split_messages(m.as_bytes(), Purpose::Append, json_limits)
+                            .ok(),
+                        Some(vec![m.clone().into_bytes()]),
+                        "a built message is stored as an append of it would be"
+                    );
+                }
+                Ok(messages.iter().map(|m| m.clone().into_bytes()).collect())
+            }
+        }
+    }
 }
 
 /// `ds.enqueue` with the privileges of `as_role` (None: the caller); the
 /// extension's own writers (change capture) pass its owner.
 pub(crate) fn enqueue_as(
     path: &str,
-    data: &[u8],
-    json_only: bool,
+    payload: Payload<'_>,
     as_role: Option<pg_sys::Oid>,
 ) -> DsResult<()> {
     storage::require_primary("ds.enqueue")?;
     limits::validate_path(path)?;
     crate::registry::refuse_reserved(path)?;
-    if data.is_empty() {
+    let json_only = payload.json_only();
+    if let Payload::Body { data: [], .. } | Payload::BuiltJson([]) = payload {
         return Err(CoreError::EmptyAppend.into());
     }
     if !lock_free_possible() {
         // Same outcome, ordered now: the locking append.
-        crate::append::simple_append_as(path, data, json_only, as_role)?;
+        let body = match &payload {
+            Payload::Body { data, .. } => std::borrow::Cow::Borrowed(*data),
+            Payload::BuiltJson([one]) => std::borrow::Cow::Borrowed(one.as_bytes()),
+            Payload::BuiltJson(many) => std::borrow::Cow::Owned(ds_core::json::join_messages(
+                many.iter().map(|m| m.as_bytes()),
+            )),
+        };
+        crate::append::simple_append_as(path, &body, json_only, as_role)?;
         return Ok(());
     }
     let tag = lock_tag(path);
     // SAFETY: a transaction-level heavyweight lock on a tag we own.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false) };
+    let role = as_role.unwrap_or_else(acl::caller);
+    if acl::exempt_without_sql(role) && enqueue_known(path, &payload)? {
+        return Ok(());
+    }
     Spi::connect_mut(|client| {
         acl::require(client, as_role.unwrap_or_else(acl::caller), path, Privilege::Append)?;
         if let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
             let mode = content_type::mode(&known.content_type)?;
             if quota_epoch() == Some(known.quota_epoch) && (!json_only || mode == Mode::Json) {
-                let messages = messages_for(mode, &known.content_type, data, Purpose::Append)?;
+                let messages = payload.messages(mode, &known.content_type)?;
                 let seqs = next_seqs(messages.len());
                 // Under our path lock, an unchanged epoch means no close,
                 // delete or expiry of any stream since the entry was made.
@@ -369,7 +426,7 @@ pub(crate) fn enqueue_as(
                 given: "application/json (jsonb argument)".into(),
             });
         }
-        let messages = messages_for(mode, &stream.content_type, data, Purpose::Append)?;
+        let messages = payload.messages(mode, &stream.content_type)?;
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
         // Read before the quota check: a change after it invalidates the entry.
         let epoch = quota_epoch();
@@ -402,6 +459,30 @@ pub(crate) fn enqueue_as(
         }
         Ok(())
     })
+}
+
+/// The hot path, without SQL: a stream `KNOWN` since nothing changed (no
+/// quota, no close, delete or expiry of any stream), for a caller exempt
+/// from path checks. False if that does not hold (nothing written).
+fn enqueue_known(path: &str, payload: &Payload<'_>) -> DsResult<bool> {
+    let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) else { return Ok(false) };
+    let mode = content_type::mode(&known.content_type)?;
+    // Under our path lock, an unchanged epoch means no close, delete or
+    // expiry of any stream since the entry was made.
+    let unchanged = quota_epoch() == Some(known.quota_epoch)
+        && !known.expires
+        && known.state_epoch.is_some()
+        && state_epoch() == known.state_epoch;
+    if !unchanged || (payload.json_only() && mode != Mode::Json) {
+        return Ok(false);
+    }
+    let messages = payload.messages(mode, &known.content_type)?;
+    let seqs = next_seqs(messages.len());
+    if !storage::insert_pending_directly(known.stream_id, &seqs, &messages) {
+        return Ok(false);
+    }
+    enqueued();
+    Ok(true)
 }
 
 /// Enqueues `messages` (stored form) to the stream `stream_id` at `path` on

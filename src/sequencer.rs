@@ -26,7 +26,7 @@ use crate::worker::{VersionGate, in_transaction, reload_if_asked, start_worker};
 use crate::{apply, enqueue, storage};
 
 /// Streams one sequencing transaction locks at most.
-const BATCH_STREAMS: i64 = 256;
+const BATCH_STREAMS: usize = 256;
 /// How often the sequencer looks without being woken: rows of a prepared
 /// transaction (whose COMMIT PREPARED wakes nobody), or of commits made
 /// while it restarted.
@@ -59,6 +59,20 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
     let database = start_worker();
     enqueue::register_sequencer();
     log!("durable_streams sequencer: sequencing ds.enqueue appends in database \"{database}\"");
+    // Its statements read ds.pending through an index from the floor up
+    // (see `floor` below). The planner, which sees a small table, would
+    // scan all of it, with every row moved since the last vacuum.
+    // Generic plans, made once: a custom plan per round (which the plan
+    // cache picks when it estimates one cheaper) costs more than the round.
+    in_transaction("preferring index scans and generic plans", || {
+        Spi::run("SET enable_seqscan = off")?;
+        Spi::run("SET plan_cache_mode = force_generic_plan")?;
+        Ok(())
+    });
+    // No transaction below `floor` (an xid) has anything committed left in
+    // ds.pending: rounds look from there up, never at the rows moved
+    // earlier that wait for vacuum. 0 after a restart: look at everything.
+    let mut floor = 0u64;
     let mut gate = VersionGate::default();
     let mut wake = Duration::ZERO;
     let mut last_round = Instant::now();
@@ -81,10 +95,11 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
             // Read before the round's snapshot (see enqueue::quiet_point).
             let quiet = enqueue::quiet_point();
             let round = in_transaction("sequencing enqueued appends", || {
-                Spi::connect_mut(|client| apply::sequence_committed(client, BATCH_STREAMS))
+                Spi::connect_mut(|client| apply::sequence_committed(client, BATCH_STREAMS, floor))
             });
             // None: the round failed (logged at WARNING); retried next wake.
             let Some(round) = round else { break };
+            floor = round.next_floor;
             if round.drained
                 && let Some(quiet) = quiet
             {

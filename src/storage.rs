@@ -80,6 +80,7 @@ fn update<'c>(
 type RowLimit = std::os::raw::c_long;
 
 pub mod capture;
+mod pending;
 pub mod registries;
 pub mod retention;
 pub mod subscriptions;
@@ -617,6 +618,12 @@ pub fn write_tails(client: &mut SpiClient<'_>, ids: Vec<i64>, tails: Vec<i64>) -
     Ok(())
 }
 
+/// [`insert_pending`] without SQL; false (nothing written) if `ds.pending`
+/// is not the table `pending` knows how to write.
+pub fn insert_pending_directly(stream_id: i64, seqs: &[i64], datas: &[Vec<u8>]) -> bool {
+    pending::insert(stream_id, seqs, datas)
+}
+
 /// Stores appends made by `ds.enqueue` (`seqs[i]`, `datas[i]`) for the
 /// sequencer, under the calling transaction's id.
 pub fn insert_pending(
@@ -625,6 +632,9 @@ pub fn insert_pending(
     seqs: Vec<i64>,
     datas: Vec<Vec<u8>>,
 ) -> DsResult<()> {
+    if pending::insert(stream_id, &seqs, &datas) {
+        return Ok(());
+    }
     if let ([seq], [_]) = (seqs.as_slice(), datas.as_slice()) {
         let seq = *seq;
         let data = datas.into_iter().next().expect("one message");
@@ -691,16 +701,20 @@ pub fn insert_pending_if_open(
 /// (the largest `lsn` of their rows, then xid; see `ds.pending`), each transaction's
 /// messages together and in its order, back to back from the tail. Returns
 /// (stream, new tail, messages moved) for the streams that had any.
+/// Only rows with an xid of at least `floor` are looked at: the caller
+/// knows nothing committed below it is pending (0: look at every row).
 pub fn sequence_pending(
     client: &mut SpiClient<'_>,
     ids: Vec<i64>,
     tails: Vec<i64>,
+    floor: u64,
 ) -> DsResult<Vec<(i64, i64, i64)>> {
     let table = update(
         client,
         "WITH moved AS ( \
              DELETE FROM ds.pending p \
              WHERE p.stream_id OPERATOR(pg_catalog.=) ANY($1::bigint[]) \
+               AND p.xid OPERATOR(pg_catalog.>=) $3::pg_catalog.text::pg_catalog.xid8 \
              RETURNING p.stream_id, p.xid, p.seq, p.lsn, p.data), \
          ranked AS ( \
              SELECT m.*, pg_catalog.max(m.lsn) OVER (PARTITION BY m.stream_id, m.xid) AS last_lsn \
@@ -720,7 +734,7 @@ pub fn sequence_pending(
          SELECT stream_id, pg_catalog.max(end_pos)::bigint, pg_catalog.count(*)::bigint \
          FROM inserted GROUP BY stream_id",
         None,
-        &[ids.into(), tails.into()],
+        &[ids.into(), tails.into(), floor.to_string().into()],
     )?;
     let mut out = Vec::new();
     for row in table {
@@ -744,34 +758,77 @@ pub fn discard_pending(client: &mut SpiClient<'_>, stream_id: i64) -> DsResult<(
     Ok(())
 }
 
-/// Paths of (at most `limit`) live streams that have `ds.enqueue` appends
-/// waiting for the sequencer.
-pub fn paths_with_pending(client: &SpiClient<'_>, limit: i64) -> DsResult<Vec<String>> {
+/// Pending rows one sequencer round reads at most to find its streams.
+const PENDING_ROWS_PER_ROUND: i64 = 10_000;
+
+/// Paths of (at most `limit`) live streams that have committed
+/// `ds.enqueue` appends with an xid of at least `floor`; `complete`
+/// unless there may be more such streams than those returned.
+pub fn paths_with_pending(
+    client: &SpiClient<'_>,
+    limit: usize,
+    floor: u64,
+) -> DsResult<PendingStreams> {
+    // From the floor up in `pending_xid`, oldest first: the rows already
+    // moved sit below the floor until vacuum removes them, and a scan of
+    // the table or of the primary key would read each of them again.
+    let rows = select(
+        client,
+        "SELECT p.stream_id FROM ds.pending p \
+         WHERE p.xid OPERATOR(pg_catalog.>=) $1::pg_catalog.text::pg_catalog.xid8 \
+         ORDER BY p.xid LIMIT $2",
+        None,
+        &[floor.to_string().into(), PENDING_ROWS_PER_ROUND.into()],
+    )?;
+    let mut complete = (rows.len() as i64) < PENDING_ROWS_PER_ROUND;
+    let mut ids: Vec<i64> = Vec::new();
+    for row in rows {
+        let id = row.get::<i64>(1)?.expect("stream_id is NOT NULL");
+        if !ids.contains(&id) {
+            if ids.len() == limit {
+                complete = false;
+                break;
+            }
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(PendingStreams { paths: Vec::new(), complete });
+    }
     let table = select(
         client,
-        // Distinct stream ids by walking the primary key (a loose index
-        // scan): the table is small but DELETE-heavy, so a sequential scan
-        // would read every dead row since the last vacuum.
-        "WITH RECURSIVE ids(id) AS ( \
-             (SELECT p.stream_id FROM ds.pending p ORDER BY p.stream_id LIMIT 1) \
-             UNION ALL \
-             SELECT (SELECT p.stream_id FROM ds.pending p \
-                     WHERE p.stream_id OPERATOR(pg_catalog.>) ids.id \
-                     ORDER BY p.stream_id LIMIT 1) \
-             FROM ids WHERE ids.id IS NOT NULL) \
-         SELECT s.path FROM ds.streams s \
-         WHERE s.stream_id OPERATOR(pg_catalog.=) ANY( \
-                 ARRAY(SELECT ids.id FROM ids WHERE ids.id IS NOT NULL LIMIT $1)) \
-           AND s.path IS NOT NULL \
+        "SELECT s.path FROM ds.streams s \
+         WHERE s.stream_id OPERATOR(pg_catalog.=) ANY($1) AND s.path IS NOT NULL \
          ORDER BY s.path",
         None,
-        &[limit.into()],
+        &[ids.into()],
     )?;
-    let mut out = Vec::new();
+    let mut paths = Vec::new();
     for row in table {
-        out.push(row.get::<String>(1)?.expect("path IS NOT NULL"));
+        paths.push(row.get::<String>(1)?.expect("path IS NOT NULL"));
     }
-    Ok(out)
+    Ok(PendingStreams { paths, complete })
+}
+
+/// What [`paths_with_pending`] found.
+pub struct PendingStreams {
+    pub paths: Vec<String>,
+    pub complete: bool,
+}
+
+/// The oldest transaction still running, as a fresh snapshot sees it
+/// (`pg_snapshot_xmin`): every transaction below it has ended.
+pub fn oldest_running_xid(client: &SpiClient<'_>) -> DsResult<u64> {
+    let text = select(
+        client,
+        "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text",
+        None,
+        &[],
+    )?
+    .first()
+    .get_one::<String>()?
+    .unwrap_or_default();
+    text.parse().map_err(|_| DsError::Internal(format!("pg_snapshot_xmin gave {text:?}")))
 }
 
 /// Whether this server is in recovery (a hot standby): everything is

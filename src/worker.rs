@@ -492,15 +492,27 @@ pub(crate) fn in_transaction<R>(
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
             }
+            report_table_stats();
             Some(value)
         }
         Err(message) => {
             warning!("durable_streams worker: {what} failed, will retry next pass: {message}");
             // SAFETY: aborting the failed transaction releases its snapshot and locks.
             unsafe { pg_sys::AbortCurrentTransaction() };
+            report_table_stats();
             None
         }
     }
+}
+
+/// Hands this worker's table statistics (rows inserted, deleted, ...) to
+/// the cumulative statistics system, at most once a second. A background
+/// worker must do it itself: without it, autovacuum would never learn of
+/// the rows the sequencer and the maintenance worker delete, and would
+/// leave `ds.pending` and `ds.messages` to bloat.
+fn report_table_stats() {
+    // SAFETY: between transactions, as Postgres' own idle loop calls it.
+    unsafe { pg_sys::pgstat_report_stat(false) };
 }
 
 /// Streams whose path and last announced state the doorbell remembers

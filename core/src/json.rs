@@ -143,11 +143,21 @@ impl<'de> serde::de::Visitor<'de> for Elements<'_> {
 
 /// Removes whitespace outside string literals from valid JSON text.
 fn compact(json: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len());
+    let mut out = String::with_capacity(json.len());
+    compact_into(&mut out, json);
+    out.into_bytes()
+}
+
+/// Appends valid JSON text `json` to `out` without the whitespace outside
+/// its string literals: the form messages are stored in.
+pub fn compact_into(out: &mut String, json: &str) {
+    let bytes = json.as_bytes();
     let (mut in_string, mut escaped) = (false, false);
-    for &b in json.as_bytes() {
+    // Copies runs of kept bytes at once; only whitespace outside strings
+    // ends a run. Runs end at ASCII bytes, so each is whole UTF-8.
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
-            out.push(b);
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
@@ -155,12 +165,24 @@ fn compact(json: &str) -> Vec<u8> {
             } else if b == b'"' {
                 in_string = false;
             }
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(&json[run..i]);
+            run = i + 1;
+        } else {
             in_string = b == b'"';
-            out.push(b);
         }
     }
-    out
+    out.push_str(&json[run..]);
+}
+
+/// Checks one message the extension built itself (compact, valid JSON, not
+/// an array of messages) against the depth limit `split_messages` applies
+/// to a body of that one message.
+pub fn check_built_message(message: &str, limits: Limits) -> Result<()> {
+    if nesting_exceeds(message.as_bytes(), limits.max_depth.saturating_sub(1)) {
+        return Err(Error::JsonTooDeep { max: limits.max_depth });
+    }
+    Ok(())
 }
 
 /// Joins stored messages into the JSON array a read returns.

@@ -153,7 +153,14 @@ impl<'a> Row<'a> {
             first = false;
             push_json_string(&mut out, name);
             out.push(':');
-            out.push_str(value.get());
+            let raw = value.get();
+            if raw.starts_with(['{', '[']) {
+                // json and jsonb columns print with whitespace; messages are
+                // stored compact (as `json::split_messages` stores them).
+                crate::json::compact_into(&mut out, raw);
+            } else {
+                out.push_str(raw);
+            }
         }
         out.push('}');
         out
@@ -219,7 +226,8 @@ mod tests {
     #[test]
     fn projection_keeps_raw_values_and_row_order() {
         let row = Row::parse(ROW).unwrap();
-        assert_eq!(row.project(None), ROW);
+        // Nested json/jsonb values lose their whitespace, strings keep theirs.
+        assert_eq!(row.project(None), ROW.replace(r#"{"x": [1, 2]}"#, r#"{"x":[1,2]}"#));
         assert_eq!(
             row.project(Some(&["n", "id"])),
             r#"{"id":7,"n":12345678901234567890.123456789}"#
@@ -269,7 +277,47 @@ mod tests {
         assert_eq!(rfc3339_from_pg_micros(59 * 86_400_000_000), "2000-02-29T00:00:00.000000Z");
     }
 
+    /// JSON values as jsonb prints them (whitespace after `,` and `:`),
+    /// strings with whitespace and escapes in them.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ a\\\\\"{}\\[\\],:\\t\\n]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-c ]{1,3}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
+        #[test]
+        fn built_messages_are_stored_exactly_as_an_append_would_store_them(
+            nested in json_value(), max_depth in 1usize..10,
+        ) {
+            use crate::json::{Limits, Purpose, check_built_message, split_messages};
+            let row = format!(r#"{{"id":1,"s":"x : y","j":{}}}"#, serde_json::to_string_pretty(&nested).unwrap());
+            let row = Row::parse(&row).unwrap();
+            let value = row.project(None);
+            let m = change_message(&Change {
+                entity_type: "t", key: "1", operation: Operation::Update,
+                value: Some(&value), old_value: Some(&value), txid: 1, timestamp: "t",
+            });
+            let unlimited = split_messages(m.as_bytes(), Purpose::Append, Limits::default()).unwrap();
+            proptest::prop_assert_eq!(unlimited, vec![m.clone().into_bytes()]);
+            let limits = Limits { max_depth, ..Limits::default() };
+            proptest::prop_assert_eq!(
+                check_built_message(&m, limits).is_ok(),
+                split_messages(m.as_bytes(), Purpose::Append, limits).is_ok()
+            );
+        }
+
         #[test]
         fn any_key_text_round_trips_through_the_message(key in ".*", ty in ".+") {
             let m = change_message(&Change {

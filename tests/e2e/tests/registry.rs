@@ -2,7 +2,7 @@
 //! the registry of its prefix live with SSE and sees a PUT and a DELETE as
 //! they commit; it cannot read another tenant's registry, nor write its own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ds_e2e::{JWT_FLAGS, Sidecar, every_ds_function, http, read_events, sql, token, unique_path};
 use serde_json::Value;
@@ -120,8 +120,17 @@ async fn a_tenant_follows_its_registry_live_and_only_its_own() {
     assert_eq!(put.status().as_u16(), 201);
     let read = http().get(format!("{registry_b}?offset=-1")).bearer_auth(&token_a).send();
     assert_eq!(read.await.unwrap().status().as_u16(), 403);
-    let read = http().get(format!("{registry_b}?offset=-1")).bearer_auth(&token_b).send();
-    let body: Value = read.await.unwrap().json().await.unwrap();
+    // The registry's record commits with the create and gets its offset
+    // from the sequencer right after: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let read = http().get(format!("{registry_b}?offset=-1")).bearer_auth(&token_b).send();
+        let body: Value = read.await.unwrap().json().await.unwrap();
+        if body.as_array().is_some_and(|a| !a.is_empty()) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(body[0]["key"], format!("{prefix_b}x"));
     let body: Value = http()
         .get(format!("{registry_a}?offset=-1"))
