@@ -11,13 +11,13 @@
 #   snapshot: ds.capture of a table of SNAPSHOT_ROWS rows (and a quarter of
 #     that), timed against INSERT ... SELECT of those rows into a plain table:
 #     the snapshot must cost O(rows).
-#   bash benches/capture.sh   # ROUNDS=3 SECONDS_PER_RUN=8 WARMUP_SECONDS=3 CLIENTS=64
+#   bash benches/capture.sh   # ROUNDS=5 SECONDS_PER_RUN=8 WARMUP_SECONDS=3 CLIENTS=64
 #                             # SNAPSHOT_ROWS=1000000 SNAPSHOT_ROUNDS=2 SKIP_INSTALL=0
 #                             # DS_BENCH_PORT=54497
 # Results: benches/results/capture.md (medians over ROUNDS, kinds alternating).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-8}"
 WARMUP_SECONDS="${WARMUP_SECONDS:-3}"
 CLIENTS="${CLIENTS:-64}"
@@ -94,6 +94,9 @@ RAW="$DIR/raw.tsv"
 for r in $(seq 1 "$ROUNDS"); do
     for k in $KINDS; do
         log "round $r: $k, $CLIENTS clients, $SECONDS_PER_RUN s"
+        # Every run starts from a checkpoint: otherwise the one that happens
+        # to follow a WAL-triggered checkpoint pays its full-page writes.
+        psql_at "$PORT" bench -qc "CHECKPOINT" >/dev/null
         tps=$(pgbench_tps "$k" "$SECONDS_PER_RUN")
         printf 'tps\t%s\t%s\n' "$k" "${tps:-0}" >>"$RAW"
     done
@@ -161,6 +164,12 @@ with open(out, "w") as f:
     for k in ["captured", "notify"]:
         f.write(f"| {k} | {ratio(t.get('plain', 0), t.get(k, 0))} |\n")
     f.write(f"| captured, relative to notify | {ratio(t.get('notify', 0), t.get('captured', 0))} |\n")
+    # Runs drift over a bench (the tables and WAL grow): the plain and
+    # captured runs of one round, minutes apart at most, compare best.
+    pairs = [p / c for p, c in zip(tps.get("plain", []), tps.get("captured", [])) if c]
+    if pairs:
+        f.write(f"\nCaptured cost per round (plain and captured runs of the same round): "
+                f"{', '.join(f'{x:.2f}x' for x in pairs)}; median {st.median(pairs):.2f}x.\n")
     per_row = int(stream_bytes) / int(rows_captured) if rows_captured not in ("", "0") and stream_bytes else 0
     f.write(f"\nRows inserted: plain {int(rows_plain):,}, captured {int(rows_captured):,}; "
             f"the captured table's stream holds {int(stream_bytes or 0):,} bytes ({per_row:.0f} per row).\n")
