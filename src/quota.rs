@@ -151,10 +151,12 @@ impl Quotas {
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_quota(
-    role: &str,
+    role: Option<&str>,
     max_bytes: Option<i64>,
     max_streams: Option<i64>,
 ) -> Result<(), ErrorReport> {
+    // Not STRICT (NULL limits mean "no limit"), so a NULL role arrives here.
+    let role = role.ok_or(DsError::NullArgument("role"))?;
     storage::require_primary("ds.set_quota")?;
     crate::tails::forget_rows();
     crate::enqueue::quota_changed();
@@ -195,7 +197,9 @@ fn set_quota(
 /// Needs `admin` on the path.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_stream_quota(path: &str, max_bytes: Option<i64>) -> Result<(), ErrorReport> {
+fn set_stream_quota(path: Option<&str>, max_bytes: Option<i64>) -> Result<(), ErrorReport> {
+    // Not STRICT (a NULL max_bytes means "no limit"), so a NULL path arrives here.
+    let path = path.ok_or(DsError::NullArgument("path"))?;
     storage::require_primary("ds.set_stream_quota")?;
     crate::tails::forget_rows();
     crate::enqueue::quota_changed();

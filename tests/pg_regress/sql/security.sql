@@ -63,6 +63,8 @@ SELECT ds.set_quota('tenant_a', -1, NULL);
 SELECT ds.set_quota('no_such_role', 1, 1);
 SELECT ds.set_stream_quota('tenant-a/orders', -1);
 SELECT ds.set_stream_quota('tenant-a/missing', 1);
+SELECT attempt($$SELECT ds.set_quota(NULL, 1, 1)$$);
+SELECT attempt($$SELECT ds.set_stream_quota(NULL, 1)$$);
 -- Off, path checks leave EXECUTE alone to decide (superusers only).
 SET ds.path_checks = off;
 SET ROLE tenant_b;
