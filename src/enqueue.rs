@@ -96,6 +96,16 @@ struct Known {
     expires: bool,
 }
 
+impl Known {
+    /// Whether the stream is surely as the entry recorded it: under our
+    /// path lock, an unchanged `STATE_EPOCH` means no close, delete or
+    /// expiry of any stream since the entry was made (a TTL stream may
+    /// expire without anyone locking, so it is never trusted).
+    fn unchanged(&self) -> bool {
+        !self.expires && self.state_epoch.is_some() && state_epoch() == self.state_epoch
+    }
+}
+
 /// The current `STATE_EPOCH` (None without shared memory: never trusted).
 fn state_epoch() -> Option<u64> {
     PRELOADED.load(Ordering::Relaxed).then(|| STATE_EPOCH.get().load(Ordering::Acquire))
@@ -379,18 +389,13 @@ pub(crate) fn enqueue_as(
         return Ok(());
     }
     Spi::connect_mut(|client| {
-        acl::require(client, as_role.unwrap_or_else(acl::caller), path, Privilege::Append)?;
+        acl::require(client, role, path, Privilege::Append)?;
         if let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
             let mode = content_type::mode(&known.content_type)?;
             if quota_epoch() == Some(known.quota_epoch) && (!json_only || mode == Mode::Json) {
                 let messages = payload.messages(mode, &known.content_type)?;
                 let seqs = next_seqs(messages.len());
-                // Under our path lock, an unchanged epoch means no close,
-                // delete or expiry of any stream since the entry was made.
-                let unchanged = !known.expires
-                    && known.state_epoch.is_some()
-                    && state_epoch() == known.state_epoch;
-                if unchanged {
+                if known.unchanged() {
                     storage::insert_pending(client, known.stream_id, seqs, messages)?;
                     enqueued();
                     return Ok(());
@@ -467,13 +472,10 @@ pub(crate) fn enqueue_as(
 fn enqueue_known(path: &str, payload: &Payload<'_>) -> DsResult<bool> {
     let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) else { return Ok(false) };
     let mode = content_type::mode(&known.content_type)?;
-    // Under our path lock, an unchanged epoch means no close, delete or
-    // expiry of any stream since the entry was made.
-    let unchanged = quota_epoch() == Some(known.quota_epoch)
-        && !known.expires
-        && known.state_epoch.is_some()
-        && state_epoch() == known.state_epoch;
-    if !unchanged || (payload.json_only() && mode != Mode::Json) {
+    if quota_epoch() != Some(known.quota_epoch)
+        || !known.unchanged()
+        || (payload.json_only() && mode != Mode::Json)
+    {
         return Ok(false);
     }
     let messages = payload.messages(mode, &known.content_type)?;
