@@ -417,12 +417,7 @@ pub(crate) fn enqueue_as(
         if stream.soft_deleted {
             return Err(DsError::Gone(path.to_owned()));
         }
-        if stream.closed {
-            return Err(DsError::Closed {
-                path: path.to_owned(),
-                final_offset: stream.tail.to_string(),
-            });
-        }
+        // The body against the stream's type first, as `ds.append` checks it.
         let mode = content_type::mode(&stream.content_type)?;
         if json_only && mode != Mode::Json {
             return Err(DsError::ContentTypeMismatch {
@@ -432,6 +427,12 @@ pub(crate) fn enqueue_as(
             });
         }
         let messages = payload.messages(mode, &stream.content_type)?;
+        if stream.closed {
+            return Err(DsError::Closed {
+                path: path.to_owned(),
+                final_offset: stream.tail.to_string(),
+            });
+        }
         let bytes: i64 = messages.iter().map(|m| m.len() as i64).sum();
         // Read before the quota check: a change after it invalidates the entry.
         let epoch = quota_epoch();

@@ -1,10 +1,12 @@
-//! Model-based property test of the SQL API: random sequences of create,
-//! append (all overloads), try_append (content types, Stream-Seq,
-//! producers, close), try_append_batch, close, fork (offsets and
-//! sub-offsets inside the source), read / read_chunk from any offset a
-//! client could hold, head, delete (soft while forks exist, cascading) and
-//! rotation (everything packed into small segments: reads must not change),
-//! run against the cluster and against `state::Model`, comparing every
+//! Model-based property test of the SQL API: random sequences of create
+//! (with TTL or expiry time), append (all overloads), enqueue (waited for
+//! until sequenced), try_append (content types, Stream-Seq, producers,
+//! close), try_append_batch, close, fork (offsets and sub-offsets inside the
+//! source), read / read_chunk from any offset a client could hold, head,
+//! delete (soft while forks exist, cascading), rotation (everything packed
+//! into small segments: reads must not change), expiry (`Call::Expire`),
+//! and path grants given and revoked while calls run as a role that has
+//! only those (`access.rs`), run against the cluster and against `state::Model`, comparing every
 //! result row (outcomes, offsets, bytes, SQLSTATEs). A second test does the
 //! same for change capture (`capture.rs`: a table written at random while
 //! `ds.capture` is on and off, its stream read back). On a mismatch proptest
@@ -13,6 +15,7 @@
 //! `DS_PROPTEST_CASES` (default 512, about 30 s) and `DS_PROPTEST_SEED` (default: the
 //! fixed seed, so `make test` runs the same cases every time) widen it.
 
+mod access;
 mod capture;
 mod ops;
 mod state;
@@ -61,6 +64,9 @@ fn script(ops: &[Op], paths: &[String]) -> String {
         let call = op.resolve(&model);
         let expected = model.apply(&call);
         out.push_str(&format!("{}\n  -- model: {}\n", call.sql(paths), show(&expected)));
+        if let Some(settle) = call.settle_sql() {
+            out.push_str(&format!("{settle}\n"));
+        }
     }
     out
 }
@@ -84,6 +90,15 @@ fn paths_for_case() -> Vec<String> {
 static TALLY: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 fn tally(call: &Call, r: &Res) {
+    if let Call::AsRole(inner) = call {
+        let end = match r {
+            Err(state) => format!("ERROR {state}"),
+            Ok(_) => "done".to_owned(),
+        };
+        let inner = format!("{inner:?}").split([' ', '(']).next().unwrap_or("").to_owned();
+        *TALLY.lock().expect("tally").entry(format!("AsRole {inner}: {end}")).or_default() += 1;
+        return;
+    }
     let kind = match call {
         Call::Capture(op) => {
             format!("Capture {op:?}").split([' ', '{']).take(2).collect::<Vec<_>>().join(" ")
@@ -93,7 +108,9 @@ fn tally(call: &Call, r: &Res) {
     let end = match r {
         Err(state) => format!("ERROR {state}"),
         Ok(rows) => match rows.first().and_then(|r| r.get(usize::from(kind == "Batch"))) {
-            Some(Some(o)) if kind == "TryAppend" || kind == "Batch" => o.clone(),
+            Some(Some(o)) if kind == "TryAppend" || kind == "Batch" || kind == "Expire" => {
+                o.clone()
+            }
             _ => format!("{} row(s)", rows.len()),
         },
     };
@@ -106,6 +123,7 @@ async fn check(client: &Client, ops: &[Op]) -> Result<(), String> {
     client.batch_execute(&capture::setup_sql(&paths)).await.map_err(|e| e.to_string())?;
     let result = check_steps(client, ops, &paths).await;
     client.batch_execute(&capture::teardown_sql(&paths)).await.map_err(|e| e.to_string())?;
+    client.batch_execute(access::TEARDOWN).await.map_err(|e| e.to_string())?;
     result
 }
 
@@ -116,6 +134,9 @@ async fn check_steps(client: &Client, ops: &[Op], paths: &[String]) -> Result<()
         let sql = call.sql(paths);
         let expected = model.apply(&call);
         let mut actual = run_sql(client, &sql).await;
+        if let Some(settle) = call.settle_sql() {
+            client.batch_execute(settle).await.map_err(|e| format!("step {i}: settling: {e}"))?;
+        }
         if let (Call::Capture(capture::CapOp::Read), Ok(rows)) = (&call, &mut actual) {
             *rows = capture::canonical(std::mem::take(rows));
         }
@@ -151,6 +172,7 @@ fn run_model(strategy: impl proptest::strategy::Strategy<Value = Vec<Op>>, cases
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let client = runtime.block_on(connect());
     runtime.block_on(client.batch_execute(ops::SESSION)).expect("session settings");
+    runtime.block_on(client.batch_execute(access::SETUP)).expect("the role calls run as");
     let seed: u64 = env_or("DS_PROPTEST_SEED", 0x6473_5f6d_6f64_656c);
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());

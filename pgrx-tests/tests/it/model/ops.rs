@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 
+use super::access;
 use super::capture::{self, CapOp};
 use super::state::{Model, hex, off};
 
@@ -119,6 +120,8 @@ pub enum Op {
         p: usize,
         ct: Ct,
         ttl: Option<i64>,
+        /// `expires_at` far in the future (with a TTL: refused).
+        expires: bool,
         closed: bool,
         body: usize,
     },
@@ -155,6 +158,26 @@ pub enum Op {
     Rotate {
         p: usize,
     },
+    Enqueue {
+        p: usize,
+        overload: Overload,
+        body: usize,
+    },
+    /// Time passes beyond the stream's TTL or expiry time, and the server
+    /// retires it (see `Call::Expire`).
+    Expire {
+        p: usize,
+    },
+    Grant {
+        pattern: usize,
+        privileges: u8,
+    },
+    Revoke {
+        pattern: usize,
+        privileges: u8,
+    },
+    /// The operation run as `access::ROLE`.
+    AsRole(Box<Op>),
     /// A write of the case's captured table, or a capture call.
     Capture(CapOp),
 }
@@ -166,6 +189,7 @@ pub enum Call {
         p: usize,
         ct: Ct,
         ttl: Option<i64>,
+        expires: bool,
         closed: bool,
         body: Vec<u8>,
     },
@@ -204,6 +228,25 @@ pub enum Call {
     Rotate {
         p: usize,
     },
+    /// `ds.enqueue`; the test then waits until it is sequenced
+    /// (`Call::settle_sql`), so later reads see it like an append.
+    Enqueue {
+        p: usize,
+        overload: Overload,
+        body: Vec<u8>,
+    },
+    Expire {
+        p: usize,
+    },
+    Grant {
+        pattern: usize,
+        privileges: u8,
+    },
+    Revoke {
+        pattern: usize,
+        privileges: u8,
+    },
+    AsRole(Box<Call>),
     Capture(CapOp),
 }
 
@@ -255,10 +298,22 @@ fn create(p: impl Strategy<Value = usize>) -> impl Strategy<Value = Op> {
         p,
         ct(),
         prop::option::weighted(0.3, prop::sample::select(&[60i64, 3600][..])),
+        prop::bool::weighted(0.2),
         prop::bool::weighted(0.1),
         0..BODIES.len(),
     )
-        .prop_map(|(p, ct, ttl, closed, body)| Op::Create { p, ct, ttl, closed, body })
+        .prop_map(|(p, ct, ttl, expires, closed, body)| Op::Create {
+            p,
+            ct,
+            ttl,
+            expires,
+            closed,
+            body,
+        })
+}
+
+fn overload() -> impl Strategy<Value = Overload> {
+    prop_oneof![Just(Overload::Bytea), Just(Overload::Text), Just(Overload::Jsonb)]
 }
 
 /// A case: the first streams created, then random operations.
@@ -280,10 +335,24 @@ pub fn capture_case() -> impl Strategy<Value = Vec<Op>> {
 
 pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        20 => stream_op(),
+        1 => path().prop_map(|p| Op::Expire { p }),
+        2 => (access::pattern_index(), access::privileges())
+            .prop_map(|(pattern, privileges)| Op::Grant { pattern, privileges }),
+        1 => (access::pattern_index(), access::privileges())
+            .prop_map(|(pattern, privileges)| Op::Revoke { pattern, privileges }),
+        5 => stream_op().prop_map(|op| Op::AsRole(Box::new(op))),
+    ]
+}
+
+/// The calls a role may make (path grants decide which it may).
+fn stream_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
         2 => create(path()),
-        4 => (path(), prop_oneof![Just(Overload::Bytea), Just(Overload::Text), Just(Overload::Jsonb)],
-              0..BODIES.len())
+        4 => (path(), overload(), 0..BODIES.len())
             .prop_map(|(p, overload, body)| Op::Append { p, overload, body }),
+        2 => (path(), overload(), 0..BODIES.len())
+            .prop_map(|(p, overload, body)| Op::Enqueue { p, overload, body }),
         4 => req().prop_map(Op::TryAppend),
         1 => prop::collection::vec(req(), 1..5).prop_map(Op::Batch),
         1 => path().prop_map(|p| Op::Close { p }),
@@ -319,10 +388,11 @@ impl Op {
             From::Pick(x) => At::Offset(pick(model, p, *x, true)),
         };
         match self {
-            Op::Create { p, ct, ttl, closed, body } => Call::Create {
+            Op::Create { p, ct, ttl, expires, closed, body } => Call::Create {
                 p: *p,
                 ct: *ct,
                 ttl: *ttl,
+                expires: *expires,
                 closed: *closed,
                 body: BODIES[*body].as_bytes().to_vec(),
             },
@@ -343,6 +413,19 @@ impl Op {
             Op::Head { p } => Call::Head { p: *p },
             Op::Delete { p } => Call::Delete { p: *p },
             Op::Rotate { p } => Call::Rotate { p: *p },
+            Op::Enqueue { p, overload, body } => Call::Enqueue {
+                p: *p,
+                overload: *overload,
+                body: BODIES[*body].as_bytes().to_vec(),
+            },
+            Op::Expire { p } => Call::Expire { p: *p },
+            Op::Grant { pattern, privileges } => {
+                Call::Grant { pattern: *pattern, privileges: *privileges }
+            }
+            Op::Revoke { pattern, privileges } => {
+                Call::Revoke { pattern: *pattern, privileges: *privileges }
+            }
+            Op::AsRole(op) => Call::AsRole(Box::new(op.resolve(model))),
             Op::Capture(op) => Call::Capture(op.clone()),
         }
     }
@@ -370,27 +453,83 @@ fn array<T>(
     format!("ARRAY[{}]::{ty}[]", items.join(", "))
 }
 
+/// `expires_at` of streams created with one: far enough away that only
+/// `Call::Expire` ends them.
+const EXPIRES_AT: &str = "'2100-01-01 00:00:00+00'";
+
+/// The argument of an `ds.append` / `ds.enqueue` overload.
+fn argument(overload: Overload, body: &[u8]) -> String {
+    let text = String::from_utf8(body.to_vec()).expect("bodies are ASCII");
+    match overload {
+        Overload::Bytea => bytea(body),
+        Overload::Text => format!("{}::text", lit(&text)),
+        Overload::Jsonb => format!("{}::jsonb", lit(&text)),
+    }
+}
+
 impl Call {
+    /// What to run after the call, in its own transaction, before the next
+    /// one: an enqueue waits (at most 10 s) until the sequencer gave it its
+    /// offsets.
+    pub fn settle_sql(&self) -> Option<&'static str> {
+        match self {
+            Call::Enqueue { .. } => Some(
+                "DO $$ BEGIN FOR i IN 1..1000 LOOP EXIT WHEN NOT EXISTS (SELECT FROM ds.pending); \
+                 PERFORM pg_sleep(0.01); END LOOP; END $$;",
+            ),
+            Call::AsRole(call) => call.settle_sql(),
+            _ => None,
+        }
+    }
+
     /// The statement, with stream `i` at `paths[i]`.
     pub fn sql(&self, paths: &[String]) -> String {
         let q = |p: &usize| lit(&paths[*p]);
         match self {
-            Call::Create { p, ct, ttl, closed, body } => format!(
+            Call::Create { p, ct, ttl, expires, closed, body } => format!(
                 "SELECT created, next_offset, content_type, closed FROM ds.create({}, {}, \
-                 ttl_seconds => {}, closed => {closed}, body => {});",
+                 ttl_seconds => {}, expires_at => {}, closed => {closed}, body => {});",
                 q(p),
                 lit(ct.name()),
                 opt(ttl, i64::to_string),
+                if *expires { EXPIRES_AT } else { "NULL" },
                 bytea(body)
             ),
             Call::Append { p, overload, body } => {
-                let text = String::from_utf8(body.clone()).expect("bodies are ASCII");
-                let arg = match overload {
-                    Overload::Bytea => bytea(body),
-                    Overload::Text => format!("{}::text", lit(&text)),
-                    Overload::Jsonb => format!("{}::jsonb", lit(&text)),
-                };
-                format!("SELECT ds.append({}, {arg});", q(p))
+                format!("SELECT ds.append({}, {});", q(p), argument(*overload, body))
+            }
+            Call::Enqueue { p, overload, body } => {
+                format!("SELECT ds.enqueue({}, {});", q(p), argument(*overload, body))
+            }
+            // The clock cannot be moved, so the stream's last access and
+            // expiry time are; then a create at its path retires it (as the
+            // maintenance worker would, at a moment a test cannot pick), and
+            // the stream that create made is deleted again.
+            Call::Expire { p } => format!(
+                "UPDATE ds.streams SET last_access = now() - interval '1 day', \
+                 expires_at = CASE WHEN expires_at IS NOT NULL THEN now() - interval '1 day' END \
+                 WHERE path = {path} AND (ttl_seconds IS NOT NULL OR expires_at IS NOT NULL); \
+                 SELECT count(*) FROM ds.streams s, \
+                 LATERAL (SELECT ds.delete(s.path) FROM ds.create(s.path) c) retired \
+                 WHERE s.path = {path} AND NOT s.soft_deleted \
+                   AND (s.ttl_seconds IS NOT NULL OR s.expires_at IS NOT NULL);",
+                path = q(p)
+            ),
+            Call::Grant { pattern, privileges } => format!(
+                "SELECT ds.grant('{}', {}, {});",
+                access::ROLE,
+                lit(&access::pattern(*pattern, paths)),
+                lit(&access::names(*privileges))
+            ),
+            Call::Revoke { pattern, privileges } => format!(
+                "SELECT ds.revoke('{}', {}, {});",
+                access::ROLE,
+                lit(&access::pattern(*pattern, paths)),
+                lit(&access::names(*privileges))
+            ),
+            // One implicit transaction: an error rolls the SET ROLE back too.
+            Call::AsRole(call) => {
+                format!("SET ROLE {}; {} RESET ROLE;", access::ROLE, call.sql(paths))
             }
             Call::TryAppend(r) => format!(
                 "SELECT outcome, next_offset, closed, producer_epoch, producer_seq, expected_seq, \

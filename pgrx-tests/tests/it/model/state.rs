@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use super::access::{Grants, Privilege};
 use super::ops::{Call, Ct, Overload, Req};
 
 /// What one SQL statement gives: rows of text columns, or a SQLSTATE.
@@ -22,6 +23,7 @@ pub const GONE: &str = "55006";
 pub const CLOSED: &str = "55000";
 pub const CONFLICT: &str = "42710";
 pub const TYPE_MISMATCH: &str = "42804";
+pub const FORBIDDEN: &str = "42501";
 
 /// One stored message as a reader sees it (a byte stream's append is one).
 #[derive(Debug, Clone)]
@@ -39,14 +41,22 @@ impl Msg {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub source: usize,
+    /// Which stream that was: the path may hold another one since.
+    pub source_id: u64,
     pub offset: u64,
     pub sub: i64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Stream {
+    pub id: u64,
     pub ct: Ct,
     pub ttl: Option<i64>,
+    /// Created with an expiry time (`expires_at`), or forked from one.
+    pub expires: bool,
+    /// Past its TTL or expiry time while soft-deleted (a live stream is
+    /// retired instead): forks from it are refused as from no stream.
+    pub expired: bool,
     pub closed: bool,
     pub msgs: Vec<Msg>,
     pub tail: u64,
@@ -94,6 +104,13 @@ impl Stream {
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub streams: BTreeMap<usize, Stream>,
+    /// Expired streams kept without a path while forks read them, by id.
+    pub retired: BTreeMap<u64, Stream>,
+    pub next_id: u64,
+    /// The path grants of `access::ROLE`.
+    pub grants: Grants,
+    /// The call being applied runs as `access::ROLE`.
+    pub as_role: bool,
     /// The case's captured table and its stream (a path no other call uses).
     pub cap: super::capture::CapModel,
 }
@@ -202,8 +219,32 @@ impl Model {
 
     pub fn apply(&mut self, call: &Call) -> Res {
         match call {
-            Call::Create { p, ct, ttl, closed, body } => self.create(*p, *ct, *ttl, *closed, body),
+            Call::Create { p, ct, ttl, expires, closed, body } => {
+                self.create(*p, *ct, *ttl, *expires, *closed, body)
+            }
             Call::Append { p, overload, body } => self.append(*p, *overload, body),
+            // The same checks and errors as ds.append; nothing returned.
+            Call::Enqueue { p, overload, body } => {
+                self.append(*p, *overload, body).map(|_| vec![vec![Some(String::new())]])
+            }
+            Call::Expire { p } => Ok(vec![vec![Some(self.expire(*p).to_string())]]),
+            Call::Grant { pattern, privileges } => {
+                self.grants.grant(*pattern, *privileges);
+                one(vec![Some(String::new())])
+            }
+            Call::Revoke { pattern, privileges } => {
+                self.grants.revoke(*pattern, *privileges);
+                one(vec![Some(String::new())])
+            }
+            Call::AsRole(call) => {
+                if let Some(refused) = self.refused(call) {
+                    return Err(refused);
+                }
+                self.as_role = true;
+                let r = self.apply(call);
+                self.as_role = false;
+                r
+            }
             Call::TryAppend(req) => Ok(vec![self.try_append(req).row()]),
             Call::Batch(reqs) => Ok(reqs
                 .iter()
@@ -262,14 +303,110 @@ impl Model {
         }
     }
 
+    /// Access control (README "Security") of a call made as the role: the
+    /// SQLSTATE of the first check it fails, in the order the functions
+    /// check (argument checks that need no stream come before privileges).
+    /// `ds.try_append*` answer per request instead (`try_append`).
+    fn refused(&self, call: &Call) -> Option<String> {
+        let lacks = |p: usize, privilege| !self.grants.allows(p, privilege);
+        let denied = |p: usize, privilege| lacks(p, privilege).then(|| FORBIDDEN.to_owned());
+        match call {
+            Call::Create { ttl: Some(_), expires: true, .. } => None,
+            Call::Create { p, .. } => denied(*p, Privilege::Create),
+            Call::Fork { sub, .. } if *sub < 0 => None,
+            Call::Fork { p, source, .. } => denied(*p, Privilege::Create)
+                .or_else(|| denied(*p, Privilege::Fork))
+                .or_else(|| denied(*source, Privilege::Read)),
+            Call::Append { overload, body, .. } | Call::Enqueue { overload, body, .. }
+                if body.is_empty()
+                    || (*overload == Overload::Jsonb
+                        && serde_json::from_slice::<serde_json::Value>(body).is_err()) =>
+            {
+                None
+            }
+            Call::Append { p, .. } | Call::Enqueue { p, .. } | Call::Close { p } => {
+                denied(*p, Privilege::Append)
+            }
+            Call::Read { p, .. } | Call::ReadChunk { p, .. } | Call::Head { p } => {
+                denied(*p, Privilege::Read)
+            }
+            Call::Delete { p } => denied(*p, Privilege::Delete),
+            Call::Rotate { p } => denied(*p, Privilege::Admin),
+            _ => None,
+        }
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// §4 (TTL and expiry): the stream at `p` is past them, and the server
+    /// retires it: its path is free, forks keep what they inherited (it
+    /// stays, pathless, until the last goes). A soft-deleted stream only
+    /// counts as expired. Returns how many streams were retired.
+    fn expire(&mut self, p: usize) -> u64 {
+        let Some(s) = self.streams.get_mut(&p) else { return 0 };
+        if s.ttl.is_none() && !s.expires {
+            return 0;
+        }
+        if s.soft_deleted {
+            s.expired = true;
+            return 0;
+        }
+        let mut s = self.streams.remove(&p).expect("just seen");
+        if s.fork_count > 0 {
+            s.soft_deleted = true;
+            self.retired.insert(s.id, s);
+        } else {
+            self.release(s.fork);
+        }
+        1
+    }
+
+    /// §4.2: a fork of `origin` is gone; a soft-deleted source whose last
+    /// fork that was goes too, and so on up the chain.
+    fn release(&mut self, mut origin: Option<Origin>) {
+        while let Some(o) = origin {
+            let at_path = self.streams.get(&o.source).is_some_and(|s| s.id == o.source_id);
+            let src = if at_path {
+                self.streams.get_mut(&o.source)
+            } else {
+                self.retired.get_mut(&o.source_id)
+            };
+            let Some(src) = src else { break };
+            src.fork_count -= 1;
+            if src.fork_count > 0 || !src.soft_deleted {
+                break;
+            }
+            origin = if at_path {
+                self.streams.remove(&o.source).expect("source").fork
+            } else {
+                self.retired.remove(&o.source_id).expect("source").fork
+            };
+        }
+    }
+
     /// §5.1: PUT semantics. An existing stream with the same configuration
-    /// (content type, TTL, closure; not a fork) is confirmed, any other
-    /// answers 409 (42710), a soft-deleted one too (§4.2).
-    fn create(&mut self, p: usize, ct: Ct, ttl: Option<i64>, closed: bool, body: &[u8]) -> Res {
+    /// (content type, TTL, expiry time, closure; not a fork) is confirmed,
+    /// any other answers 409 (42710), a soft-deleted one too (§4.2).
+    fn create(
+        &mut self,
+        p: usize,
+        ct: Ct,
+        ttl: Option<i64>,
+        expires: bool,
+        closed: bool,
+        body: &[u8],
+    ) -> Res {
+        if ttl.is_some() && expires {
+            return Err(INVALID_PARAMETER.to_owned());
+        }
         if let Some(s) = self.streams.get(&p) {
             if s.soft_deleted
                 || s.ct != ct
                 || s.ttl != ttl
+                || s.expires != expires
                 || s.closed != closed
                 || s.fork.is_some()
             {
@@ -284,8 +421,11 @@ impl Model {
             tail += data.len() as u64;
         }
         let s = Stream {
+            id: self.new_id(),
             ct,
             ttl,
+            expires,
+            expired: false,
             closed,
             msgs,
             tail,
@@ -336,6 +476,9 @@ impl Model {
                 sqlstate: Some(INVALID_PARAMETER),
                 ..Outcome::new("invalid_request")
             };
+        }
+        if self.as_role && !self.grants.allows(req.p, Privilege::Append) {
+            return Outcome { sqlstate: Some(FORBIDDEN), ..Outcome::new("forbidden") };
         }
         let Some(s) = self.streams.get_mut(&req.p) else { return Outcome::new("not_found") };
         if s.soft_deleted {
@@ -441,6 +584,7 @@ impl Model {
         }
         let src = match self.streams.get(&source) {
             None => return Err(NOT_FOUND.to_owned()),
+            Some(s) if s.expired => return Err(NOT_FOUND.to_owned()),
             Some(s) if s.soft_deleted => return Err(CONFLICT.to_owned()),
             Some(s) => s,
         };
@@ -475,13 +619,17 @@ impl Model {
                 });
             }
         }
+        let source_id = src.id;
         let fork = Stream {
+            id: self.next_id + 1,
             ct: src.ct,
             ttl: src.ttl,
+            expires: src.expires,
+            expired: false,
             closed: false,
             msgs,
             tail: pos,
-            fork: Some(Origin { source, offset: anchor, sub }),
+            fork: Some(Origin { source, source_id, offset: anchor, sub }),
             fork_count: 0,
             soft_deleted: false,
             producers: BTreeMap::new(),
@@ -489,6 +637,7 @@ impl Model {
             closed_by: None,
         };
         let ct = fork.ct;
+        self.next_id += 1;
         self.streams.get_mut(&source).expect("source").fork_count += 1;
         self.streams.insert(p, fork);
         one(vec![b(true), Some(off(pos)), Some(ct.name().to_owned()), b(false)])
@@ -502,15 +651,8 @@ impl Model {
             self.streams.get_mut(&p).expect("live").soft_deleted = true;
             return one(vec![Some(String::new())]);
         }
-        let mut origin = self.streams.remove(&p).expect("live").fork;
-        while let Some(o) = origin {
-            let Some(src) = self.streams.get_mut(&o.source) else { break };
-            src.fork_count -= 1;
-            if src.fork_count > 0 || !src.soft_deleted {
-                break;
-            }
-            origin = self.streams.remove(&o.source).expect("source").fork;
-        }
+        let origin = self.streams.remove(&p).expect("live").fork;
+        self.release(origin);
         one(vec![Some(String::new())])
     }
 }
