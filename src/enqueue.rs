@@ -393,16 +393,28 @@ pub(crate) fn enqueue_as(
         if let Some(known) = KNOWN.with(|k| k.borrow().get(path).cloned()) {
             let mode = content_type::mode(&known.content_type)?;
             if quota_epoch() == Some(known.quota_epoch) && (!json_only || mode == Mode::Json) {
-                let messages = payload.messages(mode, &known.content_type)?;
-                let seqs = next_seqs(messages.len());
                 if known.unchanged() {
+                    // The stream is still there, with this content type.
+                    let messages = payload.messages(mode, &known.content_type)?;
+                    let seqs = next_seqs(messages.len());
                     storage::insert_pending(client, known.stream_id, seqs, messages)?;
                     enqueued();
                     return Ok(());
                 }
-                if storage::insert_pending_if_open(client, path, known.stream_id, seqs, messages)? {
-                    enqueued();
-                    return Ok(());
+                // It may be gone (or another stream by now): a body it would
+                // refuse is judged by the full path, not by this entry.
+                if let Ok(messages) = payload.messages(mode, &known.content_type) {
+                    let seqs = next_seqs(messages.len());
+                    if storage::insert_pending_if_open(
+                        client,
+                        path,
+                        known.stream_id,
+                        seqs,
+                        messages,
+                    )? {
+                        enqueued();
+                        return Ok(());
+                    }
                 }
             }
             // Closed, deleted, under a quota...: the full path says which.

@@ -141,7 +141,9 @@ async fn enqueue_refuses_what_append_refuses_with_the_same_sqlstate() {
         (json.clone(), "'not json'::text"),
         (json.clone(), "'[]'::jsonb"),
         (bytes.clone(), "''::bytea"),
-        (closed, "'x'::bytea"),
+        (closed.clone(), "'x'::bytea"),
+        // The body against the stream's type comes first, as for ds.append.
+        (closed, "'{}'::jsonb"),
         ("bad path with spaces?".to_owned(), "'x'::bytea"),
     ];
     for (path, arg) in cases {
@@ -411,6 +413,31 @@ async fn a_remembered_stream_closed_or_replaced_elsewhere_is_seen() {
     wait_for_tail(&other, &path, 1).await;
     let got: Vec<String> = messages(&other, &path).await.into_iter().map(|m| m.1).collect();
     assert_eq!(got, vec!["g"], "the new stream at the path took the enqueue");
+}
+
+/// An enqueuer remembers a stream's content type, but once the stream may
+/// be gone a body is judged by what is at the path now: found by the model
+/// test, which saw 22P02 (not JSON, for a JSON stream deleted meanwhile)
+/// where 42704 was due.
+#[tokio::test]
+async fn a_body_is_judged_by_the_stream_at_the_path_now() {
+    let path = unique_path("hot-judged");
+    let enqueuer = connect().await;
+    let other = connect().await;
+    other.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, '{\"a\":1}'::jsonb)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
+    let e = enqueuer.execute("SELECT ds.enqueue($1, 'a'::bytea)", &[&path]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42704", "deleted elsewhere: {e}");
+
+    other.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, '{\"a\":2}'::jsonb)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.delete($1)", &[&path]).await.unwrap();
+    other.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+    enqueuer.execute("SELECT ds.enqueue($1, 'not json'::bytea)", &[&path]).await.unwrap();
+    wait_for_tail(&other, &path, 8).await;
+    let got: Vec<String> = messages(&other, &path).await.into_iter().map(|m| m.1).collect();
+    assert_eq!(got, vec!["not json"], "the text stream now at the path took it");
 }
 
 /// The sequencer looks only at pending rows from a floor up (an xid below

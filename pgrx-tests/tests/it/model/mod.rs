@@ -18,6 +18,7 @@
 mod access;
 mod capture;
 mod ops;
+mod retention;
 mod state;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::{connect, unique_path};
 use ops::{Call, Op, PATHS};
-use state::{Model, Res};
+use state::{Model, Res, off};
 
 /// Results where the extension is known to differ from the protocol, each
 /// tolerated until its fix lands. KNOWN_DEFECT entries are for the lead to
@@ -66,6 +67,18 @@ fn script(ops: &[Op], paths: &[String]) -> String {
         out.push_str(&format!("{}\n  -- model: {}\n", call.sql(paths), show(&expected)));
         if let Some(settle) = call.settle_sql() {
             out.push_str(&format!("{settle}\n"));
+        }
+        let policy = model.policy_paths();
+        if !policy.is_empty() {
+            out.push_str(&format!("{}\n", retention::settle_sql(&policy, paths)));
+            model.settle();
+            for p in model.policy_paths() {
+                let earliest = off(model.streams[&p].retained_from);
+                out.push_str(&format!(
+                    "{}\n  -- model: {earliest}\n",
+                    retention::earliest_sql(p, paths)
+                ));
+            }
         }
     }
     out
@@ -144,6 +157,40 @@ async fn check_steps(client: &Client, ops: &[Op], paths: &[String]) -> Result<()
         if expected != actual && known_defect(&call, &expected, &actual).is_none() {
             return Err(format!(
                 "step {i}: {sql}\n  model:     {}\n  extension: {}",
+                show(&expected),
+                show(&actual)
+            ));
+        }
+        settle_retention(client, &mut model, paths).await.map_err(|e| format!("step {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Trims what retention policies allow, in the cluster and the model
+/// (`retention.rs`), and compares the earliest offsets.
+async fn settle_retention(
+    client: &Client,
+    model: &mut Model,
+    paths: &[String],
+) -> Result<(), String> {
+    let policy = model.policy_paths();
+    if policy.is_empty() {
+        return Ok(());
+    }
+    let sql = retention::settle_sql(&policy, paths);
+    client.batch_execute(&sql).await.map_err(|e| format!("{sql}: {e}"))?;
+    let cuts = model.settle();
+    if cuts > 0 {
+        *TALLY.lock().expect("tally").entry("retention: trims that cut".to_owned()).or_default() +=
+            cuts as u64;
+    }
+    for p in model.policy_paths() {
+        let sql = retention::earliest_sql(p, paths);
+        let actual = run_sql(client, &sql).await;
+        let expected: Res = Ok(vec![vec![Some(off(model.streams[&p].retained_from))]]);
+        if actual != expected {
+            return Err(format!(
+                "after trimming: {sql}\n  model:     {}\n  extension: {}",
                 show(&expected),
                 show(&actual)
             ));

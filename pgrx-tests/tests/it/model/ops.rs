@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::access;
 use super::capture::{self, CapOp};
+use super::retention;
 use super::state::{Model, hex, off};
 
 /// Streams per case: few, so operations keep meeting the same streams. A
@@ -163,6 +164,11 @@ pub enum Op {
         overload: Overload,
         body: usize,
     },
+    /// `ds.set_retention` by bytes (`retention::MAX_BYTES[i]`).
+    SetRetention {
+        p: usize,
+        max_bytes: usize,
+    },
     /// Time passes beyond the stream's TTL or expiry time, and the server
     /// retires it (see `Call::Expire`).
     Expire {
@@ -234,6 +240,10 @@ pub enum Call {
         p: usize,
         overload: Overload,
         body: Vec<u8>,
+    },
+    SetRetention {
+        p: usize,
+        max_bytes: u64,
     },
     Expire {
         p: usize,
@@ -353,6 +363,8 @@ fn stream_op() -> impl Strategy<Value = Op> {
             .prop_map(|(p, overload, body)| Op::Append { p, overload, body }),
         2 => (path(), overload(), 0..BODIES.len())
             .prop_map(|(p, overload, body)| Op::Enqueue { p, overload, body }),
+        2 => (path(), 0..retention::MAX_BYTES.len())
+            .prop_map(|(p, max_bytes)| Op::SetRetention { p, max_bytes }),
         4 => req().prop_map(Op::TryAppend),
         1 => prop::collection::vec(req(), 1..5).prop_map(Op::Batch),
         1 => path().prop_map(|p| Op::Close { p }),
@@ -418,6 +430,9 @@ impl Op {
                 overload: *overload,
                 body: BODIES[*body].as_bytes().to_vec(),
             },
+            Op::SetRetention { p, max_bytes } => {
+                Call::SetRetention { p: *p, max_bytes: retention::MAX_BYTES[*max_bytes] }
+            }
             Op::Expire { p } => Call::Expire { p: *p },
             Op::Grant { pattern, privileges } => {
                 Call::Grant { pattern: *pattern, privileges: *privileges }
@@ -501,6 +516,9 @@ impl Call {
             Call::Enqueue { p, overload, body } => {
                 format!("SELECT ds.enqueue({}, {});", q(p), argument(*overload, body))
             }
+            Call::SetRetention { p, max_bytes } => {
+                format!("SELECT ds.set_retention({}, NULL, {max_bytes});", q(p))
+            }
             // The clock cannot be moved, so the stream's last access and
             // expiry time are; then a create at its path retires it (as the
             // maintenance worker would, at a moment a test cannot pick), and
@@ -579,7 +597,8 @@ impl Call {
             ),
             Call::Head { p } => {
                 format!(
-                    "SELECT content_type, next_offset, closed, ttl_seconds FROM ds.head({});",
+                    "SELECT content_type, next_offset, closed, ttl_seconds, earliest_offset \
+                     FROM ds.head({});",
                     q(p)
                 )
             }

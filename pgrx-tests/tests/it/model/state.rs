@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::access::{Grants, Privilege};
 use super::ops::{Call, Ct, Overload, Req};
+use super::retention::{self, NOT_RETAINED, Unit};
 
 /// What one SQL statement gives: rows of text columns, or a SQLSTATE.
 pub type Res = Result<Vec<Vec<Option<String>>>, String>;
@@ -60,6 +61,14 @@ pub struct Stream {
     pub closed: bool,
     pub msgs: Vec<Msg>,
     pub tail: u64,
+    /// Where its own data starts (a fork's fork point; 0).
+    pub own_start: u64,
+    /// How its own data is stored, from the earliest retained offset on.
+    pub units: Vec<Unit>,
+    /// The earliest retained offset (README "Retention").
+    pub retained_from: u64,
+    /// Its retention policy's byte limit (`ds.set_retention`).
+    pub max_bytes: Option<u64>,
     pub fork: Option<Origin>,
     pub fork_count: usize,
     pub soft_deleted: bool,
@@ -71,6 +80,19 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Where a read from `from` starts: `-1` at the earliest retained
+    /// offset; an offset below it is SD410 (§5.6, 410 Gone).
+    fn read_start(&self, from: super::ops::At) -> Result<u64, String> {
+        let start = match from {
+            super::ops::At::Start => self.retained_from,
+            other => other.resolve(self.tail),
+        };
+        if start < self.retained_from {
+            return Err(NOT_RETAINED.to_owned());
+        }
+        Ok(start)
+    }
+
     /// Offsets a client can have been given: message starts and the tail.
     pub fn boundaries(&self) -> Vec<u64> {
         let mut b: Vec<u64> = self.msgs.iter().map(|m| m.start).collect();
@@ -268,14 +290,14 @@ impl Model {
             Call::Capture(op) => self.cap.apply(op),
             Call::Read { p, from } => {
                 let s = self.live(*p)?;
-                Ok(s.visible_from(from.resolve(s.tail))
+                Ok(s.visible_from(s.read_start(*from)?)
                     .into_iter()
                     .map(|m| vec![Some(off(m.start)), Some(off(m.end())), Some(hex(&m.data))])
                     .collect())
             }
             Call::ReadChunk { p, from } => {
                 let s = self.live(*p)?;
-                let start = from.resolve(s.tail);
+                let start = s.read_start(*from)?;
                 let parts = s.visible_from(start);
                 let next = parts.last().map_or(start.min(s.tail), Msg::end);
                 let body = if s.ct == Ct::Json {
@@ -295,11 +317,26 @@ impl Model {
             }
             Call::Head { p } => {
                 let s = self.live(*p)?;
-                one(vec![Some(s.ct.name().to_owned()), Some(off(s.tail)), b(s.closed), n(s.ttl)])
+                one(vec![
+                    Some(s.ct.name().to_owned()),
+                    Some(off(s.tail)),
+                    b(s.closed),
+                    n(s.ttl),
+                    Some(off(s.retained_from)),
+                ])
             }
             Call::Delete { p } => self.delete(*p),
             // Storage only: nothing a client sees changes.
-            Call::Rotate { p } => self.live(*p).map(|_| vec![vec![Some("1".to_owned())]]),
+            Call::Rotate { p } => {
+                self.live(*p)?;
+                retention::rotate(self.streams.get_mut(p).expect("live"));
+                one(vec![Some("1".to_owned())])
+            }
+            Call::SetRetention { p, max_bytes } => {
+                self.live(*p)?;
+                self.streams.get_mut(p).expect("live").max_bytes = Some(*max_bytes);
+                one(vec![Some(String::new())])
+            }
         }
     }
 
@@ -331,7 +368,7 @@ impl Model {
                 denied(*p, Privilege::Read)
             }
             Call::Delete { p } => denied(*p, Privilege::Delete),
-            Call::Rotate { p } => denied(*p, Privilege::Admin),
+            Call::Rotate { p } | Call::SetRetention { p, .. } => denied(*p, Privilege::Admin),
             _ => None,
         }
     }
@@ -415,10 +452,13 @@ impl Model {
             return one(vec![b(false), Some(off(s.tail)), Some(ct.name().to_owned()), b(closed)]);
         }
         let mut msgs = Vec::new();
+        let mut units = Vec::new();
         let mut tail = 0;
         for data in messages(ct, body, true)? {
-            msgs.push(Msg { start: tail, data: data.clone() });
-            tail += data.len() as u64;
+            let end = tail + data.len() as u64;
+            units.push(Unit { start: tail, end, segment: false });
+            msgs.push(Msg { start: tail, data });
+            tail = end;
         }
         let s = Stream {
             id: self.new_id(),
@@ -429,6 +469,10 @@ impl Model {
             closed,
             msgs,
             tail,
+            own_start: 0,
+            units,
+            retained_from: 0,
+            max_bytes: None,
             fork: None,
             fork_count: 0,
             soft_deleted: false,
@@ -543,6 +587,7 @@ impl Model {
         for data in msgs {
             let start = s.tail;
             s.tail += data.len() as u64;
+            s.units.push(Unit { start, end: s.tail, segment: false });
             s.msgs.push(Msg { start, data });
         }
         if req.close {
@@ -592,6 +637,9 @@ impl Model {
         if anchor > src.tail {
             return Err(INVALID_PARAMETER.to_owned());
         }
+        if anchor < src.retained_from {
+            return Err(NOT_RETAINED.to_owned());
+        }
         let after = src.visible_from(anchor);
         let pos = if sub == 0 {
             anchor
@@ -629,6 +677,10 @@ impl Model {
             closed: false,
             msgs,
             tail: pos,
+            own_start: pos,
+            units: Vec::new(),
+            retained_from: src.retained_from,
+            max_bytes: None,
             fork: Some(Origin { source, source_id, offset: anchor, sub }),
             fork_count: 0,
             soft_deleted: false,
