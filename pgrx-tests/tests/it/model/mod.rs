@@ -18,6 +18,7 @@
 mod access;
 mod capture;
 mod ops;
+mod registry;
 mod retention;
 mod state;
 
@@ -131,16 +132,36 @@ fn tally(call: &Call, r: &Res) {
 }
 
 /// Runs one case; the error says which step differed and how.
-async fn check(client: &Client, ops: &[Op]) -> Result<(), String> {
+/// With `registry`, the case's stream registry is checked at its end (the
+/// capture test's stream would be listed too: it does not).
+async fn check(client: &Client, ops: &[Op], registry: bool) -> Result<(), String> {
     let paths = paths_for_case();
     client.batch_execute(&capture::setup_sql(&paths)).await.map_err(|e| e.to_string())?;
-    let result = check_steps(client, ops, &paths).await;
+    if registry {
+        client.batch_execute(&registry::setup_sql(&paths)).await.map_err(|e| e.to_string())?;
+    }
+    let mut result = check_steps(client, ops, &paths).await;
+    if registry {
+        if let Ok(model) = &result {
+            let sql = registry::read_sql(&paths);
+            let expected = registry::expected(&model.registry, &paths);
+            let actual = run_sql(client, &sql).await;
+            if expected != actual {
+                result = Err(format!(
+                    "at the end: {sql}\n  model:     {}\n  extension: {}",
+                    show(&expected),
+                    show(&actual)
+                ));
+            }
+        }
+        client.batch_execute(&registry::teardown_sql(&paths)).await.map_err(|e| e.to_string())?;
+    }
     client.batch_execute(&capture::teardown_sql(&paths)).await.map_err(|e| e.to_string())?;
     client.batch_execute(access::TEARDOWN).await.map_err(|e| e.to_string())?;
-    result
+    result.map(|_| ())
 }
 
-async fn check_steps(client: &Client, ops: &[Op], paths: &[String]) -> Result<(), String> {
+async fn check_steps(client: &Client, ops: &[Op], paths: &[String]) -> Result<Model, String> {
     let mut model = Model::default();
     for (i, op) in ops.iter().enumerate() {
         let call = op.resolve(&model);
@@ -163,7 +184,7 @@ async fn check_steps(client: &Client, ops: &[Op], paths: &[String]) -> Result<()
         }
         settle_retention(client, &mut model, paths).await.map_err(|e| format!("step {i}: {e}"))?;
     }
-    Ok(())
+    Ok(model)
 }
 
 /// Trims what retention policies allow, in the cluster and the model
@@ -205,17 +226,21 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[test]
 fn sql_api_matches_the_model() {
-    run_model(ops::case(), env_or("DS_PROPTEST_CASES", 512));
+    run_model(ops::case(), env_or("DS_PROPTEST_CASES", 512), true);
 }
 
 /// Change capture on its own, with long write sequences (the mixed test
 /// reaches few re-captures and closes): every case ends with a read.
 #[test]
 fn captured_table_matches_the_model() {
-    run_model(ops::capture_case(), env_or("DS_PROPTEST_CASES", 512) / 4);
+    run_model(ops::capture_case(), env_or("DS_PROPTEST_CASES", 512) / 4, false);
 }
 
-fn run_model(strategy: impl proptest::strategy::Strategy<Value = Vec<Op>>, cases: u32) {
+fn run_model(
+    strategy: impl proptest::strategy::Strategy<Value = Vec<Op>>,
+    cases: u32,
+    registry: bool,
+) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let client = runtime.block_on(connect());
     runtime.block_on(client.batch_execute(ops::SESSION)).expect("session settings");
@@ -226,8 +251,9 @@ fn run_model(strategy: impl proptest::strategy::Strategy<Value = Vec<Op>>, cases
     let config = Config { cases, failure_persistence: None, ..Config::default() };
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
-    let result = runner
-        .run(&strategy, |ops| runtime.block_on(check(&client, &ops)).map_err(TestCaseError::fail));
+    let result = runner.run(&strategy, |ops| {
+        runtime.block_on(check(&client, &ops, registry)).map_err(TestCaseError::fail)
+    });
     let tally = TALLY.lock().expect("tally");
     eprintln!("{cases} cases; calls by outcome:");
     for (what, count) in tally.iter() {

@@ -262,7 +262,8 @@ pub enum Call {
 
 /// Settings of the test's session: rotation packs everything, into small
 /// segments, so reads cross segment and hot-row boundaries.
-pub const SESSION: &str = "SET ds.hot_tail_bytes = 0; SET ds.segment_target_bytes = 16;";
+pub const SESSION: &str =
+    "SET ds.hot_tail_bytes = 0; SET ds.segment_target_bytes = 16; SET ds.registry = on;";
 
 fn path() -> impl Strategy<Value = usize> {
     0..PATHS

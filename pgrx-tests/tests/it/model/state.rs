@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::access::{Grants, Privilege};
 use super::ops::{Call, Ct, Overload, Req};
+use super::registry::Change;
 use super::retention::{self, NOT_RETAINED, Unit};
 
 /// What one SQL statement gives: rows of text columns, or a SQLSTATE.
@@ -133,6 +134,8 @@ pub struct Model {
     pub grants: Grants,
     /// The call being applied runs as `access::ROLE`.
     pub as_role: bool,
+    /// What the case's stream registry must list (`registry.rs`).
+    pub registry: Vec<Change>,
     /// The case's captured table and its stream (a path no other call uses).
     pub cap: super::capture::CapModel,
 }
@@ -398,6 +401,10 @@ impl Model {
         } else {
             self.release(s.fork);
         }
+        // Retired, then the stream the test's create made there and deleted.
+        self.registry.push(Change { insert: None, p });
+        self.registry.push(Change { insert: Some((Ct::Bytes, None, false, None)), p });
+        self.registry.push(Change { insert: None, p });
         1
     }
 
@@ -481,6 +488,7 @@ impl Model {
             closed_by: None,
         };
         self.streams.insert(p, s);
+        self.registry.push(Change { insert: Some((ct, ttl, expires, None)), p });
         one(vec![b(true), Some(off(tail)), Some(ct.name().to_owned()), b(closed)])
     }
 
@@ -689,6 +697,7 @@ impl Model {
             closed_by: None,
         };
         let ct = fork.ct;
+        self.registry.push(Change { insert: Some((ct, fork.ttl, fork.expires, Some(source))), p });
         self.next_id += 1;
         self.streams.get_mut(&source).expect("source").fork_count += 1;
         self.streams.insert(p, fork);
@@ -698,8 +707,9 @@ impl Model {
     /// §5.4 / §4.2: a stream with forks is soft-deleted; the last fork's
     /// delete cleans up soft-deleted sources up the chain (cascade).
     fn delete(&mut self, p: usize) -> Res {
-        let s = self.live(p)?;
-        if s.fork_count > 0 {
+        let forks = self.live(p)?.fork_count;
+        self.registry.push(Change { insert: None, p });
+        if forks > 0 {
             self.streams.get_mut(&p).expect("live").soft_deleted = true;
             return one(vec![Some(String::new())]);
         }
