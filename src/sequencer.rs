@@ -19,10 +19,10 @@
 
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::prelude::*;
 
-use crate::worker::{VersionGate, in_transaction, reload_if_asked, start_worker};
+use crate::worker::{VersionGate, in_transaction, reload_if_asked, start_worker, wait};
 use crate::{apply, enqueue, storage};
 
 /// Streams one sequencing transaction locks at most.
@@ -98,7 +98,7 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
     let mut wake = Duration::ZERO;
     let mut last_round = Instant::now();
     let mut gap = MIN_ROUND_INTERVAL;
-    while BackgroundWorker::wait_latch(Some(wake)) {
+    while wait(wake) {
         reload_if_asked("sequencer");
         if !gate.open("sequencer", &database) {
             wake = gate.recheck_in().max(Duration::from_millis(100));
@@ -136,4 +136,5 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
     }
     enqueue::unregister_sequencer();
     log!("durable_streams sequencer: exiting");
+    crate::worker::exit_to_be_restarted();
 }

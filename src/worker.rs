@@ -172,6 +172,41 @@ pub(crate) fn start_worker() -> String {
     database
 }
 
+/// Whether SIGTERM arrived, ever: pgrx's `sigterm_received` (which
+/// `wait_latch` calls too) clears the flag it reads, so a check in the
+/// middle of a pass would otherwise swallow the signal and the worker's
+/// loop would never see it (a fast shutdown then hung on the maintenance
+/// worker).
+static TERMINATING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn terminating() -> bool {
+    use std::sync::atomic::Ordering;
+    if BackgroundWorker::sigterm_received() {
+        TERMINATING.store(true, Ordering::Relaxed);
+    }
+    TERMINATING.load(Ordering::Relaxed)
+}
+
+/// Waits for the latch or `timeout`; false once SIGTERM arrived (now or
+/// before).
+pub(crate) fn wait(timeout: Duration) -> bool {
+    use std::sync::atomic::Ordering;
+    if !BackgroundWorker::wait_latch(Some(timeout)) {
+        TERMINATING.store(true, Ordering::Relaxed);
+    }
+    !terminating()
+}
+
+/// Ends a worker after SIGTERM with exit code 1, which the postmaster
+/// restarts (after the worker's restart time) unless it is shutting down:
+/// code 0, what returning from the entry point gives, unregisters the
+/// worker, so a `pg_terminate_backend` of it stopped announcing,
+/// sequencing or maintenance until the server restarted.
+pub(crate) fn exit_to_be_restarted() -> ! {
+    // SAFETY: the normal way out of a background worker.
+    unsafe { pg_sys::proc_exit(1) }
+}
+
 /// Applies a pending SIGHUP (config reload).
 pub(crate) fn reload_if_asked(who: &str) {
     if BackgroundWorker::sighup_received() {
@@ -205,7 +240,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut gate = VersionGate::default();
     // The first round runs at once: it checks the version and says "*".
     let mut wake = Duration::ZERO;
-    while BackgroundWorker::wait_latch(Some(wake)) {
+    while wait(wake) {
         reload_if_asked("doorbell");
         if !gate.open("doorbell", &database) {
             // Pending streams stay in shared memory (beyond its room they
@@ -252,6 +287,7 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     }
     doorbell::unregister_worker();
     log!("durable_streams doorbell: exiting");
+    exit_to_be_restarted();
 }
 
 /// Prepared transactions whose streams the doorbell could not keep (see
@@ -304,7 +340,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
     let mut gate = VersionGate::default();
     loop {
         let until_pass = next_pass.saturating_duration_since(Instant::now());
-        if !BackgroundWorker::wait_latch(Some(until_pass.min(IDLE_WAKE))) {
+        if !wait(until_pass.min(IDLE_WAKE)) {
             break;
         }
         reload_if_asked("maintenance");
@@ -319,6 +355,7 @@ pub extern "C-unwind" fn durable_streams_maintenance_main(_arg: pg_sys::Datum) {
         }
     }
     log!("durable_streams maintenance: exiting");
+    exit_to_be_restarted();
 }
 
 /// Where rotation and expiry continue at the next pass (round-robin).
@@ -362,7 +399,7 @@ fn maintenance_pass(cursors: &mut Cursors) {
         v
     });
     for stream_id in candidates.unwrap_or_default() {
-        if BackgroundWorker::sigterm_received() {
+        if terminating() {
             return;
         }
         reload_if_asked("maintenance");
@@ -437,7 +474,7 @@ fn trim_pass(cursors: &mut Cursors, report: &mut PassReport) {
         v
     });
     for stream_id in candidates.unwrap_or_default() {
-        if BackgroundWorker::sigterm_received() {
+        if terminating() {
             return;
         }
         match in_transaction(&format!("trimming stream {stream_id}"), || {

@@ -467,3 +467,113 @@ async fn the_workers_never_run_operators_a_database_owner_planted() {
     assert_eq!(reaped, 0, "the pass did its work: the expired stream was reaped");
     assert!(rotated_segments > 0, "and the rotatable stream was rotated");
 }
+
+/// A SIGTERM that arrives while a maintenance pass rotates ends the worker
+/// after the stream it is on. pgrx's flag clears when read, and the pass
+/// read it between streams: the worker went on, and a fast shutdown hung
+/// on it until pg_ctl gave up.
+#[tokio::test]
+async fn a_sigterm_in_the_middle_of_a_pass_ends_the_maintenance_worker() {
+    let admin = connect().await;
+    for name in ["sigterm-a", "sigterm-b"] {
+        let path = unique_path(name);
+        admin.execute("SELECT ds.create($1, 'text/plain')", &[&path]).await.unwrap();
+        append_lines(&admin, &path, 0..100).await;
+    }
+    configure(
+        &admin,
+        &[
+            ("ds.rotation_interval_ms", "200"),
+            ("ds.segment_target_bytes", "300"),
+            ("ds.hot_tail_bytes", "100"),
+            ("ds.debug_rotation_pause_ms", "2000"),
+        ],
+    )
+    .await;
+    // In the middle of a rotation (more streams wait after this one).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        let row = admin
+            .query_opt(
+                "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+                 WHERE a.backend_type = 'durable_streams maintenance' AND l.locktype = 'relation' \
+                   AND l.relation = 'ds.segments'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(Instant::now() < deadline, "the worker started rotating");
+        sleep(Duration::from_millis(50)).await;
+    };
+    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alive: bool = admin
+            .query_one("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        if !alive {
+            break;
+        }
+        if Instant::now() >= deadline {
+            reset(&admin, &ROTATION).await;
+            panic!("the maintenance worker {pid} still runs 20 s after SIGTERM");
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    reset(&admin, &ROTATION).await;
+    // The postmaster starts it again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let back: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                 WHERE backend_type = 'durable_streams maintenance')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if back {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the maintenance worker was restarted");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every worker terminated on its own (`pg_terminate_backend`) comes back:
+/// it exits with code 1, which the postmaster restarts (code 0 would leave
+/// the database without announcements, sequencing or maintenance).
+#[tokio::test]
+async fn terminated_workers_are_restarted() {
+    let admin = connect().await;
+    for worker in ["durable_streams doorbell", "durable_streams sequencer"] {
+        let pid: i32 = admin
+            .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = $1", &[&worker])
+            .await
+            .unwrap()
+            .get(0);
+        admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let back: Option<i32> = admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 AND pid <> $2",
+                    &[&worker, &pid],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if back.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{worker} was restarted after SIGTERM");
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
