@@ -11,19 +11,31 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
     log "warning: only $(ulimit -n) open files allowed; the 1,000-client e2e test needs about 1,100 per process"
 fi
 
-log "rustfmt"
+# Each stage's header; the previous stage's time is printed first, so a run
+# shows how long every part of `make test` took.
+TEST_STARTED=$(date +%s)
+stage_started=""
+stage() {
+    local now
+    now=$(date +%s)
+    [ -z "$stage_started" ] || log "  (took $((now - stage_started)) s)"
+    stage_started=$now
+    log "$*"
+}
+
+stage "rustfmt"
 cargo fmt --all -- --check
-log "clippy"
+stage "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p durable_streams --all-targets --features pg_test -- -D warnings
 
-log "README SQL is run by the goldens"
+stage "README SQL is run by the goldens"
 python3 "$ROOT/scripts/check-readme-sql.py"
 
-log "unit tests (core, sidecar) and the fuzz corpus + regressions replay (ds-fuzz, stable)"
+stage "unit tests (core, sidecar) and the fuzz corpus + regressions replay (ds-fuzz, stable)"
 cargo test -q -p ds-core -p ds-sidecar -p ds-fuzz
 
-log "cargo pgrx test (in-backend #[pg_test])"
+stage "cargo pgrx test (in-backend #[pg_test])"
 PGRX_TEST_DIR="$(mktemp -d /tmp/ds-pgrx-test.XXXXXX)"
 pg_owned_dir "$PGRX_TEST_DIR"
 # pgrx-tests re-installs the extension with this manifest (see Cargo.toml).
@@ -58,7 +70,7 @@ cleanup() {
 trap cleanup EXIT
 cluster_start "$TEST_DIR" "$PORT" ds_it
 
-log "pg_regress goldens (tests/pg_regress)"
+stage "pg_regress goldens (tests/pg_regress)"
 psql_at "$PORT" postgres -qc "DROP DATABASE IF EXISTS ds_regress"
 ensure_database "$PORT" ds_regress
 REGRESS_OUT="$ROOT/tests/pg_regress"
@@ -71,10 +83,10 @@ tests=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
     exit 1
 }
 
-log "isolation specs (tests/isolation: pinned lock interleavings, a cluster of their own)"
+stage "isolation specs (tests/isolation: pinned lock interleavings, a cluster of their own)"
 DS_TEST_PORT="$PORT" bash "$ROOT/scripts/isolation-test.sh"
 
-log "integration tests (pgrx-tests/, tokio-postgres against the cluster)"
+stage "integration tests (pgrx-tests/, tokio-postgres against the cluster)"
 ensure_database "$PORT" ds_it
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_TEST_SERVER_DIR="$TEST_DIR" \
@@ -112,10 +124,10 @@ run_conformance() {
     SIDECAR_PID=
 }
 
-log "conformance suite (@durable-streams/server-conformance-tests, tests/conformance), --auth none"
+stage "conformance suite (@durable-streams/server-conformance-tests, tests/conformance), --auth none"
 run_conformance anonymous
 
-log "conformance suite again with --auth jwt: every request carries a token of a granted role"
+stage "conformance suite again with --auth jwt: every request carries a token of a granted role"
 # A role the sidecar (superuser here) acts as, allowed every ds.* function
 # and, with path grants, every path.
 psql_at "$PORT" ds_it -q <<'SQL'
@@ -138,7 +150,7 @@ export DS_TOKEN
 run_conformance jwt --auth jwt
 unset DS_TOKEN DS_JWT_SECRET
 
-log "State Protocol end to end (tests/state: the official @durable-streams/state client on a ds.capture'd table)"
+stage "State Protocol end to end (tests/state: the official @durable-streams/state client on a ds.capture'd table)"
 state_started=$(date +%s)
 SIDECAR_PORT="$(free_port)"
 ./target/debug/ds-sidecar --database-url "$CONFORMANCE_DB" --listen "127.0.0.1:$SIDECAR_PORT" \
@@ -156,15 +168,15 @@ wait "$SIDECAR_PID" || true
 SIDECAR_PID=
 log "State Protocol end to end took $(($(date +%s) - state_started)) s"
 
-log "end-to-end fault tests (tests/e2e: sidecar + cluster)"
+stage "end-to-end fault tests (tests/e2e: sidecar + cluster)"
 DS_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/ds_it" \
     DS_SIDECAR_BIN="$ROOT/target/debug/ds-sidecar" \
     cargo test -q -p ds-e2e -- --test-threads=1
 
-log "upgrade test: the previous release upgraded in place (scripts/upgrade-test.sh)"
+stage "upgrade test: the previous release upgraded in place (scripts/upgrade-test.sh)"
 bash "$ROOT/scripts/upgrade-test.sh"
 
-log "backup tests: pg_dump/pg_restore and point-in-time recovery (scripts/backup-test.sh)"
+stage "backup tests: pg_dump/pg_restore and point-in-time recovery (scripts/backup-test.sh)"
 bash "$ROOT/scripts/backup-test.sh"
 
-log "all tests passed"
+stage "all tests passed (in $(($(date +%s) - TEST_STARTED)) s)"
