@@ -207,9 +207,8 @@ fn append_text(path: &str, data: &str) -> Result<String, ErrorReport> {
 /// messages, as over HTTP); returns the new tail offset.
 #[pg_extern(name = "append", security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn append_jsonb(path: &str, data: pgrx::JsonB) -> Result<String, ErrorReport> {
-    let text = serde_json::to_vec(&data.0).map_err(|e| DsError::Internal(e.to_string()))?;
-    Ok(simple_append(path, &text, true)?)
+fn append_jsonb(path: &str, data: crate::jsonb_text::JsonbText) -> Result<String, ErrorReport> {
+    Ok(simple_append(path, &data.0, true)?)
 }
 
 /// Closes a stream (idempotent); returns its final offset.

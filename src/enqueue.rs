@@ -553,7 +553,6 @@ fn enqueue_text(path: &str, data: &str) -> Result<(), ErrorReport> {
 /// one level of messages, as with `ds.append`).
 #[pg_extern(name = "enqueue", security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn enqueue_jsonb(path: &str, data: pgrx::JsonB) -> Result<(), ErrorReport> {
-    let text = serde_json::to_vec(&data.0).map_err(|e| DsError::Internal(e.to_string()))?;
-    Ok(enqueue(path, &text, true)?)
+fn enqueue_jsonb(path: &str, data: crate::jsonb_text::JsonbText) -> Result<(), ErrorReport> {
+    Ok(enqueue(path, &data.0, true)?)
 }

@@ -19,6 +19,7 @@ mod doorbell;
 mod enqueue;
 mod error;
 mod gucs;
+mod jsonb_text;
 mod maintenance;
 mod quota;
 mod read;

@@ -168,9 +168,9 @@ fn put(id: &str, body: &Value) -> Outcome {
 #[search_path(pg_catalog, pg_temp)]
 pub(super) fn try_subscription_put(
     id: &str,
-    config: pgrx::JsonB,
+    config: crate::jsonb_text::JsonbText,
 ) -> Result<pgrx::JsonB, ErrorReport> {
-    respond(put(id, &config.0))
+    respond(super::request_json(&config).and_then(|config| put(id, &config)))
 }
 
 /// `{"subscription": <doc>}` of a live subscription the caller owns.

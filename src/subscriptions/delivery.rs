@@ -240,9 +240,11 @@ pub(super) fn try_subscription_claim(id: &str, worker: &str) -> Result<pgrx::Jso
 pub(super) fn try_subscription_ack(
     id: &str,
     token: &str,
-    request: pgrx::JsonB,
+    request: crate::jsonb_text::JsonbText,
 ) -> Result<pgrx::JsonB, ErrorReport> {
-    respond(ack(id, token, &request.0, Kind::PullWake))
+    respond(
+        super::request_json(&request).and_then(|request| ack(id, token, &request, Kind::PullWake)),
+    )
 }
 
 /// The webhook receiver's callback: as `try_subscription_ack`, with the
@@ -252,9 +254,11 @@ pub(super) fn try_subscription_ack(
 pub(super) fn try_subscription_callback(
     id: &str,
     token: &str,
-    request: pgrx::JsonB,
+    request: crate::jsonb_text::JsonbText,
 ) -> Result<pgrx::JsonB, ErrorReport> {
-    respond(ack(id, token, &request.0, Kind::Webhook))
+    respond(
+        super::request_json(&request).and_then(|request| ack(id, token, &request, Kind::Webhook)),
+    )
 }
 
 /// Gives a claimed pull-wake wake up without acknowledging: `{}`.

@@ -66,6 +66,15 @@ impl From<pgrx::spi::Error> for Failure {
 
 type Outcome = Result<Value, Failure>;
 
+/// A jsonb request or configuration as a JSON value: nested too deep for
+/// the parser it is an invalid request (refused like any other), not an
+/// internal error (see `crate::jsonb_text`).
+fn request_json(body: &crate::jsonb_text::JsonbText) -> Result<Value, Failure> {
+    serde_json::from_slice(&body.0).map_err(|e| {
+        Failure::Refused(SubError::invalid(format!("the request is not usable JSON: {e}")))
+    })
+}
+
 /// The `jsonb` a `ds.try_subscription_*` function returns.
 fn respond(outcome: Outcome) -> Result<pgrx::JsonB, ErrorReport> {
     match outcome {

@@ -504,3 +504,38 @@ async fn an_index_added_to_the_pending_table_is_kept_complete() {
     let got: String = messages(&client, &path).await.into_iter().map(|m| m.1).collect();
     assert_eq!(got, "abbbb");
 }
+
+/// The jsonb overloads of `ds.append` and `ds.enqueue` store the value as
+/// Postgres prints it (compacted, in jsonb's key order) with every digit:
+/// they used to parse it into doubles (`12345678901234567890123` became
+/// `1.2345678901234568e+22`, `0.1000000000000000055511151231257827` became
+/// `0.1`), and a value nested deeper than 128 levels was an internal error
+/// (XX000) instead of the depth limit's 22P02.
+#[tokio::test]
+async fn jsonb_bodies_keep_every_digit_and_too_deep_ones_are_refused_by_name() {
+    let client = connect().await;
+    let path = unique_path("hot-jsonb-digits");
+    client.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    let body = r#"{"n": 12345678901234567890123, "f": 0.1000000000000000055511151231257827, "bb": [1.50, -0.0], "a": "é\"q"}"#;
+    let stored = r#"{"a":"é\"q","f":0.1000000000000000055511151231257827,"n":12345678901234567890123,"bb":[1.50,0.0]}"#;
+    // What jsonb itself prints, for the record: the same value and order.
+    let printed: String =
+        client.query_one("SELECT $1::text::jsonb::text", &[&body]).await.unwrap().get(0);
+    assert_eq!(printed.replace(": ", ":").replace(", ", ","), stored, "jsonb's own text");
+    client.execute("SELECT ds.append($1, $2::text::jsonb)", &[&path, &body]).await.unwrap();
+    client.execute("SELECT ds.enqueue($1, $2::text::jsonb)", &[&path, &body]).await.unwrap();
+    wait_for_tail(&client, &path, 2 * stored.len() as u64).await;
+    let got: Vec<String> = messages(&client, &path).await.into_iter().map(|m| m.1).collect();
+    assert_eq!(got, vec![stored, stored], "appended and enqueued, digit for digit");
+
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for function in ["ds.append", "ds.enqueue"] {
+        let e = client
+            .execute(&format!("SELECT {function}($1, $2::text::jsonb)"), &[&path, &deep])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22P02", "{function}: {e}");
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(message.contains("nesting depth"), "{function}: {message}");
+    }
+}

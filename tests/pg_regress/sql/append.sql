@@ -73,3 +73,11 @@ COMMIT;
 SELECT start_offset, convert_from(data, 'UTF8') FROM ds.read('append/tx');
 
 SELECT ds.delete(path) FROM ds.streams WHERE path LIKE 'append/%' ORDER BY path;
+
+-- A jsonb body is stored as Postgres prints it (jsonb's key order, every
+-- digit), compacted; nested too deep, it is refused by name (22P02).
+SELECT ds.create('jsonb/digits', 'application/json') IS NOT NULL;
+SELECT ds.append('jsonb/digits', '{"n": 12345678901234567890123, "f": 0.1000000000000000055511151231257827, "bb": 1}'::jsonb) IS NOT NULL;
+SELECT convert_from(data, 'UTF8') FROM ds.read('jsonb/digits');
+SELECT attempt($$SELECT ds.append('jsonb/digits', (repeat('[', 200) || repeat(']', 200))::jsonb)$$);
+SELECT ds.delete('jsonb/digits');

@@ -49,3 +49,9 @@ SELECT ds.subscription_get('missing');
 
 SELECT ds.subscription_delete('order-workers');
 SELECT ds.subscription_delete('order-workers');
+
+-- A configuration or acknowledgement nested deeper than the JSON parser
+-- takes is an invalid request, not an internal error.
+SELECT ds.try_subscription_put('deep', ('{"type": "pull-wake", "streams": '
+                               || repeat('[', 200) || repeat(']', 200) || '}')::jsonb);
+SELECT ds.try_subscription_ack('deep', 'token', (repeat('[', 200) || repeat(']', 200))::jsonb);
