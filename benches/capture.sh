@@ -155,7 +155,7 @@ ratio = lambda a, b: f"{a / b:.2f}x" if b else "n/a"
 with open(out, "w") as f:
     f.write(f"# Capturing a table (benches/capture.sh)\n\nRevision {rev}, {cpu}, {clients} clients, "
             f"medians of {rounds} rounds of {secs} s (kinds alternating within each round), "
-            "synchronous_commit on, fsync on. Reproduce: `bash benches/capture.sh`.\n\n")
+            "synchronous_commit on, fsync on, a checkpoint before each timed run. Reproduce: `bash benches/capture.sh`.\n\n")
     f.write("## Single-row INSERT per transaction (about 100 bytes)\n\n| table | tps (median) | runs |\n|---|---:|---|\n")
     for k in ["plain", "captured", "notify"]:
         f.write(f"| {k} | {t.get(k, 0):,.0f} | {', '.join(f'{x:,.0f}' for x in tps.get(k, []))} |\n")

@@ -100,6 +100,9 @@ RAW="$DIR/raw.tsv"
 for r in $(seq 1 "$ROUNDS"); do
     for k in $KINDS; do
         log "round $r: $k, $CLIENTS clients, $SECONDS_PER_RUN s"
+        # From a checkpoint, as benches/capture.sh: otherwise the run that
+        # follows a WAL-triggered checkpoint pays its full-page writes.
+        psql_at "$PORT" bench -qc "CHECKPOINT" >/dev/null
         tps=$("$(pg_bindir)/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -M prepared \
             -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -f "$DIR/$k.sql" bench 2>&1 |
             awk '/^tps/ {print $3}')
@@ -111,6 +114,7 @@ for r in $(seq 1 "$ROUNDS"); do
             insert) sql="INSERT INTO bench_raw (data) SELECT '$payload' FROM generate_series(1, $BULK)" ;;
             *) sql="SELECT count(ds.$k('bulk-$k', '$payload')) FROM generate_series(1, $BULK)" ;;
         esac
+        psql_at "$PORT" bench -qc "CHECKPOINT" >/dev/null
         t0=$(date +%s%N)
         psql_at "$PORT" bench -qc "$sql" >/dev/null
         t1=$(date +%s%N)
@@ -142,7 +146,7 @@ b = {k: med(v) for k, v in bulk_ms.items()}
 with open(out, "w") as f:
     f.write(f"# Appending from SQL (benches/sql.sh)\n\nRevision {rev}, {cpu}, {clients} clients, "
              f"medians of {rounds} rounds of {secs} s (kinds alternating within each round), "
-             "synchronous_commit on, fsync on. Reproduce: `bash benches/sql.sh`.\n\n")
+             "synchronous_commit on, fsync on, a checkpoint before each timed run. Reproduce: `bash benches/sql.sh`.\n\n")
     f.write("## Hot stream: one 100-byte message per transaction\n\n| kind | tps (median) | runs |\n|---|---:|---|\n")
     for k in ["insert", "pgq", "append", "enqueue", "outbox-append", "outbox-enqueue"]:
         f.write(f"| {k} | {t.get(k, 0):,.0f} | {', '.join(f'{x:,.0f}' for x in tps.get(k, []))} |\n")
