@@ -102,6 +102,8 @@ pub struct Pending {
     last_pass_unix_ms: i64,
     segments_written: i64,
     streams_expired: i64,
+    streams_trimmed: i64,
+    bytes_trimmed: i64,
     errors: i64,
     streams: PendingSet<CAPACITY, SLOTS>,
     /// Prepared transactions' streams, by transaction id, until they end.
@@ -124,6 +126,8 @@ impl Default for Pending {
             last_pass_unix_ms: 0,
             segments_written: 0,
             streams_expired: 0,
+            streams_trimmed: 0,
+            bytes_trimmed: 0,
             errors: 0,
             streams: PendingSet::new(),
             prepared: [PreparedEntry::EMPTY; PREPARED_CAPACITY],
@@ -492,17 +496,30 @@ pub fn take_pending() -> (Vec<Advanced>, bool) {
     (streams, overflow)
 }
 
+/// What one maintenance pass did.
+#[derive(Default)]
+pub struct PassReport {
+    pub segments: i64,
+    pub expired: i64,
+    /// Streams a retention trim cut, and the stream bytes it dropped.
+    pub trimmed: i64,
+    pub trimmed_bytes: i64,
+    pub errors: i64,
+}
+
 /// Worker side: adds one maintenance pass to the shared statistics.
-pub fn record_pass(segments: i64, expired: i64, errors: i64) {
+pub fn record_pass(report: &PassReport) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let mut shared = PENDING.exclusive();
     shared.passes += 1;
     shared.last_pass_unix_ms = now_ms;
-    shared.segments_written += segments;
-    shared.streams_expired += expired;
-    shared.errors += errors;
+    shared.segments_written += report.segments;
+    shared.streams_expired += report.expired;
+    shared.streams_trimmed += report.trimmed;
+    shared.bytes_trimmed += report.trimmed_bytes;
+    shared.errors += report.errors;
 }
 
 /// Statistics of the background worker; no row without `shared_preload_libraries`.
@@ -518,6 +535,8 @@ fn worker_stats() -> TableIterator<
         name!(segments_written, i64),
         name!(streams_expired, i64),
         name!(errors, i64),
+        name!(streams_trimmed, i64),
+        name!(bytes_trimmed, i64),
     ),
 > {
     if !PRELOADED.load(Ordering::Relaxed) {
@@ -532,6 +551,8 @@ fn worker_stats() -> TableIterator<
             last_pass_unix_ms: shared.last_pass_unix_ms,
             segments_written: shared.segments_written,
             streams_expired: shared.streams_expired,
+            streams_trimmed: shared.streams_trimmed,
+            bytes_trimmed: shared.bytes_trimmed,
             errors: shared.errors,
         }
     };
@@ -550,6 +571,8 @@ fn worker_stats() -> TableIterator<
         s.segments_written,
         s.streams_expired,
         s.errors,
+        s.streams_trimmed,
+        s.bytes_trimmed,
     ))
 }
 
@@ -561,5 +584,7 @@ struct Stats {
     last_pass_unix_ms: i64,
     segments_written: i64,
     streams_expired: i64,
+    streams_trimmed: i64,
+    bytes_trimmed: i64,
     errors: i64,
 }

@@ -19,6 +19,7 @@ use crate::{maintenance, storage};
 use ds_core::doorbell::Announced;
 use ds_core::notification::{self, Announcement, MAX_PAYLOAD};
 
+use crate::doorbell::PassReport;
 use crate::{doorbell, gucs};
 
 /// Shortest time between two notifications of the doorbell (see its loop).
@@ -443,7 +444,7 @@ fn maintenance_pass(cursors: &mut Cursors) {
     {
         report.errors += 1;
     }
-    doorbell::record_pass(report.segments, report.expired, report.errors);
+    doorbell::record_pass(&report);
     if report.segments > 0 || report.expired > 0 || report.trimmed > 0 || report.errors > 0 {
         debug1!(
             "durable_streams worker: pass wrote {} segment(s), expired {} stream(s), \
@@ -488,15 +489,6 @@ fn trim_pass(cursors: &mut Cursors, report: &mut PassReport) {
             None => report.errors += 1,
         }
     }
-}
-
-#[derive(Default)]
-struct PassReport {
-    segments: i64,
-    expired: i64,
-    trimmed: i64,
-    trimmed_bytes: i64,
-    errors: i64,
 }
 
 /// Runs `work` in its own transaction. An error (returned or raised) rolls

@@ -302,6 +302,7 @@ async fn the_worker_applies_policies_and_server_defaults() {
     let c = connect().await;
     let own = unique_path("retention-worker-own");
     let defaulted = unique_path("retention-worker-default");
+    let (streams_before, bytes_before) = trims_counted(&c).await;
     for path in [&own, &defaulted] {
         c.execute("SELECT ds.create($1, 'application/json')", &[path]).await.unwrap();
         for n in 0..100 {
@@ -318,7 +319,33 @@ async fn the_worker_applies_policies_and_server_defaults() {
     let earliest = wait_for_trim(&c, &defaulted, 0).await;
     assert_eq!(earliest, (100 - 74) * SIZE);
     assert_eq!(head(&c, &own).await.1, 90 * SIZE, "its own policy wins over the default");
+    // ds.worker_stats counts both trims once their pass ends (other tests'
+    // trims may add to the counters: at least these).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (streams, bytes) = trims_counted(&c).await;
+        if streams >= streams_before + 2 && bytes >= bytes_before + (90 + 26) * SIZE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ds.worker_stats counts the 2 trims of {} bytes: {} streams, {} bytes since",
+            (90 + 26) * SIZE,
+            streams - streams_before,
+            bytes - bytes_before
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     reset(&c, &["ds.retention_max_bytes", "ds.rotation_interval_ms"]).await;
+}
+
+/// `ds.worker_stats()`'s (streams_trimmed, bytes_trimmed).
+async fn trims_counted(c: &Client) -> (i64, i64) {
+    let row = c
+        .query_one("SELECT streams_trimmed, bytes_trimmed FROM ds.worker_stats()", &[])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 #[tokio::test]
