@@ -483,24 +483,19 @@ CREATE TABLE ds.retention (
 SELECT pg_catalog.pg_extension_config_dump('ds.retention', '');
 REVOKE ALL ON ds.retention FROM PUBLIC;
 
--- ds.head gains a column: re-created, keeping the EXECUTE grants roles had
--- (in one block: a table made here would become a member of the extension).
-DO $head$
+-- Functions whose result gains columns are re-created (a function's result
+-- type cannot change in place), keeping the EXECUTE grants roles had:
+-- ds.head gains earliest_offset, ds.worker_stats the retention counters
+-- (streams_trimmed, bytes_trimmed). In one block: a table made here would
+-- become a member of the extension.
+DO $recreate$
 DECLARE
+    f record;
     regrant text[];
     g text;
 BEGIN
-    SELECT coalesce(pg_catalog.array_agg(pg_catalog.format(
-               'GRANT EXECUTE ON FUNCTION ds.head(text) TO %s%s',
-               CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                    ELSE pg_catalog.quote_ident(a.grantee::pg_catalog.regrole::pg_catalog.text) END,
-               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
-      INTO regrant
-      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-     WHERE p.oid OPERATOR(pg_catalog.=) 'ds.head(text)'::pg_catalog.regprocedure
-       AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
-    DROP FUNCTION ds.head(text);
+    FOR f IN SELECT * FROM (VALUES
+        ('ds.head(text)', $create$
     CREATE FUNCTION ds."head"(
     	"path" TEXT
     ) RETURNS TABLE (
@@ -515,13 +510,43 @@ BEGIN
     STRICT STABLE SECURITY DEFINER
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
-    AS 'MODULE_PATHNAME', 'head_wrapper';
-    REVOKE EXECUTE ON FUNCTION ds.head(text) FROM PUBLIC;
-    FOREACH g IN ARRAY regrant LOOP
-        EXECUTE g;
+    AS 'MODULE_PATHNAME', 'head_wrapper'$create$),
+        ('ds.worker_stats()', $create$
+    CREATE FUNCTION ds."worker_stats"() RETURNS TABLE (
+    	"running" bool,
+    	"database_oid" bigint,
+    	"passes" bigint,
+    	"last_pass" timestamp with time zone,
+    	"segments_written" bigint,
+    	"streams_expired" bigint,
+    	"errors" bigint,
+    	"streams_trimmed" bigint,
+    	"bytes_trimmed" bigint
+    )
+    STRICT SECURITY DEFINER
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'worker_stats_wrapper'$create$)) AS t(signature, create_statement)
+    LOOP
+        SELECT coalesce(pg_catalog.array_agg(pg_catalog.format(
+                   'GRANT EXECUTE ON FUNCTION %s TO %s%s', f.signature,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                        ELSE pg_catalog.quote_ident(a.grantee::pg_catalog.regrole::pg_catalog.text) END,
+                   CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
+          INTO regrant
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid OPERATOR(pg_catalog.=) f.signature::pg_catalog.regprocedure
+           AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+           AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', f.signature);
+        EXECUTE f.create_statement;
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f.signature);
+        FOREACH g IN ARRAY regrant LOOP
+            EXECUTE g;
+        END LOOP;
     END LOOP;
 END
-$head$;
+$recreate$;
 
 CREATE FUNCTION ds."set_retention"(
 	"path" TEXT,
@@ -565,46 +590,6 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'trim_wrapper';
 REVOKE EXECUTE ON FUNCTION ds.set_retention(text, interval, bigint), ds.reset_retention(text),
     ds.retention(text), ds.trim(text) FROM PUBLIC;
-
--- ds.worker_stats gains the retention counters (streams_trimmed,
--- bytes_trimmed): re-created like ds.head above, keeping EXECUTE grants.
-DO $worker_stats$
-DECLARE
-    regrant text[];
-    g text;
-BEGIN
-    SELECT coalesce(pg_catalog.array_agg(pg_catalog.format(
-               'GRANT EXECUTE ON FUNCTION ds.worker_stats() TO %s%s',
-               CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                    ELSE pg_catalog.quote_ident(a.grantee::pg_catalog.regrole::pg_catalog.text) END,
-               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)), '{}')
-      INTO regrant
-      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-     WHERE p.oid OPERATOR(pg_catalog.=) 'ds.worker_stats()'::pg_catalog.regprocedure
-       AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
-    DROP FUNCTION ds.worker_stats();
-    CREATE FUNCTION ds."worker_stats"() RETURNS TABLE (
-    	"running" bool,
-    	"database_oid" bigint,
-    	"passes" bigint,
-    	"last_pass" timestamp with time zone,
-    	"segments_written" bigint,
-    	"streams_expired" bigint,
-    	"errors" bigint,
-    	"streams_trimmed" bigint,
-    	"bytes_trimmed" bigint
-    )
-    STRICT SECURITY DEFINER
-    SET search_path TO pg_catalog, pg_temp
-    LANGUAGE c
-    AS 'MODULE_PATHNAME', 'worker_stats_wrapper';
-    REVOKE EXECUTE ON FUNCTION ds.worker_stats() FROM PUBLIC;
-    FOREACH g IN ARRAY regrant LOOP
-        EXECUTE g;
-    END LOOP;
-END
-$worker_stats$;
 
 -- Generic plans for every statement the ds.* functions run: they are short
 -- keyed statements whose kept plans are re-used (storage.rs), and with the
