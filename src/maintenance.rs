@@ -165,6 +165,21 @@ pub fn forget_idle_producers(client: &mut SpiClient<'_>) -> DsResult<u64> {
     Ok(t.len() as u64)
 }
 
+/// Deletes the path grants of roles that no longer exist: `DROP ROLE` does
+/// not know them (they are rows, not catalog privileges), and an OID left
+/// behind would give its grants to a role that gets that OID one day.
+/// Returns how many it deleted.
+pub fn forget_grants_of_dropped_roles(client: &mut SpiClient<'_>) -> DsResult<u64> {
+    let t = client.update(
+        "DELETE FROM ds.path_grants g WHERE NOT EXISTS \
+           (SELECT FROM pg_catalog.pg_authid a \
+            WHERE a.oid OPERATOR(pg_catalog.=) g.grantee::pg_catalog.oid)",
+        None,
+        &[],
+    )?;
+    Ok(t.len() as u64)
+}
+
 /// Per-stream storage: hot rows and bytes, segments and bytes, tail, last
 /// rotation, forks. Reads the tables, so it costs a scan of each.
 #[pg_extern(security_definer, stable)]

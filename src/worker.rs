@@ -444,6 +444,13 @@ fn maintenance_pass(cursors: &mut Cursors) {
     {
         report.errors += 1;
     }
+    match in_transaction("forgetting path grants of dropped roles", || {
+        Spi::connect_mut(maintenance::forget_grants_of_dropped_roles)
+    }) {
+        Some(0) => {}
+        Some(n) => log!("durable_streams maintenance: deleted {n} path grant(s) of dropped roles"),
+        None => report.errors += 1,
+    }
     doorbell::record_pass(&report);
     if report.segments > 0 || report.expired > 0 || report.trimmed > 0 || report.errors > 0 {
         debug1!(
