@@ -222,3 +222,43 @@ async fn tails_written_early_in_a_rolled_back_savepoint_are_written_again() {
         client.query_one("SELECT ds.append($1, 'y'::bytea)", &[&path]).await.unwrap().get(0);
     assert_eq!(next, off(21));
 }
+
+/// Appends write their `ds.messages` row without the executor only while the
+/// table has the shape that code knows (storage/direct.rs): a trigger on it
+/// (anything an INSERT would run) sends them back through SQL, so it fires.
+#[tokio::test]
+async fn a_trigger_on_ds_messages_sends_appends_back_through_sql() {
+    let c = connect().await;
+    let path = unique_path("messages-shape");
+    c.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    c.execute("SELECT ds.append($1, 'before'::bytea)", &[&path]).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE public.it_messages_seen (stream_id bigint); \
+         CREATE FUNCTION public.it_messages_seen() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO public.it_messages_seen VALUES (NEW.stream_id); RETURN NULL; END $$; \
+         CREATE TRIGGER it_messages_seen AFTER INSERT ON ds.messages \
+           FOR EACH ROW EXECUTE FUNCTION public.it_messages_seen();",
+    )
+    .await
+    .unwrap();
+    let appended = c.execute("SELECT ds.append($1, 'during'::bytea)", &[&path]).await;
+    let seen: Result<i64, _> = c
+        .query_one(
+            "SELECT count(*) FROM public.it_messages_seen s, ds.head($1) h \
+             WHERE s.stream_id = h.stream_id",
+            &[&path],
+        )
+        .await
+        .map(|r| r.get(0));
+    // Clean up before asserting: the trigger must not outlive this test.
+    c.batch_execute(
+        "DROP TRIGGER it_messages_seen ON ds.messages; \
+         DROP FUNCTION public.it_messages_seen(); DROP TABLE public.it_messages_seen;",
+    )
+    .await
+    .unwrap();
+    appended.unwrap();
+    assert_eq!(seen.unwrap(), 1, "the append went through SQL: the trigger saw its row");
+    c.execute("SELECT ds.append($1, 'after'::bytea)", &[&path]).await.unwrap();
+    assert_eq!(body(&c, &path).await, b"beforeduringafter");
+}
