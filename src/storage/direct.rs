@@ -75,6 +75,12 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 /// SAFETY: inside a transaction; every datum must be of its column's type
 /// and live until this returns.
 pub unsafe fn insert(shape: &Shape, rows: &mut [Vec<pg_sys::Datum>]) -> bool {
+    // SAFETY: a plain read of the transaction's state.
+    if unsafe { pg_sys::XactReadOnly } {
+        // The executor refuses writes in a READ ONLY transaction (25006);
+        // this path has no executor, so SQL says it.
+        return false;
+    }
     // SAFETY: as the caller promises; indexes are opened (and locked until
     // the transaction ends) as an INSERT opens them.
     let done = unsafe {

@@ -262,3 +262,25 @@ async fn a_trigger_on_ds_messages_sends_appends_back_through_sql() {
     c.execute("SELECT ds.append($1, 'after'::bytea)", &[&path]).await.unwrap();
     assert_eq!(body(&c, &path).await, b"beforeduringafter");
 }
+
+/// A READ ONLY transaction writes nothing, whichever path an append takes:
+/// `ds.enqueue` to a stream its backend knows (written without SQL) and
+/// `ds.append` both refuse with 25006.
+#[tokio::test]
+async fn a_read_only_transaction_neither_enqueues_nor_appends() {
+    let c = connect().await;
+    let path = unique_path("read-only");
+    c.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    // Twice: the second enqueue of this backend takes the path without SQL.
+    for _ in 0..2 {
+        c.execute("SELECT ds.enqueue($1, 'warm'::bytea)", &[&path]).await.unwrap();
+    }
+    for sql in ["SELECT ds.enqueue($1, 'ro'::bytea)", "SELECT ds.append($1, 'ro'::bytea)"] {
+        c.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let e = c.execute(sql, &[&path]).await.unwrap_err();
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(sqlstate(&e), "25006", "{sql}: {e}");
+    }
+    c.execute("SELECT ds.append($1, 'rw'::bytea)", &[&path]).await.unwrap();
+    assert_eq!(body(&c, &path).await, b"warmwarmrw");
+}
