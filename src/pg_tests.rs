@@ -283,6 +283,39 @@ mod tests {
         assert_eq!(chunk("-1", 1), format!("aaaa|{}|false|false", off(4)));
     }
 
+    /// The extension's kept plans run generic (storage.rs, `GenericPlans`)
+    /// without a `SET` clause: the caller's own setting must be back after
+    /// every call, also after an error raised while a kept statement ran.
+    #[pg_test]
+    fn kept_plans_leave_the_callers_plan_cache_mode_alone() {
+        Spi::run("SET LOCAL plan_cache_mode = force_custom_plan").unwrap();
+        Spi::run("SELECT ds.create('pcm', 'text/plain')").unwrap();
+        Spi::run("SELECT ds.append('pcm', 'a')").unwrap();
+        assert_eq!(text("SHOW plan_cache_mode"), "force_custom_plan");
+        // A trigger on ds.messages sends the append through SQL (the kept
+        // INSERT) and fails inside it, saying what mode it ran under.
+        Spi::run(
+            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'mode %', current_setting('plan_cache_mode'); END $$",
+        )
+        .unwrap();
+        Spi::run(
+            "CREATE TRIGGER refuse BEFORE INSERT ON ds.messages \
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()",
+        )
+        .unwrap();
+        Spi::run(
+            "CREATE FUNCTION pg_temp.message_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLERRM; END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT pg_temp.message_of($q$SELECT ds.append('pcm', 'b')$q$)"),
+            "mode force_generic_plan"
+        );
+        assert_eq!(text("SHOW plan_cache_mode"), "force_custom_plan");
+    }
+
     #[pg_test]
     fn delete_removes_everything_and_frees_the_path() {
         Spi::run("SELECT ds.create('d', 'text/plain')").unwrap();
