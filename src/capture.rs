@@ -157,7 +157,7 @@ fn evaluate(capture: &Capture, composite: pg_sys::Datum) -> DsResult<(Option<Str
         Spi::connect(|client| {
             // SAFETY: `composite` is a row of the table, of type `row_type`.
             let arg = unsafe { DatumWithOid::new(composite, capture.row_type) };
-            let _generic = crate::storage::GenericPlans::new();
+            let _generic = storage::GenericPlans::new();
             let table = client.select(query, Some(1), &[arg])?;
             let row = table.first();
             Ok((row.get::<String>(1)?, row.get::<bool>(2)?.unwrap_or(false)))
