@@ -540,18 +540,17 @@ pub fn insert_messages(
     Ok(Offset::from_i64(pos))
 }
 
-/// Inserts message rows `(stream_ids[i], starts[i], datas[i])` in one statement.
+/// Inserts message rows `(stream_ids[i], starts[i], datas[i])`: without the
+/// executor (`storage/messages.rs`) while `ds.messages` is the table that
+/// code knows (no trigger, rule, policy and so on: `direct.rs`), else in
+/// one statement.
 pub fn insert_message_rows(
     client: &mut SpiClient<'_>,
     stream_ids: Vec<i64>,
     starts: Vec<i64>,
     datas: Vec<Vec<u8>>,
 ) -> DsResult<()> {
-    if let ([id], [start], [data]) = (stream_ids.as_slice(), starts.as_slice(), datas.as_slice())
-        && messages::insert(*id, *start, data)
-    {
-        // One message (every SQL append of one stream and message), written
-        // without the executor.
+    if messages::insert(&stream_ids, &starts, &datas) {
         return Ok(());
     }
     if let ([id], [start], [_]) = (stream_ids.as_slice(), starts.as_slice(), datas.as_slice()) {

@@ -1,5 +1,4 @@
-//! `ds.messages` rows of single-message appends written without the
-//! executor (see `direct.rs`).
+//! `ds.messages` rows written without the executor (see `direct.rs`).
 
 use pgrx::pg_sys;
 
@@ -17,16 +16,24 @@ static MESSAGES: Shape = Shape {
     checked: &direct::MESSAGES_CHECKED,
 };
 
-/// Inserts the message `data` of `stream_id` at `start_pos`; false (nothing
-/// written) if `ds.messages` is not the table this code knows, for the
-/// caller to use SQL instead.
-pub fn insert(stream_id: i64, start_pos: i64, data: &[u8]) -> bool {
-    let bytea = pgrx::rust_byte_slice_to_bytea(data);
-    let mut rows = [vec![
-        pg_sys::Datum::from(stream_id),
-        pg_sys::Datum::from(start_pos),
-        pg_sys::Datum::from(bytea.as_ptr()),
-    ]];
-    // SAFETY: datums of the columns' types, alive (`bytea`) until it returns.
+/// Inserts the messages `(stream_ids[i], starts[i], datas[i])`; false
+/// (nothing written) if `ds.messages` is not the table this code knows, for
+/// the caller to use SQL instead.
+pub fn insert(stream_ids: &[i64], starts: &[i64], datas: &[Vec<u8>]) -> bool {
+    debug_assert!(stream_ids.len() == starts.len() && starts.len() == datas.len());
+    let byteas: Vec<_> = datas.iter().map(|d| pgrx::rust_byte_slice_to_bytea(d)).collect();
+    let mut rows: Vec<Vec<pg_sys::Datum>> = stream_ids
+        .iter()
+        .zip(starts)
+        .zip(&byteas)
+        .map(|((&id, &start), bytea)| {
+            vec![
+                pg_sys::Datum::from(id),
+                pg_sys::Datum::from(start),
+                pg_sys::Datum::from(bytea.as_ptr()),
+            ]
+        })
+        .collect();
+    // SAFETY: datums of the columns' types, alive (`byteas`) until it returns.
     unsafe { direct::insert(&MESSAGES, &mut rows) }
 }

@@ -231,7 +231,10 @@ async fn a_trigger_on_ds_messages_sends_appends_back_through_sql() {
     let c = connect().await;
     let path = unique_path("messages-shape");
     c.execute("SELECT ds.create($1)", &[&path]).await.unwrap();
+    // Both writers of message rows, without the executor: one message, and
+    // a batch of two (as the sidecar's group commit sends).
     c.execute("SELECT ds.append($1, 'before'::bytea)", &[&path]).await.unwrap();
+    append_two(&c, &path, b"be", b"fore").await.unwrap();
     c.batch_execute(
         "CREATE TABLE public.it_messages_seen (stream_id bigint); \
          CREATE FUNCTION public.it_messages_seen() RETURNS trigger LANGUAGE plpgsql AS \
@@ -242,6 +245,7 @@ async fn a_trigger_on_ds_messages_sends_appends_back_through_sql() {
     .await
     .unwrap();
     let appended = c.execute("SELECT ds.append($1, 'during'::bytea)", &[&path]).await;
+    let batched = append_two(&c, &path, b"du", b"ring").await;
     let seen: Result<i64, _> = c
         .query_one(
             "SELECT count(*) FROM public.it_messages_seen s, ds.head($1) h \
@@ -258,9 +262,31 @@ async fn a_trigger_on_ds_messages_sends_appends_back_through_sql() {
     .await
     .unwrap();
     appended.unwrap();
-    assert_eq!(seen.unwrap(), 1, "the append went through SQL: the trigger saw its row");
+    batched.unwrap();
+    assert_eq!(seen.unwrap(), 3, "the appends went through SQL: the trigger saw their rows");
     c.execute("SELECT ds.append($1, 'after'::bytea)", &[&path]).await.unwrap();
-    assert_eq!(body(&c, &path).await, b"beforeduringafter");
+    assert_eq!(body(&c, &path).await, b"beforebeforeduringduringafter");
+}
+
+/// Appends `a` and `b` to `path` in one `ds.try_append_batch` call.
+async fn append_two(
+    c: &tokio_postgres::Client,
+    path: &str,
+    a: &[u8],
+    b: &[u8],
+) -> Result<(), tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT outcome FROM ds.try_append_batch(ARRAY[$1, $1], ARRAY[$2, $3]::bytea[], \
+               ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], \
+               ARRAY[NULL, NULL]::bigint[], ARRAY[NULL, NULL]::bigint[], ARRAY[false, false]) \
+             ORDER BY idx",
+            &[&path, &a, &b],
+        )
+        .await?;
+    let outcomes: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(outcomes, ["ok", "ok"]);
+    Ok(())
 }
 
 /// A READ ONLY transaction writes nothing, whichever path an append takes:

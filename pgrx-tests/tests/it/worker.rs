@@ -152,22 +152,8 @@ async fn kill_9_in_the_middle_of_a_rotation_loses_and_duplicates_nothing() {
     let status =
         std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill -9 the worker mid-rotation");
-    drop(admin);
-
     // The postmaster restarts every backend and replays WAL; reconnect.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let c = loop {
-        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), async {
-            let (c, _) = crate::connect_to_checked().await?;
-            c.query_one("SELECT 1", &[]).await.map(|_| c)
-        })
-        .await
-        {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "the cluster came back after the crash");
-        sleep(Duration::from_millis(200)).await;
-    };
+    let c = reconnect_after_crash(admin).await;
     reset(&c, &["ds.debug_rotation_pause_ms"]).await;
     assert_eq!(read_all(&c, &path).await, expected, "every byte once, in order, after the crash");
     let overlap: i64 = c
@@ -347,10 +333,23 @@ pub(crate) async fn crash_restart(c: Client) -> Client {
     let status =
         std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success());
-    drop(c);
+    reconnect_after_crash(c).await
+}
+
+/// After a SIGKILL of a server process: waits until the postmaster's crash
+/// restart has ended `old`, then connects to the restarted cluster. A
+/// connection made before the postmaster noticed the death would be cut by
+/// the restart a moment later.
+async fn reconnect_after_crash(old: Client) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_secs(2), old.query_one("SELECT 1", &[])).await
+    {
+        assert!(Instant::now() < deadline, "the postmaster restarted every backend after the kill");
+        sleep(Duration::from_millis(20)).await;
+    }
+    drop(old);
     loop {
-        sleep(Duration::from_millis(300)).await;
         if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), async {
             let (c, _) = crate::connect_to_checked().await?;
             c.query_one("SELECT 1", &[]).await.map(|_| c)
@@ -360,6 +359,7 @@ pub(crate) async fn crash_restart(c: Client) -> Client {
             return c;
         }
         assert!(Instant::now() < deadline, "the cluster came back after the crash");
+        sleep(Duration::from_millis(200)).await;
     }
 }
 
