@@ -359,6 +359,12 @@ impl Db {
     /// After a write of this sidecar committed, before it is acknowledged:
     /// with read replicas, this sidecar's later reads will see it
     /// (`replica/`); nothing otherwise.
+    /// Whether reads go to read replicas (`replica/`), which may not have
+    /// this process's latest commit yet.
+    pub fn routes_reads(&self) -> bool {
+        self.reads.is_some()
+    }
+
     pub async fn wrote(&self) {
         if let Some(router) = &self.reads {
             router.wrote().await;

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub http_latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     /// SSE clients dropped because they stopped reading.
     pub sse_slow_dropped: Counter,
+    /// Live reads answered from this process's own append, without a read.
+    pub live_fresh_reads: Counter,
     /// Appends by outcome.
     pub appends: Family<OutcomeLabels, Counter>,
     /// Long-polls currently waiting.
@@ -109,6 +111,7 @@ impl Default for Metrics {
             http_requests: Family::default(),
             http_latency: Family::new_with_constructor(latency_histogram),
             sse_slow_dropped: Counter::default(),
+            live_fresh_reads: Counter::default(),
             appends: Family::default(),
             long_poll_waiters: Gauge::default(),
             sse_clients: Gauge::default(),
@@ -148,6 +151,12 @@ impl Default for Metrics {
             "sse_slow_dropped",
             "SSE clients dropped because they stopped reading",
             m.sse_slow_dropped.clone(),
+        );
+        m.registry.register(
+            "live_fresh_reads",
+            "Live reads (SSE events, long-poll answers) served from this sidecar's own committed \
+             append without reading it back",
+            m.live_fresh_reads.clone(),
         );
         m.registry.register("appends", "Appends by ds.try_append outcome", m.appends.clone());
         m.registry.register(

@@ -16,10 +16,11 @@
 //! waiter is woken to re-check the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
@@ -38,7 +39,32 @@ struct Entry {
     /// its own commit: the notification announcing that same state wakes
     /// nobody again (without this, every fan-out would run twice).
     echo: Option<(Offset, bool)>,
+    /// The bytes of this process's latest committed append to the path,
+    /// for waiters at exactly its start (see [`Fresh`]).
+    fresh: Option<Arc<Fresh>>,
 }
+
+/// The body of an append this process committed, with where it starts and
+/// ends: waiters whose next read would start exactly at `start` take it
+/// instead of reading it back from the database (one SQL round trip less
+/// between a commit and an SSE event). Committed bytes at an offset never
+/// change, so it stays correct whatever else happens to the stream; a later
+/// append wakes the waiters again. Bounded: bodies up to
+/// [`FRESH_MAX_BODY`], at most [`FRESH_MAX_TOTAL`] bytes over all paths.
+pub struct Fresh {
+    pub start: Offset,
+    pub body: Bytes,
+    pub tail: Offset,
+    pub closed: bool,
+    /// What the first waiter to take it built from it (SSE sessions render
+    /// the events of one chunk once for all of them).
+    pub chunk: OnceLock<crate::db::Chunk>,
+}
+
+/// Largest append body kept as [`Fresh`].
+pub const FRESH_MAX_BODY: usize = 64 * 1024;
+/// Most bytes kept as [`Fresh`] over all paths.
+pub const FRESH_MAX_TOTAL: usize = 16 * 1024 * 1024;
 
 /// In-process fan-out of "stream changed" wake-ups.
 pub struct TailHub {
@@ -48,6 +74,8 @@ pub struct TailHub {
     /// Wake-ups so far (any path): a read that starts after this counter
     /// reached N has seen every change announced by wake-ups 1..=N.
     seq: AtomicU64,
+    /// Bytes held in [`Fresh`] bodies (changed under the `paths` lock).
+    fresh_bytes: AtomicUsize,
 }
 
 /// A path already has as many waiters as allowed.
@@ -62,6 +90,7 @@ impl TailHub {
             everyone: watch::channel(0).0,
             max_per_path,
             seq: AtomicU64::new(0),
+            fresh_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -73,6 +102,7 @@ impl TailHub {
             tx: watch::channel(0).0,
             subscribers: 0,
             echo: None,
+            fresh: None,
         });
         if entry.subscribers >= self.max_per_path {
             return Err(PathFull);
@@ -99,8 +129,61 @@ impl TailHub {
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = paths.get_mut(path) {
             entry.echo = None;
+            // Perhaps deleted: nobody takes the old stream's bytes any more.
+            self.set_fresh(entry, None);
             entry.tx.send_modify(|v| *v = v.wrapping_add(1));
         }
+    }
+
+    /// [`Self::wake_committed`] for an append of `body` that ended at
+    /// `tail`: waiters at its start may take the body (see [`Fresh`]).
+    pub fn wake_appended(&self, path: &str, body: Bytes, tail: Offset, closed: bool) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = paths.get_mut(path) {
+            entry.echo = Some((tail, closed));
+            let start = u64::try_from(body.len()).ok().and_then(|n| tail.0.checked_sub(n));
+            let fits = body.len() <= FRESH_MAX_BODY
+                && self
+                    .fresh_bytes
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(entry.fresh.as_ref().map_or(0, |f| f.body.len()))
+                    + body.len()
+                    <= FRESH_MAX_TOTAL;
+            let fresh = match start {
+                Some(start) if fits && !body.is_empty() => Some(Arc::new(Fresh {
+                    start: Offset(start),
+                    body,
+                    tail,
+                    closed,
+                    chunk: OnceLock::new(),
+                })),
+                _ => None,
+            };
+            self.set_fresh(entry, fresh);
+            entry.tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// The latest append of `path` this process committed, if it starts
+    /// exactly at `from`.
+    pub fn fresh(&self, path: &str, from: Offset) -> Option<Arc<Fresh>> {
+        let paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        paths.get(path)?.fresh.as_ref().filter(|f| f.start == from).cloned()
+    }
+
+    /// Bytes held as [`Fresh`] bodies now.
+    pub fn fresh_bytes(&self) -> usize {
+        self.fresh_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Replaces `entry`'s fresh append, keeping the byte count (the caller
+    /// holds the `paths` lock).
+    fn set_fresh(&self, entry: &mut Entry, fresh: Option<Arc<Fresh>>) {
+        let added = fresh.as_ref().map_or(0, |f| f.body.len());
+        let removed = std::mem::replace(&mut entry.fresh, fresh).map_or(0, |f| f.body.len());
+        self.fresh_bytes.fetch_add(added, Ordering::Relaxed);
+        self.fresh_bytes.fetch_sub(removed, Ordering::Relaxed);
     }
 
     /// Wakes the subscribers of `path` after a commit of this process that
@@ -158,6 +241,7 @@ impl TailHub {
         if let Some(entry) = paths.get_mut(path) {
             entry.subscribers -= 1;
             if entry.subscribers == 0 {
+                self.set_fresh(entry, None);
                 paths.remove(path);
             }
         }
@@ -323,6 +407,51 @@ mod tests {
     fn woken(sub: &mut Subscription) -> bool {
         let fut = sub.changed();
         futures_util::FutureExt::now_or_never(fut).is_some()
+    }
+
+    #[tokio::test]
+    async fn an_append_is_offered_at_its_start_only_and_within_bounds() {
+        let hub = Arc::new(TailHub::new(100));
+        let mut sub = hub.subscribe("a").unwrap();
+        // Nobody waits on "b": nothing is kept for it.
+        hub.wake_appended("b", Bytes::from_static(b"xyz"), Offset(3), false);
+        assert!(hub.fresh("b", Offset(0)).is_none());
+        hub.wake_appended("a", Bytes::from_static(b"abcd"), Offset(10), true);
+        assert!(woken(&mut sub), "an append wakes its waiters");
+        let fresh = hub.fresh("a", Offset(6)).expect("offered at its start");
+        assert_eq!((&fresh.body[..], fresh.tail, fresh.closed), (&b"abcd"[..], Offset(10), true));
+        assert!(hub.fresh("a", Offset(5)).is_none(), "not at any other offset");
+        assert_eq!(hub.fresh_bytes(), 4);
+        // Too big a body is not kept; the next append replaces the last.
+        hub.wake_appended("a", Bytes::from(vec![b'x'; FRESH_MAX_BODY + 1]), Offset(1 << 20), false);
+        assert!(hub.fresh("a", Offset((1 << 20) - FRESH_MAX_BODY as u64 - 1)).is_none());
+        assert_eq!(hub.fresh_bytes(), 0);
+        hub.wake_appended("a", Bytes::from_static(b"ef"), Offset(12), false);
+        assert!(hub.fresh("a", Offset(10)).is_some());
+        // A wake-up without a body (a deletion, say) forgets it.
+        hub.wake("a");
+        assert!(hub.fresh("a", Offset(10)).is_none());
+        assert_eq!(hub.fresh_bytes(), 0);
+        // The last waiter leaving frees it too.
+        hub.wake_appended("a", Bytes::from_static(b"gh"), Offset(14), false);
+        assert_eq!(hub.fresh_bytes(), 2);
+        drop(sub);
+        assert_eq!(hub.fresh_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn fresh_appends_are_bounded_in_bytes_over_all_paths() {
+        let hub = Arc::new(TailHub::new(100));
+        let paths = FRESH_MAX_TOTAL / FRESH_MAX_BODY + 2;
+        let subs: Vec<_> = (0..paths).map(|i| hub.subscribe(&i.to_string()).unwrap()).collect();
+        let body = Bytes::from(vec![b'x'; FRESH_MAX_BODY]);
+        for i in 0..paths {
+            hub.wake_appended(&i.to_string(), body.clone(), Offset(FRESH_MAX_BODY as u64), false);
+        }
+        assert_eq!(hub.fresh_bytes(), FRESH_MAX_TOTAL, "kept until the total is reached");
+        assert!(hub.fresh(&(paths - 1).to_string(), Offset(0)).is_none());
+        drop(subs);
+        assert_eq!(hub.fresh_bytes(), 0);
     }
 
     #[tokio::test]

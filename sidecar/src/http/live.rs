@@ -46,6 +46,7 @@ use crate::protocol::headers::{
 use crate::protocol::query::ReadParams;
 use crate::protocol::sse::{self, Control, Encoding};
 use crate::tail::Subscription;
+use ds_core::Offset;
 
 fn slot(
     state: &AppState,
@@ -101,6 +102,35 @@ async fn live_read(
     }
 }
 
+/// The chunk after `prev` taken from this process's own latest append to
+/// `path`, when that append starts exactly where `prev` ends: no read needed
+/// (`tail::Fresh`; 0.3-0.5 ms of an append-to-SSE-event at p50 here). Never
+/// for JSON streams (the append handler keeps no body for them) nor past
+/// the read size limit. Built once per append and shared, so SSE sessions
+/// render its events once for all.
+fn fresh_chunk(state: &AppState, path: &str, prev: &Chunk) -> Option<Chunk> {
+    let from = Offset::parse(&prev.next_offset).ok()?;
+    let fresh = state.hub.fresh(path, from)?;
+    let too_big = state
+        .config
+        .read_chunk_bytes
+        .is_some_and(|max| i64::try_from(fresh.body.len()).map_or(true, |len| len > max));
+    if too_big {
+        return None;
+    }
+    state.metrics.live_fresh_reads.inc();
+    let chunk = fresh.chunk.get_or_init(|| Chunk {
+        body: fresh.body.clone(),
+        next_offset: fresh.tail.to_string(),
+        up_to_date: true,
+        closed: fresh.closed,
+        content_type: prev.content_type.clone(),
+        stream_id: prev.stream_id,
+        sse_data: Arc::default(),
+    });
+    Some(chunk.clone())
+}
+
 /// `live=long-poll`: answer at once when there is data (or EOF), otherwise
 /// wait for a wake-up until the timeout (or the token's expiry).
 pub(super) async fn long_poll(
@@ -118,9 +148,15 @@ pub(super) async fn long_poll(
     let mut own = caller.role.is_some();
     let mut first = true;
     let mut outage = Backoff::default();
+    let mut prev: Option<Chunk> = None;
     loop {
+        let fresh = prev.take().and_then(|p| fresh_chunk(&state, &path, &p));
         // Boxed for the same reason as in `SseSession::run`.
-        let chunk = match Box::pin(live_read(&state, &caller, own, &path, &from)).await {
+        let read = match fresh {
+            Some(chunk) => Ok(chunk),
+            None => Box::pin(live_read(&state, &caller, own, &path, &from)).await,
+        };
+        let chunk = match read {
             Ok(chunk) => chunk,
             // The database went away after the first read (a failover):
             // keep waiting and re-read after a backoff or the next wake-up
@@ -149,7 +185,8 @@ pub(super) async fn long_poll(
             return Ok(tail_response(&chunk.next_offset, true, None));
         }
         from.clone_from(&chunk.next_offset);
-        start = Some(chunk.next_offset);
+        start = Some(chunk.next_offset.clone());
+        prev = Some(chunk);
         tokio::select! {
             () = sub.changed() => {}
             () = sleep_until(deadline) => return Ok(tail_response(&from, false, Some(cursor))),
@@ -366,6 +403,10 @@ impl SseSession {
                     () = self.state.shutdown.cancelled() => return,
                     () = self.tx.closed() => return,
                 }
+            }
+            if let Some(fresh) = fresh_chunk(&self.state, &self.path, &chunk) {
+                chunk = fresh;
+                continue;
             }
             // Boxed: idle clients hold the session's future, not the read's.
             chunk = match Box::pin(self.reread(&chunk.next_offset, deadline)).await {

@@ -6,7 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use ds_core::content_type::OCTET_STREAM;
+use ds_core::content_type::{self, OCTET_STREAM};
 use ds_core::outcome::AppendOutcome;
 use ds_core::{Offset, ReadFrom};
 
@@ -151,7 +151,15 @@ pub(super) async fn append(
     state.db.wrote().await;
     if outcome == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.
+        // SSE waiters at its start may take the body itself (tail::Fresh):
+        // not for JSON streams (stored as compact messages, not the body)
+        // nor with read replicas (the next read could outrun them).
+        let body_is_stored = content_type
+            .is_some_and(|ct| !matches!(content_type::mode(ct), Ok(content_type::Mode::Json)));
         match row.next_offset.as_deref().map(Offset::parse) {
+            Some(Ok(tail)) if body_is_stored && !state.db.routes_reads() => {
+                state.hub.wake_appended(&path, body.clone(), tail, row.closed)
+            }
             Some(Ok(tail)) => state.hub.wake_committed(&path, tail, row.closed),
             _ => state.hub.wake(&path),
         }
@@ -243,8 +251,8 @@ pub(super) fn start_offset(from: ReadFrom) -> Option<String> {
 pub(super) fn has_data(start: Option<&str>, chunk: &Chunk) -> bool {
     let empty_body = chunk.body.is_empty()
         || (chunk.body.as_ref() == b"[]"
-            && ds_core::content_type::mode(&chunk.content_type)
-                .is_ok_and(|m| m == ds_core::content_type::Mode::Json));
+            && content_type::mode(&chunk.content_type)
+                .is_ok_and(|m| m == content_type::Mode::Json));
     start.is_some_and(|s| s != chunk.next_offset) && !empty_body
 }
 
