@@ -272,12 +272,14 @@ pub async fn read_events(
 /// Creates the JSON stream `path` through `sidecar` (asserting 201);
 /// returns its tail.
 pub async fn create_json_stream(sidecar: &Sidecar, path: &str) -> String {
-    let r = http()
-        .put(sidecar.stream(path))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    create_stream(sidecar, path, "application/json").await
+}
+
+/// Creates the stream `path` of `content_type` through `sidecar`
+/// (asserting 201); returns its tail.
+pub async fn create_stream(sidecar: &Sidecar, path: &str, content_type: &str) -> String {
+    let r =
+        http().put(sidecar.stream(path)).header("content-type", content_type).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "create {path}");
     next_offset(&r)
 }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ds_e2e::{
-    Event, Sidecar, create_json_stream, http, next_offset, read_events, sql, unique_path,
+    Event, Sidecar, create_json_stream, create_stream, http, next_offset, read_events, sql,
+    unique_path,
 };
 use tokio::time::timeout;
 
@@ -192,13 +193,7 @@ async fn truncated_bodies_are_rejected_and_request_ids_echoed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sidecar = Sidecar::start(&[]).await;
     let path = unique_path("truncated");
-    let r = http()
-        .put(sidecar.stream(&path))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    create_stream(&sidecar, &path, "text/plain").await;
 
     // Content-Length says 10, the client sends 5 bytes and stops.
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", sidecar.port)).await.unwrap();

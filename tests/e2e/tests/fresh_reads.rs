@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use ds_e2e::{Sidecar, create_json_stream, http, next_offset, read_events, sql, unique_path};
+use ds_e2e::{
+    Sidecar, create_json_stream, create_stream, http, next_offset, read_events, sql, unique_path,
+};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -66,14 +68,7 @@ async fn long_poll_reader(stream: String, mut offset: String, len: usize) -> Str
 async fn readers_served_from_the_sidecars_own_appends_get_exactly_the_stream() {
     let sidecar = Sidecar::start(&[]).await;
     let path = unique_path("fresh");
-    let r = http()
-        .put(sidecar.stream(&path))
-        .header("content-type", "text/plain")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let start = next_offset(&r);
+    let start = create_stream(&sidecar, &path, "text/plain").await;
     // Every message is 8 bytes, so the readers know when they are done.
     let message = |who: char, w: usize, n: usize| format!("{who}{w}-{n:04}\n");
     let total = (WRITERS * PER_WRITER + SQL_APPENDS) * message('w', 0, 0).len();
