@@ -356,15 +356,15 @@ impl Db {
         self
     }
 
-    /// After a write of this sidecar committed, before it is acknowledged:
-    /// with read replicas, this sidecar's later reads will see it
-    /// (`replica/`); nothing otherwise.
     /// Whether reads go to read replicas (`replica/`), which may not have
     /// this process's latest commit yet.
     pub fn routes_reads(&self) -> bool {
         self.reads.is_some()
     }
 
+    /// After a write of this sidecar committed, before it is acknowledged:
+    /// with read replicas, this sidecar's later reads will see it
+    /// (`replica/`); nothing otherwise.
     pub async fn wrote(&self) {
         if let Some(router) = &self.reads {
             router.wrote().await;

@@ -189,13 +189,9 @@ impl TailHub {
     /// Wakes the subscribers of `path` after a commit of this process that
     /// left the stream at `tail`, `closed` or not; the notification of that
     /// same state will then be skipped.
+    /// No body is kept for it (a JSON append, a close, a replica setup).
     pub fn wake_committed(&self, path: &str, tail: Offset, closed: bool) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = paths.get_mut(path) {
-            entry.echo = Some((tail, closed));
-            entry.tx.send_modify(|v| *v = v.wrapping_add(1));
-        }
+        self.wake_appended(path, Bytes::new(), tail, closed);
     }
 
     /// Wakes the subscribers of `path` for an announced state, unless they

@@ -151,7 +151,7 @@ pub(super) async fn append(
     state.db.wrote().await;
     if outcome == Some(AppendOutcome::Ok) {
         // Our own commit: wake local waiters now rather than after the doorbell.
-        // SSE waiters at its start may take the body itself (tail::Fresh):
+        // Live waiters at its start may take the body itself (tail::Fresh):
         // not for JSON streams (stored as compact messages, not the body)
         // nor with read replicas (the next read could outrun them).
         let body_is_stored = content_type
