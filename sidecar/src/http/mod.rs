@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{self, HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
@@ -27,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tower::util::option_layer;
 use tower::{Service, ServiceBuilder};
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::{CompressionBody, CompressionLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -82,8 +83,26 @@ pub fn app(
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(option_layer(cors))
+        .map_response(unwrap_uncompressed)
         .layer(CompressionLayer::new())
         .service(router)
+}
+
+/// Takes the body back out of the compression layer's wrapper when it was
+/// not compressed (204s, SSE, small or unwanted bodies: nearly every
+/// response). Converting the wrapper to a `Body` would box it whole, 5.8 KB
+/// for the encoder states it can hold: one allocation per request, and per
+/// open SSE connection for as long as it lasts. A compressed response says
+/// so in `Content-Encoding` (the layer never compresses one that has it), so
+/// only those keep the wrapper.
+fn unwrap_uncompressed(response: Response<CompressionBody<Body>>) -> Response {
+    let (parts, body) = response.into_parts();
+    let body = if parts.headers.contains_key(header::CONTENT_ENCODING) {
+        Body::new(body)
+    } else {
+        body.into_inner()
+    };
+    Response::from_parts(parts, body)
 }
 
 /// The app of the metrics listener: `GET /metrics` only.
