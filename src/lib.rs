@@ -42,12 +42,32 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: read-only flag set by the postmaster while it loads libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    keep_backtraces_out_of_errors();
     gucs::init(preloading);
     if preloading {
         doorbell::init_shared_memory();
         enqueue::init_shared_memory();
         worker::register();
         sequencer::register();
+    }
+}
+
+/// Keeps Rust backtraces out of the errors clients get. pgrx attaches a
+/// captured `std::backtrace::Backtrace` to the DETAIL of an error raised
+/// inside a statement our code ran (a user's trigger on `ds.messages`, a
+/// failed index insert), and `capture()` captures whenever `RUST_BACKTRACE`
+/// is set in the postmaster's environment, as it often is on a Rust
+/// developer's machine: the client then got 30 lines of our function names
+/// as the error's detail. `RUST_LIB_BACKTRACE`, which `capture()` reads
+/// first, turns that off without touching panic messages in the server log
+/// (those follow `RUST_BACKTRACE`). An operator's own `RUST_LIB_BACKTRACE`
+/// is left alone.
+fn keep_backtraces_out_of_errors() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: `_PG_init` runs in the single-threaded postmaster or
+        // backend while it loads this library; nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
 

@@ -316,6 +316,40 @@ mod tests {
         assert_eq!(text("SHOW plan_cache_mode"), "force_custom_plan");
     }
 
+    /// An error raised inside a statement our code runs reaches the client
+    /// with its own detail, never with a Rust backtrace (pgrx attaches one
+    /// whenever backtraces are enabled in the server's environment).
+    #[pg_test]
+    fn errors_from_inside_our_statements_carry_no_backtrace() {
+        assert_ne!(
+            std::backtrace::Backtrace::capture().status(),
+            std::backtrace::BacktraceStatus::Captured,
+            "_PG_init turns library backtraces off (RUST_LIB_BACKTRACE=0)"
+        );
+        Spi::run("SELECT ds.create('bt', 'text/plain')").unwrap();
+        Spi::run(
+            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'refused' USING DETAIL = 'the trigger said no'; END $$",
+        )
+        .unwrap();
+        Spi::run(
+            "CREATE TRIGGER refuse BEFORE INSERT ON ds.messages \
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()",
+        )
+        .unwrap();
+        Spi::run(
+            "CREATE FUNCTION pg_temp.detail_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+             DECLARE d text; BEGIN EXECUTE q; RETURN NULL; \
+             EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL; \
+             RETURN SQLERRM || ' / ' || d; END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT pg_temp.detail_of($q$SELECT ds.append('bt', 'x')$q$)"),
+            "refused / the trigger said no"
+        );
+    }
+
     #[pg_test]
     fn delete_removes_everything_and_frees_the_path() {
         Spi::run("SELECT ds.create('d', 'text/plain')").unwrap();
