@@ -409,11 +409,18 @@ fn mark_untracked(shared: &mut Pending) {
     shared.untracked_generation += 1;
 }
 
+/// Whether any prepared transaction's streams are kept (see
+/// [`take_finished_prepared`]): when none are, the worker needs no
+/// transaction to look them up.
+pub fn any_prepared() -> bool {
+    PREPARED_USED.get().load(Ordering::Relaxed) > 0
+}
+
 /// Worker side: the streams of prepared transactions that committed since
 /// the last look (and whether one of them overflowed: look at the tables); the
 /// entries of those that ended either way are freed.
 pub fn take_finished_prepared() -> (Vec<Advanced>, bool) {
-    if PREPARED_USED.get().load(Ordering::Relaxed) == 0 {
+    if !any_prepared() {
         return (Vec::new(), false);
     }
     let mut xids: Vec<u32> =

@@ -1188,11 +1188,21 @@ pub fn rotate(
     Ok(done)
 }
 
-/// Whether `ds.streams` exists in this database (the extension is installed).
-pub fn extension_installed(client: &SpiClient<'_>) -> DsResult<bool> {
-    let table =
-        select(client, "SELECT pg_catalog.to_regclass('ds.streams') IS NOT NULL", Some(1), &[])?;
-    Ok(table.first().get_one::<bool>()?.unwrap_or(false))
+/// The oid of `ds.streams` in this database, `None` while the extension is
+/// not installed. A new oid means the extension was dropped and created
+/// again: stream ids start over. Catalog caches only, no statement; needs
+/// a transaction.
+pub fn streams_table() -> Option<pgrx::pg_sys::Oid> {
+    // SAFETY: catalog cache lookups by name inside a transaction; both
+    // return InvalidOid for a missing schema or table (missing_ok).
+    unsafe {
+        let namespace = pgrx::pg_sys::get_namespace_oid(c"ds".as_ptr(), true);
+        if namespace == pgrx::pg_sys::InvalidOid {
+            return None;
+        }
+        let relid = pgrx::pg_sys::get_relname_relid(c"streams".as_ptr(), namespace);
+        (relid != pgrx::pg_sys::InvalidOid).then_some(relid)
+    }
 }
 
 /// Paths of the streams `ids` that still have one.

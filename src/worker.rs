@@ -237,6 +237,8 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     let mut announced = Announced::new(MAX_KNOWN_STREAMS);
+    // The extension's `ds.streams` as last seen (see `announce`).
+    let mut installed = None;
     let mut untracked = UntrackedPrepared::default();
     let mut gate = VersionGate::default();
     // The first round runs at once: it checks the version and says "*".
@@ -265,11 +267,16 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
             continue;
         }
         let (mut streams, overflow) = doorbell::take_pending();
-        let (prepared, prepared_overflow) =
+        // Commit-log lookups need a transaction; without prepared
+        // transactions to look up (nearly always) a ring spends none on it.
+        let (prepared, prepared_overflow) = if doorbell::any_prepared() {
             in_transaction("looking up prepared transactions", || {
                 Ok(doorbell::take_finished_prepared())
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+        } else {
+            (Vec::new(), false)
+        };
         streams.extend(prepared);
         let overflow = overflow || prepared_overflow || untracked_ended;
         if streams.is_empty() && !overflow && !announce_everything {
@@ -278,10 +285,11 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         let ring = Ring { streams, overflow, everything: announce_everything };
         // A panic half-way leaves the record with correct entries only. On
         // failure the taken streams are lost: the next ring says "*".
-        let record = std::panic::AssertUnwindSafe(&mut announced);
+        let record = std::panic::AssertUnwindSafe((&mut announced, &mut installed));
         let announced_ok = in_transaction("announcing stream changes", move || {
             let record = record; // the whole wrapper, not just its field
-            announce(&ring, record.0)
+            let (announced, installed) = record.0;
+            announce(&ring, announced, installed)
         });
         announce_everything = announced_ok != Some(true);
         last_ring = Instant::now();
@@ -576,11 +584,21 @@ struct Ring {
 
 /// Sends the notifications for one wake-up; false if the extension is not
 /// installed in this database (yet), so nothing could be said.
-fn announce(ring: &Ring, announced: &mut Announced) -> DsResult<bool> {
+fn announce(
+    ring: &Ring,
+    announced: &mut Announced,
+    installed: &mut Option<pg_sys::Oid>,
+) -> DsResult<bool> {
+    // The extension dropped and created again since the last ring (stream
+    // ids start over, so the paths learned belong to other streams): forget
+    // them and say `*`.
+    let Some(streams) = storage::streams_table() else { return Ok(false) };
+    let reinstalled = installed.is_some_and(|seen| seen != streams);
+    if reinstalled {
+        *announced = Announced::new(MAX_KNOWN_STREAMS);
+    }
+    *installed = Some(streams);
     Spi::connect_mut(|client| {
-        if !storage::extension_installed(client)? {
-            return Ok(false);
-        }
         let unknown = announced.unknown(ring.streams.iter().map(|s| s.stream_id));
         if !unknown.is_empty() {
             announced.reserve(unknown.len());
@@ -589,7 +607,7 @@ fn announce(ring: &Ring, announced: &mut Announced) -> DsResult<bool> {
             }
         }
         let mut lines = Vec::new();
-        if ring.everything {
+        if ring.everything || reinstalled {
             lines.push(Announcement::Everything.line());
         } else if ring.overflow {
             match changed_in_tables(client, announced)? {

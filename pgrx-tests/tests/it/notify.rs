@@ -273,3 +273,73 @@ async fn prepared_transactions_are_announced_at_commit_prepared() {
         preparer.query_one("SELECT next_offset FROM ds.head($1)", &[&path]).await.unwrap().get(0);
     assert_eq!(tail, off(3));
 }
+
+/// `DROP EXTENSION` and `CREATE EXTENSION` while the worker runs: stream ids
+/// start over, so the paths the worker learned for the old ids name other
+/// streams now. Its first ring after the new install says `*` and names the
+/// new streams by their own paths (it used to announce them under the old
+/// streams' paths, or not at all when the tail matched an old announcement).
+/// Named to run after the other notification tests; the tests after it get
+/// a fresh install, as every test creates what it uses.
+#[tokio::test]
+async fn the_worker_follows_a_dropped_and_recreated_extension() {
+    let (listener, mut rx) = connect_with_notifications().await;
+    let writer = connect().await;
+    let worker = worker_pid(&writer).await;
+    listen(&listener).await;
+    // The worker learns a path for the current ids.
+    let before = unique_path("reinstall-old");
+    writer.execute("SELECT ds.create($1, 'text/plain')", &[&before]).await.unwrap();
+    writer.execute("SELECT ds.append($1, 'x'::text)", &[&before]).await.unwrap();
+    assert!(next_for(&mut rx, &before, Duration::from_secs(5)).await.is_some());
+
+    // LISTEN on the new install's channel in the same transaction, so that
+    // no ring after its commit (one may come at once) is missed.
+    listener
+        .batch_execute(
+            "BEGIN; DROP EXTENSION durable_streams CASCADE; CREATE EXTENSION durable_streams; \
+             DO $$ BEGIN EXECUTE pg_catalog.format('LISTEN %I', ds.notify_channel()); END $$; \
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let channel: String =
+        listener.query_one("SELECT ds.notify_channel()", &[]).await.unwrap().get(0);
+    // Ids from 1 again: several streams, each appended to once (tail 1),
+    // the state the worker remembers for many old ids.
+    let paths: Vec<String> = (0..5).map(|i| unique_path(&format!("reinstall-new{i}"))).collect();
+    for p in &paths {
+        writer.execute("SELECT ds.create($1, 'text/plain')", &[p]).await.unwrap();
+        writer.execute("SELECT ds.append($1, 'y'::text)", &[p]).await.unwrap();
+    }
+    let mut everything = false;
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < paths.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((ch, payload, pid))) = timeout(left, rx.recv()).await else {
+            panic!("announced after the new install: {seen:?} (everything: {everything})")
+        };
+        if ch != channel {
+            continue;
+        }
+        assert_eq!(pid, worker, "rung by the worker that ran through the reinstall");
+        for a in parse(&payload) {
+            match a {
+                Announcement::Everything => everything = true,
+                Announcement::Advanced { path, tail, .. } => {
+                    assert!(
+                        path.contains("reinstall-new"),
+                        "only streams of the new install are named: {path}"
+                    );
+                    seen.insert(path, tail.to_string());
+                }
+                Announcement::Deleted { path } => panic!("nothing was deleted: {path}"),
+            }
+        }
+    }
+    assert!(everything, "the first ring after the new install says `*`");
+    for p in &paths {
+        assert_eq!(seen.get(p), Some(&off(1)), "{p}");
+    }
+}
