@@ -9,7 +9,8 @@
 //! [`listen`] holds one dedicated (unpooled) connection that LISTENs on the
 //! channel named by `ds.notify_channel()` (a private channel: tenants can
 //! neither LISTEN to it nor NOTIFY on it), asked again at every
-//! (re)connect; an extension without that function announces on the public
+//! (re)connect and every [`CHANNEL_RECHECK`] (the extension dropped and
+//! created again announces on a new one); an extension without that function announces on the public
 //! `durable_streams`. A notification only says "this path may have
 //! changed": waiters always re-read with `ds.read_chunk`. Notifications sent
 //! while the connection is down are lost, so after every (re)connect every
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -307,7 +309,11 @@ pub async fn listen(
         // Whatever happened, notifications may have been lost: re-check all.
         hub.wake_all();
         match result {
-            Ok(()) => tracing::warn!("LISTEN connection closed; reconnecting"),
+            Ok(Ended::Closed) => tracing::warn!("LISTEN connection closed; reconnecting"),
+            Ok(Ended::ChannelChanged) => tracing::warn!(
+                "the notification channel changed (the extension was dropped and created \
+                 again?); listening on the new one"
+            ),
             Err(e) => tracing::warn!(error = ?e, "LISTEN connection failed; reconnecting"),
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -353,15 +359,44 @@ async fn channel(client: &tokio_postgres::Client) -> Result<String, tokio_postgr
     }
 }
 
+/// How often the LISTEN connection asks `ds.notify_channel()` again: the
+/// name changes when the extension is dropped and created again, and
+/// nothing is announced on the old one after that.
+pub const CHANNEL_RECHECK: Duration = Duration::from_secs(10);
+
+/// Why a LISTEN connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The server closed it (or connecting timed out).
+    Closed,
+    /// `ds.notify_channel()` names another channel now.
+    ChannelChanged,
+}
+
+/// Whether `now` (what `ds.notify_channel()` answered) means the channel we
+/// listen on is no longer the one announcements go to.
+fn channel_changed(
+    listening: &str,
+    now: Result<String, tokio_postgres::Error>,
+) -> Result<bool, tokio_postgres::Error> {
+    match now {
+        Ok(name) => Ok(name != listening),
+        // The function is gone (the extension is being dropped or was
+        // replaced by one without it): not the channel we listen on.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Ok(listening != CHANNEL),
+        Err(e) => Err(e),
+    }
+}
+
 async fn listen_once(
     database: &tokio_postgres::Config,
     hub: &Arc<dyn Wake>,
     metrics: &Metrics,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Ended, tokio_postgres::Error> {
     let limit = crate::failover::connect_limit(database);
     let Ok(connected) = tokio::time::timeout(limit, database.connect(NoTls)).await else {
         tracing::warn!(?limit, "LISTEN connection attempt timed out");
-        return Ok(());
+        return Ok(Ended::Closed);
     };
     let (client, mut connection) = connected?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -372,16 +407,33 @@ async fn listen_once(
         Ok::<_, tokio_postgres::Error>(channel)
     };
     tokio::pin!(setup);
-    let mut listening = false;
+    let mut listening: Option<String> = None;
+    let mut recheck = tokio::time::interval(CHANNEL_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most one recheck in flight; the connection is driven meanwhile.
+    let mut asking: Option<BoxFuture<'_, Result<String, tokio_postgres::Error>>> = None;
     loop {
         tokio::select! {
-            r = &mut setup, if !listening => {
+            r = &mut setup, if listening.is_none() => {
                 let channel = r?;
-                listening = true;
                 metrics.listen_connected.set(1);
                 tracing::info!(%channel, "listening for stream changes");
+                listening = Some(channel);
+                recheck.reset();
                 // Anything committed before LISTEN took effect was not announced.
                 hub.wake_all();
+            }
+            _ = recheck.tick(), if listening.is_some() && asking.is_none() => {
+                let client = &client;
+                asking = Some(Box::pin(async move {
+                    client.query_one("SELECT ds.notify_channel()", &[]).await?.try_get::<_, String>(0)
+                }));
+            }
+            now = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                asking = None;
+                if channel_changed(listening.as_deref().unwrap_or_default(), now)? {
+                    return Ok(Ended::ChannelChanged);
+                }
             }
             msg = messages.next() => match msg {
                 Some(Ok(AsyncMessage::Notification(n))) => {
@@ -390,7 +442,7 @@ async fn listen_once(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
-                None => return Ok(()),
+                None => return Ok(Ended::Closed),
             },
         }
     }
@@ -399,6 +451,15 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_channel_name_means_listening_again() {
+        let listening = "durable_streams_0123";
+        assert!(!channel_changed(listening, Ok(listening.to_owned())).unwrap());
+        assert!(channel_changed(listening, Ok("durable_streams_4567".to_owned())).unwrap());
+        // An extension without private channels announces on the public one.
+        assert!(!channel_changed(CHANNEL, Ok(CHANNEL.to_owned())).unwrap());
+    }
 
     fn woken(sub: &mut Subscription) -> bool {
         let fut = sub.changed();
