@@ -283,6 +283,21 @@ mod tests {
         assert_eq!(chunk("-1", 1), format!("aaaa|{}|false|false", off(4)));
     }
 
+    /// A trigger on `ds.messages` that runs `raise` (a PL/pgSQL `RAISE`) for
+    /// every row: appends then go through SQL and fail inside it.
+    fn refuse_messages(raise: &str) {
+        Spi::run(&format!(
+            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN {raise}; END $$"
+        ))
+        .unwrap();
+        Spi::run(
+            "CREATE TRIGGER refuse BEFORE INSERT ON ds.messages \
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()",
+        )
+        .unwrap();
+    }
+
     /// The extension's kept plans run generic (storage.rs, `GenericPlans`)
     /// without a `SET` clause: the caller's own setting must be back after
     /// every call, also after an error raised while a kept statement ran.
@@ -294,16 +309,7 @@ mod tests {
         assert_eq!(text("SHOW plan_cache_mode"), "force_custom_plan");
         // A trigger on ds.messages sends the append through SQL (the kept
         // INSERT) and fails inside it, saying what mode it ran under.
-        Spi::run(
-            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN RAISE EXCEPTION 'mode %', current_setting('plan_cache_mode'); END $$",
-        )
-        .unwrap();
-        Spi::run(
-            "CREATE TRIGGER refuse BEFORE INSERT ON ds.messages \
-             FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()",
-        )
-        .unwrap();
+        refuse_messages("RAISE EXCEPTION 'mode %', current_setting('plan_cache_mode')");
         Spi::run(
             "CREATE FUNCTION pg_temp.message_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
              BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLERRM; END $$",
@@ -327,16 +333,7 @@ mod tests {
             "_PG_init turns library backtraces off (RUST_LIB_BACKTRACE=0)"
         );
         Spi::run("SELECT ds.create('bt', 'text/plain')").unwrap();
-        Spi::run(
-            "CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN RAISE EXCEPTION 'refused' USING DETAIL = 'the trigger said no'; END $$",
-        )
-        .unwrap();
-        Spi::run(
-            "CREATE TRIGGER refuse BEFORE INSERT ON ds.messages \
-             FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse()",
-        )
-        .unwrap();
+        refuse_messages("RAISE EXCEPTION 'refused' USING DETAIL = 'the trigger said no'");
         Spi::run(
             "CREATE FUNCTION pg_temp.detail_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
              DECLARE d text; BEGIN EXECUTE q; RETURN NULL; \
