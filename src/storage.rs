@@ -1188,21 +1188,27 @@ pub fn rotate(
     Ok(done)
 }
 
-/// The oid of `ds.streams` in this database, `None` while the extension is
-/// not installed. A new oid means the extension was dropped and created
-/// again: stream ids start over. Catalog caches only, no statement; needs
-/// a transaction.
-pub fn streams_table() -> Option<pgrx::pg_sys::Oid> {
+/// The oid of the table `ds.<name>`, `None` while there is none (the
+/// extension is not installed). Catalog caches only, no statement; needs a
+/// transaction.
+pub(crate) fn ds_table(name: &std::ffi::CStr) -> Option<pgrx::pg_sys::Oid> {
+    use pgrx::pg_sys::{InvalidOid, get_namespace_oid, get_relname_relid};
     // SAFETY: catalog cache lookups by name inside a transaction; both
     // return InvalidOid for a missing schema or table (missing_ok).
     unsafe {
-        let namespace = pgrx::pg_sys::get_namespace_oid(c"ds".as_ptr(), true);
-        if namespace == pgrx::pg_sys::InvalidOid {
+        let namespace = get_namespace_oid(c"ds".as_ptr(), true);
+        if namespace == InvalidOid {
             return None;
         }
-        let relid = pgrx::pg_sys::get_relname_relid(c"streams".as_ptr(), namespace);
-        (relid != pgrx::pg_sys::InvalidOid).then_some(relid)
+        let relid = get_relname_relid(name.as_ptr(), namespace);
+        (relid != InvalidOid).then_some(relid)
     }
+}
+
+/// The oid of `ds.streams`: a new one means the extension was dropped and
+/// created again, and stream ids started over.
+pub fn streams_table() -> Option<pgrx::pg_sys::Oid> {
+    ds_table(c"streams")
 }
 
 /// Paths of the streams `ids` that still have one.

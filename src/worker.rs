@@ -237,8 +237,8 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
     let mut announce_everything = true;
     let mut last_ring = Instant::now() - MIN_RING_INTERVAL;
     let mut announced = Announced::new(MAX_KNOWN_STREAMS);
-    // The extension's `ds.streams` as last seen (see `announce`).
-    let mut installed = None;
+    // The oid of `ds.streams` as last seen (see `announce`).
+    let mut streams_table = None;
     let mut untracked = UntrackedPrepared::default();
     let mut gate = VersionGate::default();
     // The first round runs at once: it checks the version and says "*".
@@ -285,11 +285,11 @@ pub extern "C-unwind" fn durable_streams_doorbell_main(_arg: pg_sys::Datum) {
         let ring = Ring { streams, overflow, everything: announce_everything };
         // A panic half-way leaves the record with correct entries only. On
         // failure the taken streams are lost: the next ring says "*".
-        let record = std::panic::AssertUnwindSafe((&mut announced, &mut installed));
+        let record = std::panic::AssertUnwindSafe((&mut announced, &mut streams_table));
         let announced_ok = in_transaction("announcing stream changes", move || {
             let record = record; // the whole wrapper, not just its field
-            let (announced, installed) = record.0;
-            announce(&ring, announced, installed)
+            let (announced, streams_table) = record.0;
+            announce(&ring, announced, streams_table)
         });
         announce_everything = announced_ok != Some(true);
         last_ring = Instant::now();
@@ -587,17 +587,17 @@ struct Ring {
 fn announce(
     ring: &Ring,
     announced: &mut Announced,
-    installed: &mut Option<pg_sys::Oid>,
+    seen_streams_table: &mut Option<pg_sys::Oid>,
 ) -> DsResult<bool> {
     // The extension dropped and created again since the last ring (stream
     // ids start over, so the paths learned belong to other streams): forget
     // them and say `*`.
     let Some(streams) = storage::streams_table() else { return Ok(false) };
-    let reinstalled = installed.is_some_and(|seen| seen != streams);
+    let reinstalled = seen_streams_table.is_some_and(|seen| seen != streams);
     if reinstalled {
         *announced = Announced::new(MAX_KNOWN_STREAMS);
     }
-    *installed = Some(streams);
+    *seen_streams_table = Some(streams);
     Spi::connect_mut(|client| {
         let unknown = announced.unknown(ring.streams.iter().map(|s| s.stream_id));
         if !unknown.is_empty() {

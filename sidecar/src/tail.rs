@@ -10,8 +10,8 @@
 //! channel named by `ds.notify_channel()` (a private channel: tenants can
 //! neither LISTEN to it nor NOTIFY on it), asked again at every
 //! (re)connect and every [`CHANNEL_RECHECK`] (the extension dropped and
-//! created again announces on a new one); an extension without that function announces on the public
-//! `durable_streams`. A notification only says "this path may have
+//! created again announces on a new one); an extension without that
+//! function announces on the public `durable_streams`. A notification only says "this path may have
 //! changed": waiters always re-read with `ds.read_chunk`. Notifications sent
 //! while the connection is down are lost, so after every (re)connect every
 //! waiter is woken to re-check the database.

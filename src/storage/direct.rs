@@ -179,14 +179,7 @@ unsafe fn open_checked(shape: &Shape) -> Option<(pg_sys::Relation, Rc<Checked>)>
             }
             pg_sys::table_close(rel, lock);
         }
-        let namespace = pg_sys::get_namespace_oid(c"ds".as_ptr(), true);
-        if namespace == pg_sys::InvalidOid {
-            return None;
-        }
-        let relid = pg_sys::get_relname_relid(shape.name.as_ptr(), namespace);
-        if relid == pg_sys::InvalidOid {
-            return None;
-        }
+        let relid = super::ds_table(shape.name)?;
         let rel = pg_sys::table_open(relid, lock);
         let Some(indexes) = checked_indexes(shape, rel) else {
             pg_sys::table_close(rel, lock);
