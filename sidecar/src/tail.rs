@@ -44,6 +44,11 @@ struct Entry {
     /// The bytes of this process's latest committed append to the path,
     /// for waiters at exactly its start (see [`Fresh`]).
     fresh: Option<Arc<Fresh>>,
+    /// The latest state (tail, closed) any wake-up of this entry named:
+    /// our own commits' answers reach [`TailHub::wake_appended`] in any
+    /// order, and one older than this must neither replace [`Fresh`] nor
+    /// set `echo` (see there).
+    latest: Option<(Offset, bool)>,
 }
 
 /// The body of an append this process committed, with where it starts and
@@ -105,6 +110,7 @@ impl TailHub {
             subscribers: 0,
             echo: None,
             fresh: None,
+            latest: None,
         });
         if entry.subscribers >= self.max_per_path {
             return Err(PathFull);
@@ -131,6 +137,7 @@ impl TailHub {
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = paths.get_mut(path) {
             entry.echo = None;
+            entry.latest = None;
             // Perhaps deleted: nobody takes the old stream's bytes any more.
             self.set_fresh(entry, None);
             entry.tx.send_modify(|v| *v = v.wrapping_add(1));
@@ -139,10 +146,23 @@ impl TailHub {
 
     /// [`Self::wake_committed`] for an append of `body` that ended at
     /// `tail`: waiters at its start may take the body (see [`Fresh`]).
+    ///
+    /// Two commits' answers can arrive here in either order (each request's
+    /// handler calls this when it runs). A state older than one already
+    /// named only wakes: offered as [`Fresh`], it would tell a waiter that
+    /// took it that it had reached the tail while a later commit, whose
+    /// wake-up that waiter already consumed, lies beyond it, and the waiter
+    /// would sleep until the next append (the e2e test `fresh_reads` caught
+    /// one missing its last message).
     pub fn wake_appended(&self, path: &str, body: Bytes, tail: Offset, closed: bool) {
         self.seq.fetch_add(1, Ordering::SeqCst);
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = paths.get_mut(path) {
+            if entry.latest.is_some_and(|latest| latest > (tail, closed)) {
+                entry.tx.send_modify(|v| *v = v.wrapping_add(1));
+                return;
+            }
+            entry.latest = Some((tail, closed));
             entry.echo = Some((tail, closed));
             let start = u64::try_from(body.len()).ok().and_then(|n| tail.0.checked_sub(n));
             let fits = body.len() <= FRESH_MAX_BODY
@@ -198,19 +218,34 @@ impl TailHub {
 
     /// Wakes the subscribers of `path` for an announced state, unless they
     /// were already woken for exactly that state by [`Self::wake_committed`].
+    /// A later state than our own latest commit's (someone else appended
+    /// since) retires [`Fresh`]: it no longer reaches the tail.
     fn wake_announced(&self, path: &str, tail: Offset, closed: bool) {
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = paths.get_mut(path) else { return };
         if entry.echo.take() == Some((tail, closed)) {
             return;
         }
+        if entry.latest.is_none_or(|latest| latest < (tail, closed)) {
+            entry.latest = Some((tail, closed));
+            self.set_fresh(entry, None);
+        }
         self.seq.fetch_add(1, Ordering::SeqCst);
         entry.tx.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Wakes every subscriber of every path.
+    /// Wakes every subscriber of every path. What they were told before
+    /// is forgotten (this follows a lost LISTEN connection: commits may
+    /// have gone unannounced), so every waiter reads the database.
     pub fn wake_all(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in paths.values_mut() {
+            entry.echo = None;
+            entry.latest = None;
+            self.set_fresh(entry, None);
+        }
+        drop(paths);
         self.everyone.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -483,11 +518,11 @@ mod tests {
         hub.wake_appended("a", Bytes::from(vec![b'x'; FRESH_MAX_BODY + 1]), Offset(1 << 20), false);
         assert!(hub.fresh("a", Offset((1 << 20) - FRESH_MAX_BODY as u64 - 1)).is_none());
         assert_eq!(hub.fresh_bytes(), 0);
-        hub.wake_appended("a", Bytes::from_static(b"ef"), Offset(12), false);
-        assert!(hub.fresh("a", Offset(10)).is_some());
+        hub.wake_appended("a", Bytes::from_static(b"ef"), Offset((1 << 20) + 2), false);
+        assert!(hub.fresh("a", Offset(1 << 20)).is_some());
         // A wake-up without a body (a deletion, say) forgets it.
         hub.wake("a");
-        assert!(hub.fresh("a", Offset(10)).is_none());
+        assert!(hub.fresh("a", Offset(1 << 20)).is_none());
         assert_eq!(hub.fresh_bytes(), 0);
         // The last waiter leaving frees it too.
         hub.wake_appended("a", Bytes::from_static(b"gh"), Offset(14), false);
@@ -568,6 +603,44 @@ mod tests {
         hub.wake_committed("a", Offset(4), false);
         hub.wake_from_payload("0000000000000000_0000000000000009 a");
         assert!(woken(&mut a), "a later tail");
+    }
+
+    /// Two batches commit [0, 4) and then [4, 8); their handlers report in
+    /// the other order, and the announcement of 8 comes in between. A waiter
+    /// that wakes only after all of it must not take [0, 4) as the tail.
+    #[tokio::test]
+    async fn an_older_commit_reported_late_is_never_offered_as_the_tail() {
+        let hub = Arc::new(TailHub::new(100));
+        let mut sub = hub.subscribe("a").unwrap();
+        hub.wake_appended("a", Bytes::from_static(b"efgh"), Offset(8), false);
+        hub.wake_from_payload("0000000000000000_0000000000000008 a");
+        hub.wake_appended("a", Bytes::from_static(b"abcd"), Offset(4), false);
+        assert!(woken(&mut sub));
+        assert!(hub.fresh("a", Offset(0)).is_none(), "the older append is not offered");
+        assert!(hub.fresh("a", Offset(4)).is_some(), "the latest still is");
+        assert_eq!(hub.fresh_bytes(), 4);
+    }
+
+    /// Someone else's commit after ours: our append no longer ends at the
+    /// tail, so it is not offered (the waiter reads the database instead).
+    #[tokio::test]
+    async fn a_later_announced_state_retires_our_append() {
+        let hub = Arc::new(TailHub::new(100));
+        let mut sub = hub.subscribe("a").unwrap();
+        hub.wake_appended("a", Bytes::from_static(b"abcd"), Offset(4), false);
+        hub.wake_from_payload("0000000000000000_0000000000000009 a");
+        assert!(woken(&mut sub));
+        assert!(hub.fresh("a", Offset(0)).is_none());
+        assert_eq!(hub.fresh_bytes(), 0);
+        // An announcement older than our own commit leaves it offered.
+        hub.wake_appended("a", Bytes::from_static(b"efgh"), Offset(13), false);
+        hub.wake_from_payload("0000000000000000_0000000000000011 a");
+        assert!(hub.fresh("a", Offset(9)).is_some());
+        // So does a lost LISTEN connection's wake-up of everybody not.
+        hub.wake_all();
+        assert!(woken(&mut sub));
+        assert!(hub.fresh("a", Offset(9)).is_none());
+        assert_eq!(hub.fresh_bytes(), 0);
     }
 
     #[test]
