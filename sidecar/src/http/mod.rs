@@ -11,32 +11,26 @@
 pub mod append;
 pub mod cors;
 pub mod error;
+mod front;
 mod live;
 mod ops;
 mod streams;
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{self, HeaderMap, HeaderName, HeaderValue, Method, header};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{self, HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tower::util::option_layer;
 use tower::{Service, ServiceBuilder};
 use tower_http::compression::{CompressionBody, CompressionLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::metrics::{LatencyLabels, RequestLabels};
 use crate::ratelimit::address_key;
 
 pub use error::ApiError;
@@ -67,7 +61,6 @@ pub fn app(
                 .delete(streams::delete)
                 .options(streams::options),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         // The reserved control routes (PROTOCOL.md §6) come before stream
         // operations and authenticate per route (subscriptions::routes).
         .route(crate::subscriptions::route::PREFIX, any(crate::subscriptions::routes::handle))
@@ -78,10 +71,7 @@ pub fn app(
         .with_state(state.clone());
     ServiceBuilder::new()
         .map_response(IntoResponse::into_response)
-        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::default()))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(middleware::from_fn_with_state(state, observe))
+        .layer(front::FrontLayer::new(state))
         .layer(option_layer(cors))
         .map_response(unwrap_uncompressed)
         .layer(CompressionLayer::new())
@@ -110,15 +100,16 @@ pub fn metrics_app(state: AppState) -> Router {
     Router::new().route("/metrics", get(ops::metrics)).with_state(state)
 }
 
-/// Authenticates a stream request and applies the rate limit; the
-/// request's [`Principal`] goes into its extensions for the handlers.
-async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match admit(&state, req.headers(), req.uri(), req.extensions(), true) {
-        Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            next.run(req).await
-        }
-        Err(refused) => refused.into_response(),
+/// The authenticated caller of a stream request: extracting it
+/// authenticates the request and applies the rate limit (every stream
+/// handler takes it first, so a refused request reads no body).
+pub(crate) struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        admit(state, &parts.headers, &parts.uri, &parts.extensions, true).map(Caller)
     }
 }
 
@@ -168,73 +159,6 @@ pub(crate) fn admit(
     Ok(principal)
 }
 
-/// Request ids for requests that come without one: a random prefix drawn
-/// once per process and a counter, so making one costs no system call.
-#[derive(Clone)]
-struct SequentialRequestId {
-    prefix: Arc<str>,
-    next: Arc<AtomicU64>,
-}
-
-impl Default for SequentialRequestId {
-    fn default() -> Self {
-        let prefix: u64 = rand::random();
-        SequentialRequestId { prefix: format!("{prefix:016x}").into(), next: Arc::default() }
-    }
-}
-
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
-    }
-}
-
-/// The span of one request: method, path and the `x-request-id` (the
-/// client's, or one made up here), so every log line of a request carries it.
-fn request_span(req: &Request) -> tracing::Span {
-    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-}
-
-/// Adds the security headers of §12.7 to every response and counts it.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = match *req.method() {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    };
-    let route = match req.uri().path() {
-        p if p.starts_with(crate::subscriptions::route::PREFIX) => "subscriptions",
-        p if p.starts_with(STREAM_PREFIX) => "stream",
-        "/health" => "health",
-        _ => "other",
-    };
-    let started = std::time::Instant::now();
-    let mut response = next.run(req).await;
-    state
-        .metrics
-        .http_latency
-        .get_or_create(&LatencyLabels { route, method })
-        .observe(started.elapsed().as_secs_f64());
-    let headers = response.headers_mut();
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(
-        HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("cross-origin"),
-    );
-    // Stream bodies are served with the stream's content type (text/html
-    // included): opened directly, they must not run script on our origin.
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
-    let labels = RequestLabels { route, method, status: response.status().as_u16() };
-    state.metrics.http_requests.get_or_create(&labels).inc();
-    response
-}
-
 /// Response headers built from strings that come from the database or from
 /// our own formatting (offsets, content types, numbers).
 #[derive(Debug, Default)]
@@ -275,7 +199,5 @@ impl AppState {
     }
 }
 
-/// The principal of a request (inserted by the guard).
-pub(crate) type Caller = axum::Extension<Principal>;
 /// Cache-Control of responses that must not be cached.
 pub const NO_STORE: &str = "no-store";

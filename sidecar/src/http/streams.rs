@@ -1,7 +1,6 @@
 //! Handlers of `/v1/stream/{*path}`: create, append/close, metadata,
 //! delete and catch-up reads. Live reads are in `live.rs`.
 
-use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
@@ -57,7 +56,7 @@ fn location(headers: &HeaderMap, uri: &Uri, state: &AppState) -> String {
 /// `PUT`: create a stream (201) or confirm an identical one (200).
 pub(super) async fn create(
     State(state): State<AppState>,
-    Extension(caller): Caller,
+    Caller(caller): Caller,
     Path(path): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -107,7 +106,7 @@ pub(super) async fn create(
 /// `POST`: append, append-and-close, or close.
 pub(super) async fn append(
     State(state): State<AppState>,
-    Extension(caller): Caller,
+    Caller(caller): Caller,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -170,7 +169,7 @@ pub(super) async fn append(
 /// `HEAD`: metadata, never cached.
 pub(super) async fn head(
     State(state): State<AppState>,
-    Extension(caller): Caller,
+    Caller(caller): Caller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     let meta = state.db.head(caller.role(), &path).await?.ok_or(ApiError::NotFound)?;
@@ -195,7 +194,7 @@ pub(super) async fn head(
 /// `DELETE`: remove the stream; live readers see 404 on their next read.
 pub(super) async fn delete(
     State(state): State<AppState>,
-    Extension(caller): Caller,
+    Caller(caller): Caller,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     state.db.delete(caller.role(), &path).await?;
@@ -205,14 +204,14 @@ pub(super) async fn delete(
 }
 
 /// `OPTIONS` without a CORS preflight (preflights are answered by the CORS layer).
-pub(super) async fn options() -> StatusCode {
+pub(super) async fn options(_: Caller) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
 /// `GET`: catch-up, long-poll or SSE.
 pub(super) async fn read(
     State(state): State<AppState>,
-    Extension(caller): Caller,
+    Caller(caller): Caller,
     Path(path): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,

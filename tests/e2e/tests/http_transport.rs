@@ -1,12 +1,13 @@
 //! The HTTP layer under the routes: HTTP/1.1 and HTTP/2 with prior knowledge
 //! on one port (told apart by the first bytes the client sends), and
 //! response compression, which applies to catch-up reads a client asked to
-//! have compressed and to nothing else (no 204, no SSE).
+//! have compressed and to nothing else (no 204, no SSE); and what every
+//! response carries, refusals included (request id, security headers).
 
 use std::io::Read;
 use std::time::Duration;
 
-use ds_e2e::{Sidecar, create_stream, http, read_events, unique_path};
+use ds_e2e::{JWT_FLAGS, Sidecar, create_stream, http, read_events, unique_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -139,4 +140,35 @@ async fn only_reads_that_asked_for_it_are_compressed() {
     });
     timeout(Duration::from_secs(10), read).await.expect("SSE events in time");
     assert!(content.starts_with(&got), "SSE data is a prefix of the stream");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_the_security_headers() {
+    let sidecar = Sidecar::start(&JWT_FLAGS).await;
+    let missing = sidecar.stream(&unique_path("transport/missing"));
+    let check = |r: &reqwest::Response, what: &str| {
+        assert_eq!(r.headers()["content-security-policy"], "sandbox", "{what}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(r.headers()["cross-origin-resource-policy"], "cross-origin", "{what}");
+        r.headers()["x-request-id"].to_str().unwrap().to_owned()
+    };
+    // Refused before any handler runs: no token, a method no route has,
+    // an unknown path; each gets an id of its own.
+    let r = http().get(&missing).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let a = check(&r, "401");
+    let r = http().patch(&missing).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let b = check(&r, "405");
+    let r = http().get(sidecar.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let c = check(&r, "404");
+    assert!(a != b && b != c && a != c, "{a} {b} {c}");
+    // The client's own id comes back as sent, even one that is not text.
+    let r = http().get(&missing).header("x-request-id", "client-7").send().await.unwrap();
+    assert_eq!(check(&r, "client id"), "client-7");
+    let odd = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let r = http().get(&missing).header("x-request-id", odd.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["x-request-id"], odd);
 }
