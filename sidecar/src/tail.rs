@@ -368,12 +368,34 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// What `ds.notify_channel()` answers, or `None` when there is no such
+/// function (an extension without private notifications, or none at all).
+/// Asking first whether it exists keeps an old extension's server log free
+/// of an error every [`CHANNEL_RECHECK`].
+async fn ask_channel(
+    client: &tokio_postgres::Client,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT pg_catalog.to_regprocedure('ds.notify_channel()') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(None);
+    }
+    match client.query_one("SELECT ds.notify_channel()", &[]).await {
+        Ok(row) => row.try_get(0).map(Some),
+        // Dropped between the two statements.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The channel to LISTEN on: `ds.notify_channel()`, or the public channel
 /// of an extension without that function.
 async fn channel(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
-    match client.query_one("SELECT ds.notify_channel()", &[]).await {
-        Ok(row) => row.try_get(0),
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+    match ask_channel(client).await {
+        Ok(Some(channel)) => Ok(channel),
+        Ok(None) => {
             tracing::warn!(
                 channel = CHANNEL,
                 "ds.notify_channel() does not exist (an extension without private \
@@ -412,13 +434,13 @@ enum Ended {
 /// listen on is no longer the one announcements go to.
 fn channel_changed(
     listening: &str,
-    now: Result<String, tokio_postgres::Error>,
+    now: Result<Option<String>, tokio_postgres::Error>,
 ) -> Result<bool, tokio_postgres::Error> {
     match now {
-        Ok(name) => Ok(name != listening),
+        Ok(Some(name)) => Ok(name != listening),
         // The function is gone (the extension is being dropped or was
         // replaced by one without it): not the channel we listen on.
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Ok(listening != CHANNEL),
+        Ok(None) => Ok(listening != CHANNEL),
         Err(e) => Err(e),
     }
 }
@@ -446,7 +468,7 @@ async fn listen_once(
     let mut recheck = tokio::time::interval(CHANNEL_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // At most one recheck in flight; the connection is driven meanwhile.
-    let mut asking: Option<BoxFuture<'_, Result<String, tokio_postgres::Error>>> = None;
+    let mut asking: Option<BoxFuture<'_, Result<Option<String>, tokio_postgres::Error>>> = None;
     loop {
         tokio::select! {
             r = &mut setup, if listening.is_none() => {
@@ -460,9 +482,7 @@ async fn listen_once(
             }
             _ = recheck.tick(), if listening.is_some() && asking.is_none() => {
                 let client = &client;
-                asking = Some(Box::pin(async move {
-                    client.query_one("SELECT ds.notify_channel()", &[]).await?.try_get::<_, String>(0)
-                }));
+                asking = Some(Box::pin(ask_channel(client)));
             }
             now = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
                 asking = None;
@@ -490,10 +510,12 @@ mod tests {
     #[test]
     fn another_channel_name_means_listening_again() {
         let listening = "durable_streams_0123";
-        assert!(!channel_changed(listening, Ok(listening.to_owned())).unwrap());
-        assert!(channel_changed(listening, Ok("durable_streams_4567".to_owned())).unwrap());
+        assert!(!channel_changed(listening, Ok(Some(listening.to_owned()))).unwrap());
+        assert!(channel_changed(listening, Ok(Some("durable_streams_4567".to_owned()))).unwrap());
         // An extension without private channels announces on the public one.
-        assert!(!channel_changed(CHANNEL, Ok(CHANNEL.to_owned())).unwrap());
+        assert!(!channel_changed(CHANNEL, Ok(Some(CHANNEL.to_owned()))).unwrap());
+        assert!(!channel_changed(CHANNEL, Ok(None)).unwrap());
+        assert!(channel_changed(listening, Ok(None)).unwrap(), "the function is gone");
     }
 
     fn woken(sub: &mut Subscription) -> bool {

@@ -91,8 +91,11 @@ pub struct Deliverer {
     taken: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     breakers: Mutex<Breakers>,
-    /// The extension lacks the subscription functions (warned once).
+    /// The extension may lack the delivery functions (true at start):
+    /// a pass first asks whether they exist instead of calling them.
     missing: AtomicBool,
+    /// Said so in the log (once until they appear).
+    warned_missing: AtomicBool,
 }
 
 /// The JSON body of a webhook (PROTOCOL.md §7.1).
@@ -145,7 +148,8 @@ impl Deliverer {
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             taken: Arc::new(Semaphore::new(limits.concurrency.max(1) * TAKEN_PER_SLOT)),
             hosts: Mutex::new(HashMap::new()),
-            missing: AtomicBool::new(false),
+            missing: AtomicBool::new(true),
+            warned_missing: AtomicBool::new(false),
             breakers: Mutex::new(Breakers::new(
                 limits.breaker_threshold,
                 limits.breaker_cool_down,
@@ -191,6 +195,18 @@ impl Deliverer {
     /// take share one transaction (one commit on the way from an append to
     /// its webhook). Errors are logged; the next pass tries again.
     async fn pass(self: &Arc<Self>) {
+        // Without the functions (an extension not updated yet), only ask
+        // whether they have arrived.
+        if self.missing.load(Ordering::Relaxed) {
+            match store::has_delivery_functions(&self.db).await {
+                Ok(true) => {}
+                Ok(false) => return self.warn_missing(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking for ds.subscription_tick failed");
+                    return;
+                }
+            }
+        }
         let in_flight_ms = i32::try_from(self.in_flight().as_millis()).unwrap_or(i32::MAX);
         let free = self.free_room();
         let first = if free == 0 {
@@ -201,17 +217,16 @@ impl Deliverer {
         let mut due = match first {
             Ok((started, due)) => {
                 self.missing.store(false, Ordering::Relaxed);
+                self.warned_missing.store(false, Ordering::Relaxed);
                 if started >= TICK_BATCH {
                     self.kick.notify_one();
                 }
                 due
             }
+            // Dropped since the last pass (DROP EXTENSION, say).
             Err(e) if e.sqlstate() == Some(&SqlState::UNDEFINED_FUNCTION) => {
-                if !self.missing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "the extension has no subscription functions \
-                        (ALTER EXTENSION durable_streams UPDATE?): webhook delivery is idle");
-                }
-                return;
+                self.missing.store(true, Ordering::Relaxed);
+                return self.warn_missing();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ds.subscription_tick / ds.subscription_deliveries failed");
@@ -245,6 +260,15 @@ impl Deliverer {
                     return;
                 }
             };
+        }
+    }
+
+    fn warn_missing(&self) {
+        if !self.warned_missing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the extension has no subscription functions (ALTER EXTENSION durable_streams \
+                 UPDATE?): webhook delivery is idle"
+            );
         }
     }
 

@@ -16,6 +16,8 @@ const ACK: &str = "SELECT ds.try_subscription_ack($1, $2, $3::text::jsonb)::text
 const CALLBACK: &str = "SELECT ds.try_subscription_callback($1, $2, $3::text::jsonb)::text";
 const RELEASE: &str = "SELECT ds.try_subscription_release($1, $2, $3::text::jsonb)::text";
 const TICK: &str = "SELECT ds.subscription_tick($1)";
+const HAS_TICK: &str =
+    "SELECT pg_catalog.to_regprocedure('ds.subscription_tick(integer)') IS NOT NULL";
 const DELIVERIES: &str = "SELECT subscription_id, wake_id, generation, url, streams::text, \
      callback_token, attempts FROM ds.subscription_deliveries($1, $2)";
 const RESULT: &str = "SELECT ds.subscription_delivery_result($1, $2, $3, $4, $5)";
@@ -146,6 +148,14 @@ pub async fn with_token(
         TokenCall::Release => (RELEASE, "ds.try_subscription_release"),
     };
     json(db, None, sql, &[&id, &token, &request], what).await
+}
+
+/// Whether the extension has the delivery functions yet (asked without
+/// calling them, so an old extension's server log gets no error for it).
+pub async fn has_delivery_functions(db: &Db) -> Result<bool, DbError> {
+    let rows = db.query_as(None, HAS_TICK, &[]).await?;
+    let row = rows.first().ok_or(DbError::Shape("to_regprocedure"))?;
+    Ok(row.try_get(0)?)
 }
 
 /// `ds.subscription_tick(max)`: wakes created.
