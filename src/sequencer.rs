@@ -117,10 +117,17 @@ pub extern "C-unwind" fn durable_streams_sequencer_main(_arg: pg_sys::Datum) {
             // Read before the round's snapshot (see enqueue::quiet_point).
             let quiet = enqueue::quiet_point();
             let round = in_transaction("sequencing enqueued appends", || {
+                // No ds.pending: the extension is not installed (dropped, or
+                // not created yet). Nothing to do, and nothing to warn about
+                // every wake until it is.
+                if storage::ds_table(c"pending").is_none() {
+                    return Ok(None);
+                }
                 Spi::connect_mut(|client| apply::sequence_committed(client, BATCH_STREAMS, floor))
+                    .map(Some)
             });
             // None: the round failed (logged at WARNING); retried next wake.
-            let Some(round) = round else { break };
+            let Some(Some(round)) = round else { break };
             gap = next_gap(round.messages, last_round.elapsed());
             floor = round.next_floor;
             if round.drained

@@ -539,3 +539,36 @@ async fn jsonb_bodies_keep_every_digit_and_too_deep_ones_are_refused_by_name() {
         assert!(message.contains("nesting depth"), "{function}: {message}");
     }
 }
+
+/// The test cluster's server log (`DS_TEST_SERVER_DIR`, set by
+/// `scripts/test.sh`) and its current length.
+fn server_log() -> (std::path::PathBuf, u64) {
+    let dir = std::env::var("DS_TEST_SERVER_DIR")
+        .expect("set DS_TEST_SERVER_DIR to the test cluster's directory (it holds server.log)");
+    let log = std::path::Path::new(&dir).join("server.log");
+    let len = std::fs::metadata(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())).len();
+    (log, len)
+}
+
+/// While the extension is dropped the workers have nothing to do, and say
+/// nothing about it every pass (the sequencer warned every 500 ms that
+/// ds.pending did not exist); created again, enqueued appends are sequenced.
+#[tokio::test]
+async fn the_workers_wait_quietly_while_the_extension_is_dropped() {
+    let (log, start) = server_log();
+    let client = connect().await;
+    client.batch_execute("DROP EXTENSION durable_streams CASCADE").await.unwrap();
+    // Three of the sequencer's idle wake-ups.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    client.batch_execute("CREATE EXTENSION durable_streams").await.unwrap();
+    let text = std::fs::read(&log).unwrap();
+    let written = String::from_utf8_lossy(&text[start as usize..]);
+    let complaints: Vec<&str> =
+        written.lines().filter(|l| l.contains("failed, will retry next pass")).collect();
+    assert!(complaints.is_empty(), "while dropped: {complaints:#?}");
+
+    let path = unique_path("hot-after-reinstall");
+    client.execute("SELECT ds.create($1, 'application/json')", &[&path]).await.unwrap();
+    client.execute("SELECT ds.enqueue($1, '{\"n\":1}'::jsonb)", &[&path]).await.unwrap();
+    wait_for_tail(&client, &path, r#"{"n":1}"#.len() as u64).await;
+}
