@@ -13,7 +13,7 @@
 #     the snapshot must cost O(rows).
 #   bash benches/capture.sh   # ROUNDS=5 SECONDS_PER_RUN=8 WARMUP_SECONDS=3 CLIENTS=64
 #                             # SNAPSHOT_ROWS=1000000 SNAPSHOT_ROUNDS=2 SKIP_INSTALL=0
-#                             # DS_BENCH_PORT=54497
+#                             # DS_BENCH_PORT=24497
 # Results: benches/results/capture.md (medians over ROUNDS, kinds alternating).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -23,7 +23,7 @@ WARMUP_SECONDS="${WARMUP_SECONDS:-3}"
 CLIENTS="${CLIENTS:-64}"
 SNAPSHOT_ROWS="${SNAPSHOT_ROWS:-1000000}"
 SNAPSHOT_ROUNDS="${SNAPSHOT_ROUNDS:-2}"
-PORT="${DS_BENCH_PORT:-54497}"
+PORT="${DS_BENCH_PORT:-24497}"
 DIR="$(mktemp -d /tmp/ds-bench-capture.XXXXXX)"
 chmod 755 "$DIR"
 OUT="$ROOT/benches/results/capture.md"

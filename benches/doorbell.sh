@@ -12,7 +12,7 @@ CLIENTS="${CLIENTS:-64}"
 STREAMS="${STREAMS:-64}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 ROUNDS="${ROUNDS:-5}"
-PORT="${DS_BENCH_PORT:-54382}"
+PORT="${DS_BENCH_PORT:-24382}"
 DIR="$(mktemp -d /tmp/ds-bench-doorbell.XXXXXX)"
 trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
 

@@ -13,7 +13,7 @@
 # Environment: SECONDS_PER_SHAPE (8), SHAPES ("64s 1s"), PERF (1: also record
 # profiles; 0: CPU per append only), SIDECAR (the binary; A/B of two builds),
 # SIDECAR_ARGS (extra sidecar flags),
-# OUT, SKIP_BUILD, DS_BENCH_PORT (54450; uses 2 ports from there).
+# OUT, SKIP_BUILD, DS_BENCH_PORT (24450; uses 2 ports from there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/bench-target}"
@@ -21,7 +21,7 @@ SECONDS_PER_SHAPE="${SECONDS_PER_SHAPE:-8}"
 SHAPES="${SHAPES:-64s 1s}"
 PERF="${PERF:-1}"
 OUT="${OUT:-/tmp/ds-profile}"
-PG_PORT="${DS_BENCH_PORT:-54450}"
+PG_PORT="${DS_BENCH_PORT:-24450}"
 SIDECAR_PORT=$((PG_PORT + 1))
 DB=bench
 WORK="$(mktemp -d /tmp/ds-profile.XXXXXX)"

@@ -10,14 +10,14 @@
 #   plain-rr   ds.registry = off in REPEATABLE READ: the reference for `locking`
 # Each transaction is one ds.create of a new path (pgbench, CLIENTS clients).
 #   bash benches/registry.sh   # ROUNDS=3 SECONDS_PER_RUN=8 CLIENTS=16
-#                              # SKIP_INSTALL=0 DS_BENCH_PORT=54486
+#                              # SKIP_INSTALL=0 DS_BENCH_PORT=24486
 # Results: benches/results/registry.md (medians over ROUNDS, kinds alternating).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-8}"
 CLIENTS="${CLIENTS:-16}"
-PORT="${DS_BENCH_PORT:-54486}"
+PORT="${DS_BENCH_PORT:-24486}"
 DIR="$(mktemp -d /tmp/ds-bench-registry.XXXXXX)"
 chmod 755 "$DIR"
 OUT="$ROOT/benches/results/registry.md"

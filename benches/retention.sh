@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 MESSAGES="${MESSAGES:-1000000}"
 HOT_MESSAGES="${HOT_MESSAGES:-200000}"
 PER_APPEND=1000
-PORT="${DS_BENCH_PORT:-54383}"
+PORT="${DS_BENCH_PORT:-24383}"
 DIR="$(mktemp -d /tmp/ds-bench-retention.XXXXXX)"
 RESULTS="$ROOT/benches/results/retention.md"
 trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT

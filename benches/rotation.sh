@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 MESSAGES="${MESSAGES:-1000000}"
 PER_APPEND=1000
-PORT="${DS_BENCH_PORT:-54381}"
+PORT="${DS_BENCH_PORT:-24381}"
 DIR="$(mktemp -d /tmp/ds-bench-rotation.XXXXXX)"
 trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT
 

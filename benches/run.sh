@@ -13,7 +13,7 @@
 #   TARGETS ("ours upstream-rust node-mem node-file"),
 #   SCENARIOS ("append latency catchup producer wake fanout sql": which parts run),
 #   SKIP_BUILD (0), SIDECAR (the sidecar binary, for A/B of two builds),
-#   DS_BENCH_PORT (54450; uses 5 ports from there).
+#   DS_BENCH_PORT (24450; uses 5 ports from there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 BENCH="$ROOT/benches"
@@ -29,7 +29,7 @@ SQL_SECONDS="${SQL_SECONDS:-5}"
 SQL_REPEATS="${SQL_REPEATS:-2}"
 TARGETS="${TARGETS:-ours upstream-rust node-mem node-file}"
 SCENARIOS="${SCENARIOS:-append latency catchup producer wake fanout sql}"
-BASE_PORT="${DS_BENCH_PORT:-54450}"
+BASE_PORT="${DS_BENCH_PORT:-24450}"
 PG_PORT=$BASE_PORT
 SIDECAR_PORT=$((BASE_PORT + 1))
 NODE_MEM_PORT=$((BASE_PORT + 2))

@@ -13,7 +13,7 @@
 #     until a reader's snapshot sees the message (ds.append: the commit;
 #     ds.enqueue: the commit plus the sequencer)
 #   bash benches/sql.sh   # ROUNDS=3 SECONDS_PER_RUN=8 CLIENTS=64 BULK=100000
-#                         # LATENCY_N=300 SKIP_INSTALL=0 DS_BENCH_PORT=54485
+#                         # LATENCY_N=300 SKIP_INSTALL=0 DS_BENCH_PORT=24485
 # Results: benches/results/sql.md (medians over ROUNDS, kinds alternating).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -22,7 +22,7 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-8}"
 CLIENTS="${CLIENTS:-64}"
 BULK="${BULK:-100000}"
 LATENCY_N="${LATENCY_N:-300}"
-PORT="${DS_BENCH_PORT:-54485}"
+PORT="${DS_BENCH_PORT:-24485}"
 DIR="$(mktemp -d /tmp/ds-bench-sql.XXXXXX)"
 chmod 755 "$DIR"
 OUT="$ROOT/benches/results/sql.md"

@@ -9,7 +9,7 @@
 # and standby / primary ratios). About a minute.
 #   bash benches/standby.sh
 # Environment: ROUNDS (3), SECONDS_PER_ROUND (10), INTERVAL_MS (10), READERS (4 per
-#   sidecar), SKIP_BUILD (0), DS_BENCH_PORT (54460; uses 4 ports from there),
+#   sidecar), SKIP_BUILD (0), DS_BENCH_PORT (24460; uses 4 ports from there),
 #   PG_CONFIG (the Postgres whose binaries are used; the extension is installed there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -19,7 +19,7 @@ ROUNDS="${ROUNDS:-3}"
 SECONDS_PER_ROUND="${SECONDS_PER_ROUND:-10}"
 INTERVAL_MS="${INTERVAL_MS:-10}"
 READERS="${READERS:-4}"
-BASE_PORT="${DS_BENCH_PORT:-54460}"
+BASE_PORT="${DS_BENCH_PORT:-24460}"
 PRIMARY_PORT=$BASE_PORT
 STANDBY_PORT=$((BASE_PORT + 1))
 SIDECAR_PRIMARY=$((BASE_PORT + 2))

@@ -12,7 +12,7 @@
 #   bash benches/storm.sh
 #   BASELINE_DIR=/tmp/old bash benches/storm.sh   # old build: see benches/README.md
 # Environment: ROUNDS (3), WAITERS (10000), STREAMS (1000), WRITER_COUNTS ("64 256"),
-#   INTERVAL_MS (100), SECONDS_PER_RUN (10), SKIP_BUILD (0), DS_BENCH_PORT (54470; 2 ports).
+#   INTERVAL_MS (100), SECONDS_PER_RUN (10), SKIP_BUILD (0), DS_BENCH_PORT (24470; 2 ports).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 BENCH="$ROOT/benches"
@@ -23,7 +23,7 @@ STREAMS="${STREAMS:-1000}"
 WRITER_COUNTS="${WRITER_COUNTS:-64 256}"
 INTERVAL_MS="${INTERVAL_MS:-100}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
-PG_PORT="${DS_BENCH_PORT:-54470}"
+PG_PORT="${DS_BENCH_PORT:-24470}"
 SIDECAR_PORT=$((PG_PORT + 1))
 DB=bench
 WORK="$(mktemp -d /tmp/ds-bench-storm.XXXXXX)"

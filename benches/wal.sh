@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
 CLIENTS="${CLIENTS:-8}"
 TRANSACTIONS="${TRANSACTIONS:-300}"
-PORT="${DS_BENCH_PORT:-54392}"
+PORT="${DS_BENCH_PORT:-24392}"
 DIR="$(mktemp -d /tmp/ds-bench-wal.XXXXXX)"
 OUT="$ROOT/benches/results/wal.md"
 trap 'cluster_stop "$DIR" || true; rm -rf "$DIR"' EXIT

@@ -14,7 +14,7 @@
 # Environment: ROUNDS (3), APPENDS_1 (300), APPENDS_1000 (10), SUBSCRIPTIONS (1000),
 #   GAP_MS (20: idle time before each append), SIDECAR_ARGS (extra sidecar flags),
 #   SIDECAR (the sidecar binary), BASELINE_SIDECAR (another build: adds target ours-base),
-#   SKIP_BUILD (0), DS_BENCH_PORT (54490; uses 5 ports from there),
+#   SKIP_BUILD (0), DS_BENCH_PORT (24490; uses 5 ports from there),
 #   PG_CONFIG (the Postgres whose binaries are used; the extension is installed there).
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 
@@ -25,7 +25,7 @@ APPENDS_1="${APPENDS_1:-300}"
 APPENDS_1000="${APPENDS_1000:-10}"
 SUBSCRIPTIONS="${SUBSCRIPTIONS:-1000}"
 GAP_MS="${GAP_MS:-20}"
-BASE_PORT="${DS_BENCH_PORT:-54490}"
+BASE_PORT="${DS_BENCH_PORT:-24490}"
 PG_PORT=$BASE_PORT
 SIDECAR_PORT=$((BASE_PORT + 1))
 NODE_PORT=$((BASE_PORT + 2))
