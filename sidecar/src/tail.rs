@@ -235,8 +235,9 @@ impl TailHub {
     }
 
     /// Wakes every subscriber of every path. What they were told before
-    /// is forgotten (this follows a lost LISTEN connection: commits may
-    /// have gone unannounced), so every waiter reads the database.
+    /// is forgotten (this follows a (re)connect of the LISTEN connection or
+    /// an announcement of `*`: commits may have gone unnamed), so every
+    /// waiter reads the database.
     pub fn wake_all(&self) {
         self.seq.fetch_add(1, Ordering::SeqCst);
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
